@@ -1,0 +1,139 @@
+"""Checkpoints: one dict written atomically, read with ``weights_only=True``.
+
+A checkpoint holds the model, the loss head, optimizer, scheduler and scaler states, the number of finished epochs,
+the random states of every library, the resolved config and the last evaluation's metrics. Training resumes from
+the newest file in ``<save_path>/model/``; the epoch is read from its contents.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from config import MODEL_KEYS, Config, UserError, diff_model_settings
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dtdy-sv-checkpoint"
+_NAME = re.compile(r"^model(\d+)\.model$")
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def checkpoint_path(save_path: str | Path, epoch: int) -> Path:
+    return Path(save_path) / "model" / f"model{epoch:09d}.model"
+
+
+def latest_checkpoint(save_path: str | Path) -> Path | None:
+    """``<save_path>/model/last.model`` (written every epoch), else the newest numbered checkpoint, else None."""
+    folder = Path(save_path) / "model"
+    if (folder / "last.model").is_file():
+        return folder / "last.model"
+    found = sorted((int(m.group(1)), p) for p in folder.glob("model*.model") if (m := _NAME.match(p.name)))
+    return found[-1][1] if found else None
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's global generators, in weights_only-safe types."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state = {
+        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file (ours or the official DTDY code's) safely; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint '{path}' does not exist.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which and why
+        raise CheckpointError(f"Cannot read checkpoint '{path}': {type(err).__name__}: {err}") from None
+
+
+def split_weights(obj: dict[str, Any], path: str | Path, model_keys: list[str]) -> tuple[dict, dict, dict | None]:
+    """(model state, loss-head state, stored config or None) of a checkpoint in either format."""
+    if obj.get("format") == FORMAT:
+        return obj["model"], obj["loss"], obj["config"]
+    from models._official import convert_official_checkpoint, is_official_checkpoint
+
+    if is_official_checkpoint(obj):
+        try:
+            model_sd, loss_sd = convert_official_checkpoint(obj, model_keys)
+        except ValueError as err:
+            raise CheckpointError(f"Official DTDY checkpoint '{path}' does not fit this model: {err}") from None
+        return model_sd, loss_sd, None
+    raise CheckpointError(f"'{path}' is neither a checkpoint of this framework nor of the official DTDY code "
+                          f"(a dict with 'model_state_dict' whose keys start with '__S__.').")
+
+
+def check_compatible(stored: dict[str, Any] | None, cfg: Config, path: str | Path, keys: tuple[str, ...]) -> None:
+    """Refuse a checkpoint whose config differs from ``cfg`` on ``keys``, naming every difference."""
+    if stored is None:
+        return
+    diffs = diff_model_settings(stored, cfg)
+    diffs += [f"{k}: checkpoint {stored[k]!r}, now {getattr(cfg, k)!r}"
+              for k in keys if k not in MODEL_KEYS and k in stored and stored[k] != getattr(cfg, k)]
+    if diffs:
+        raise CheckpointError(f"Checkpoint '{path}' was made with other settings: " + "; ".join(diffs) +
+                              ". Use the same settings (e.g. the checkpoint's config.yaml with --config), "
+                              "or another --save_path.")
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: str | Path) -> None:
+    """load_state_dict(strict=True) with an error that names the missing, unexpected and misshapen keys."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''} ({len(items)})"
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if items]
+        raise CheckpointError(f"The {what} weights in '{path}' do not fit the configured {what}: " + "; ".join(parts)
+                              + ". Was it trained with another --model, --encoder_type, --n_mels, --nOut, "
+                                "--trainfunc or --nClasses?")
+    module.load_state_dict(state, strict=True)

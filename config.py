@@ -1,0 +1,241 @@
+"""One typed definition of every option; the argument parser is generated from it.
+
+Resolution order: built-in defaults < ``--config`` YAML < command line. An unknown key (YAML or command line) is an
+error naming the closest valid key; values are coerced to the declared type (PyYAML reads ``5e-05`` as a string);
+booleans are real (``--augment`` / ``--no-augment``). Defaults follow the DTDY paper's recipe (REFERENCE.md s3/5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import logging
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+
+class UserError(Exception):
+    """An error the user can fix (bad flag, file, list line, checkpoint). The CLI prints it and exits 2."""
+
+
+class ConfigError(UserError):
+    pass
+
+
+def opt(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+
+
+@dataclass
+class Config:
+    # --- data and sampling
+    max_frames: int = opt(200, "Training crop length in frames (10 ms hop; 200 = 2 s).", "data")
+    eval_frames: int = opt(400, "Test crop length in frames; 0 embeds whole utterances.", "data")
+    num_eval: int = opt(10, "Evenly spaced test crops per file (paper protocol).", "data")
+    batch_size: int = opt(256, "Speakers per batch per process (each with nPerSpeaker crops).", "data")
+    max_seg_per_spk: int = opt(500, "Maximum utterances per speaker per epoch.", "data")
+    nDataLoaderThread: int = opt(5, "DataLoader worker processes.", "data")
+    augment: bool = opt(False, "MUSAN noise and RIR reverberation augmentation.", "data")
+    seed: int = opt(2021, "Seed of every random number generator (sampler: seed + epoch).", "data")
+    # --- training
+    test_interval: int = opt(10, "Evaluate and checkpoint every this many epochs (and at the last).", "train")
+    max_epoch: int = opt(200, "Number of epochs.", "train")
+    trainfunc: str = opt("softmaxproto", "Loss: a module name in loss/.", "train")
+    optimizer: str = opt("adam", "Optimizer: a module name in optimizer/.", "train")
+    scheduler: str = opt("steplr", "Learning-rate scheduler: a module name in scheduler/.", "train")
+    lr: float = opt(0.001, "Initial learning rate.", "train")
+    lr_decay: float = opt(0.75, "steplr: learning-rate factor at each decay.", "train")
+    decay_interval: int = opt(15, "steplr: epochs between decays.", "train")
+    weight_decay: float = opt(5e-5, "Weight decay.", "train")
+    momentum: float = opt(0.9, "sgd: momentum.", "train")
+    nesterov: bool = opt(False, "sgd: Nesterov momentum.", "train")
+    no_decay_bn_bias: bool = opt(False, "Exclude normalisation weights and biases from weight decay.", "train")
+    warmup_epochs: float = opt(0.0, "Linear learning-rate warm-up length in epochs (cosine, exponential).", "train")
+    lr_min: float = opt(0.0, "Final learning rate (cosine, exponential).", "train")
+    # --- loss
+    hard_prob: float = opt(0.5, "triplet: probability of a hard negative.", "loss")
+    hard_rank: int = opt(10, "triplet: hard negatives drawn from this many closest.", "loss")
+    margin: float = opt(0.1, "Margin of the margin losses.", "loss")
+    scale: float = opt(30.0, "Scale of the margin losses.", "loss")
+    nPerSpeaker: int = opt(2, "Crops per speaker in a batch (>= 2 for metric losses).", "loss")
+    nClasses: int = opt(5994, "Number of training speakers.", "loss")
+    subcenters: int = opt(3, "aamsoftmax_subcenter: centres per class.", "loss")
+    margin_rampup_start: float = opt(0.0, "Epoch where the margin starts rising from 0.", "loss")
+    margin_rampup_end: float = opt(0.0, "Epoch where the margin reaches its value (0/0: no schedule).", "loss")
+    # --- evaluation
+    dcf_p_target: float = opt(0.05, "minDCF target prior printed first (0.01 and 0.05 are always reported).", "eval")
+    dcf_c_miss: float = opt(1.0, "minDCF cost of a miss.", "eval")
+    dcf_c_fa: float = opt(1.0, "minDCF cost of a false alarm.", "eval")
+    # --- paths
+    initial_model: str = opt("", "Checkpoint to fine-tune or evaluate (ours or the official DTDY format).", "paths")
+    save_path: str = opt("exps/exp1", "Experiment folder: model/, result/, config.yaml.", "paths")
+    train_list: str = opt("data/train_list.txt", "Train list: '<speaker> <path under train_path>' lines.", "paths")
+    test_list: str = opt("data/test_list.txt", "Trial list: '<label> <enroll> <test>' under test_path.", "paths")
+    train_path: str = opt("data/voxceleb2/dev/wav", "Root of the training wav files.", "paths")
+    test_path: str = opt("data/voxceleb1/wav", "Root of the test wav files.", "paths")
+    musan_path: str = opt("data/musan_split", "MUSAN split into 5-s chunks.", "paths")
+    rir_path: str = opt("data/RIRS_NOISES/simulated_rirs", "Simulated room impulse responses.", "paths")
+    # --- model
+    model: str = opt("DTDY_ResNet34_half", "Model: a module name in models/.", "model")
+    encoder_type: str = opt("ASP", "Pooling: SAP, ASP, AVG or STP.", "model", ("SAP", "ASP", "AVG", "STP"))
+    n_mels: int = opt(64, "Number of log-mel bins.", "model")
+    log_input: bool = opt(True, "Log of the mel spectrogram.", "model")
+    nOut: int = opt(512, "Embedding size.", "model")
+    # --- runtime
+    eval: bool = opt(False, "Evaluate only (no training).", "runtime")
+    port: int = opt(0, "Rendezvous port for --distributed on one machine (0: a free port).", "runtime")
+    distributed: bool = opt(False, "Distributed data parallel over the local GPUs.", "runtime")
+    mixedprec: bool = opt(False, "Mixed-precision training.", "runtime")
+    device: str = opt("auto", "auto (CUDA if available), cpu or cuda.", "runtime", ("auto", "cpu", "cuda"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Options that define the network's shape and input features: a checkpoint must agree on them.
+MODEL_KEYS = ("model", "encoder_type", "n_mels", "log_input", "nOut")
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_TYPES: dict[str, type] = typing.get_type_hints(Config)
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _closest(key: str, prefix: str = "") -> str:
+    match = difflib.get_close_matches(key, list(_FIELDS), n=1, cutoff=0.0)
+    return f"did you mean '{prefix}{match[0]}'?" if match else ""
+
+
+def coerce(key: str, value: Any, source: str) -> Any:
+    """Convert ``value`` to the declared type of option ``key``; ``source`` says where it came from."""
+    if key not in _FIELDS:
+        raise ConfigError(f"Unknown option '{key}' in {source}; {_closest(key)} "
+                          f"Run `python trainSpeakerNet.py --help` for every option.")
+    typ = _TYPES[key]
+    bad = ConfigError(f"Option '{key}' in {source} expects {typ.__name__}, got {value!r}.")
+    if typ is bool:
+        if isinstance(value, bool):
+            out = value
+        elif isinstance(value, int) and value in (0, 1):
+            out = bool(value)
+        elif isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            out = value.strip().lower() in _TRUE
+        else:
+            raise bad
+    elif typ is int:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            num = float(value) if isinstance(value, str) else value
+            if not isinstance(num, int | float) or float(num) != int(num):
+                raise bad
+            out = int(num)
+        except (ValueError, OverflowError):
+            raise bad from None
+    elif typ is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    else:
+        if value is None:
+            out = ""
+        elif isinstance(value, str | int | float) and not isinstance(value, bool):
+            out = str(value)
+        else:
+            raise bad
+    choices = _FIELDS[key].metadata["choices"]
+    if choices and out not in choices:
+        raise ConfigError(f"Option '{key}' in {source} is {out!r}; valid values: {', '.join(choices)}.")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser, generated from :class:`Config`. Every option defaults to 'not given'."""
+    parser = argparse.ArgumentParser(
+        prog="trainSpeakerNet.py",
+        description="Train and evaluate speaker-embedding networks (voxceleb_trainer layout, DTDY-CNN).",
+        argument_default=argparse.SUPPRESS, allow_abbrev=False)
+    parser.add_argument("--config", type=str, help="YAML file of options; the command line overrides it.")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, f in _FIELDS.items():
+        group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
+        helptext = f"{f.metadata['help']} (default: {f.default!r})"
+        if _TYPES[name] is bool:
+            group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, help=helptext)
+        else:
+            group.add_argument(f"--{name}", type=str, metavar=_TYPES[name].__name__.upper(), help=helptext)
+    return parser
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config YAML as a mapping of raw values (not yet coerced)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' (--config) does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must be a mapping of option: value, got {type(data).__name__}.")
+    return data
+
+
+def resolve(yaml_values: dict[str, Any] | None = None, cli_values: dict[str, Any] | None = None,
+            yaml_name: str = "the YAML config") -> Config:
+    """Defaults < YAML < command line, every value checked and coerced."""
+    values: dict[str, Any] = {}
+    for key, value in (yaml_values or {}).items():
+        values[key] = coerce(str(key), value, f"config file {yaml_name}")
+    for key, value in (cli_values or {}).items():
+        values[key] = coerce(key, value, "the command line")
+    return Config(**values)
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Parse the command line (and the YAML it names) into a :class:`Config`."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    for token in unknown:
+        if token.startswith("--"):
+            key = token[2:].split("=", 1)[0]
+            key = key[3:] if key.startswith("no-") else key
+            raise ConfigError(f"Unknown option '{token}' on the command line; "
+                              f"{_closest(key, '--')} "
+                              f"Run `python trainSpeakerNet.py --help` for every option.")
+        raise ConfigError(f"Unexpected argument '{token}' on the command line; options take the form --name value.")
+    cli = vars(args)
+    config_path = cli.pop("config", None)
+    yaml_values = load_yaml(config_path) if config_path else {}
+    return resolve(yaml_values, cli, yaml_name=f"'{config_path}'")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (readable back with ``--config``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
+
+
+def diff_model_settings(stored: dict[str, Any], cfg: Config) -> list[str]:
+    """The model-defining settings on which a checkpoint's config and ``cfg`` differ, as readable lines."""
+    out = []
+    for key in MODEL_KEYS:
+        if key in stored and stored[key] != getattr(cfg, key):
+            out.append(f"{key}: checkpoint {stored[key]!r}, now {getattr(cfg, key)!r}")
+    return out

@@ -1,0 +1,69 @@
+"""One resolver for every plugin: ``--model X`` loads ``models/X.py``, ``--trainfunc X`` ``loss/X.py``, ...
+
+A plugin declares explicit keyword parameters; :func:`build` passes each parameter from the runtime arguments
+given by the caller or, failing that, from the config option of the same name. Nothing else is passed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from config import Config, UserError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent
+
+# kind -> (package folder, entry point, the flag that names it)
+KINDS = {
+    "model": ("models", "MainModel", "--model"),
+    "loss": ("loss", "LossFunction", "--trainfunc"),
+    "optimizer": ("optimizer", "Optimizer", "--optimizer"),
+    "scheduler": ("scheduler", "Scheduler", "--scheduler"),
+}
+
+
+class PluginError(UserError):
+    pass
+
+
+def available(kind: str) -> list[str]:
+    """Names of every plugin of ``kind`` (module files not starting with '_')."""
+    package = KINDS[kind][0]
+    return sorted(p.stem for p in (ROOT / package).glob("*.py") if not p.stem.startswith("_"))
+
+
+def load(kind: str, name: str) -> Callable[..., Any]:
+    """The entry point (class or function) of plugin ``name``."""
+    package, entry, flag = KINDS[kind]
+    choices = available(kind)
+    if name not in choices:
+        raise PluginError(f"Unknown {kind} '{name}' ({flag}); available: {', '.join(choices)}.")
+    module = importlib.import_module(f"{package}.{name}")
+    if not hasattr(module, entry):
+        raise PluginError(f"{package}/{name}.py has no '{entry}', the entry point every {kind} plugin defines.")
+    return getattr(module, entry)
+
+
+def build(kind: str, name: str, cfg: Config, **runtime: Any) -> Any:
+    """Construct plugin ``name`` with the parameters it declares, taken from ``runtime`` then from ``cfg``."""
+    factory = load(kind, name)
+    params = inspect.signature(factory).parameters
+    kwargs: dict[str, Any] = {}
+    for pname, param in params.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if pname in runtime:
+            kwargs[pname] = runtime[pname]
+        elif hasattr(cfg, pname):
+            kwargs[pname] = getattr(cfg, pname)
+        elif param.default is param.empty:
+            raise PluginError(f"{kind} '{name}' needs a parameter '{pname}' that is neither a config option nor "
+                              f"given by the trainer.")
+    log.debug("building %s %s with %s", kind, name, sorted(kwargs))
+    return factory(**kwargs)
