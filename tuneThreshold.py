@@ -1,0 +1,281 @@
+"""Speaker-verification metrics: EER, minDCF and the DET curve, as pure vectorised NumPy.
+
+Convention: a trial is accepted when ``score >= threshold``; label 1 is a target (same speaker) trial, label 0 a
+non-target. FNR (miss, false rejection) is the fraction of targets rejected, FPR (false alarm, false acceptance)
+the fraction of non-targets accepted. Everything is derived from one sort of the scores (``_sorted_counts``).
+
+The functions ``tuneThresholdfromScore``, ``ComputeErrorRates`` and ``ComputeMinDcf`` keep voxceleb_trainer's
+names, signatures and numbers (without sklearn at run time), so existing scripts keep working.
+"""
+
+import logging
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+logger = logging.getLogger(__name__)
+
+
+class _Counts(NamedTuple):
+    """Error counts at every distinct score, from one sort."""
+
+    thresholds: np.ndarray  # (K,) distinct scores, ascending, float64
+    tar_below: np.ndarray  # (K,) int64, target trials with score < threshold (rejected targets)
+    non_below: np.ndarray  # (K,) int64, non-target trials with score < threshold (rejected non-targets)
+    n_target: int
+    n_nontarget: int
+
+
+def _check_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert: scores -> float64 (N,), labels -> bool (N,) (True = target)."""
+    try:
+        s = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"scores must be numbers, got {type(scores).__name__}: {err}") from err
+    lab = np.asarray(labels)
+    if s.ndim != 1 or lab.ndim != 1:
+        raise ValueError(f"scores and labels must be 1-D, got shapes {s.shape} and {lab.shape}")
+    if s.shape != lab.shape:
+        raise ValueError(f"scores and labels differ in length: {s.size} scores, {lab.size} labels")
+    if s.size == 0:
+        raise ValueError("no trials: scores and labels are empty")
+    if lab.dtype == np.bool_:
+        is_target = lab
+    else:
+        if not np.issubdtype(lab.dtype, np.number):
+            raise ValueError(f"labels must be 0 (non-target) or 1 (target), got dtype {lab.dtype}")
+        is_target = lab == 1
+        bad = ~(is_target | (lab == 0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"labels must be 0 (non-target) or 1 (target); labels[{i}] = {lab[i]!r} "
+                f"({int(bad.sum())} invalid labels)"
+            )
+    finite = np.isfinite(s)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise ValueError(f"scores must be finite; scores[{i}] = {s[i]!r} ({int((~finite).sum())} non-finite)")
+    n_target = int(np.count_nonzero(is_target))
+    if n_target == 0 or n_target == is_target.size:
+        missing = "target (label 1)" if n_target == 0 else "non-target (label 0)"
+        raise ValueError(f"no {missing} trials among {is_target.size}: both classes are needed for error rates")
+    return s, is_target
+
+
+def _sorted_counts(s: np.ndarray, is_target: np.ndarray) -> _Counts:
+    """Count the trials below each distinct score (validated inputs).
+
+    Sorting values is several times faster than an argsort plus gathers, so the scores are sorted once and the
+    target scores once, and the rejected targets are counted by binary search of the sorted thresholds.
+    """
+    s_sorted = np.sort(s)
+    starts = np.flatnonzero(np.concatenate(([True], s_sorted[1:] != s_sorted[:-1])))  # first of each tie group
+    thresholds = s_sorted[starts]
+    tar_below = np.searchsorted(np.sort(s[is_target]), thresholds, side="left")
+    non_below = starts - tar_below  # trials strictly below a threshold = index of its tie group's first trial
+    n_target = int(np.count_nonzero(is_target))
+    return _Counts(thresholds, tar_below, non_below, n_target, s.size - n_target)
+
+
+def _error_curve(c: _Counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fnr, fpr, thresholds), thresholds ascending with a final +inf (reject all)."""
+    fnr = np.append(c.tar_below, c.n_target) / c.n_target
+    fpr = (c.n_nontarget - np.append(c.non_below, c.n_nontarget)) / c.n_nontarget
+    return fnr, fpr, np.append(c.thresholds, np.inf)
+
+
+def _roc_curve(c: _Counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """sklearn.metrics.roc_curve(labels, scores, pos_label=1) with drop_intermediate=True, bit for bit.
+
+    Points in decreasing threshold order; a point is dropped when it is collinear with its two neighbours
+    (zero second difference of both the false- and the true-positive counts); then (0, 0) at +inf is prepended.
+    """
+    keep = slice(None)
+    if c.thresholds.size > 2:  # a second difference is zero on the reversed curve iff it is on this one
+        keep = np.flatnonzero(
+            np.concatenate(([True], (np.diff(c.non_below, 2) != 0) | (np.diff(c.tar_below, 2) != 0), [True]))
+        )
+    tps = (c.n_target - c.tar_below[keep][::-1]).astype(np.float64)  # targets with score >= threshold
+    fps = (c.n_nontarget - c.non_below[keep][::-1]).astype(np.float64)
+    thresholds = c.thresholds[keep][::-1]
+    tps = np.concatenate(([0.0], tps))
+    fps = np.concatenate(([0.0], fps))
+    thresholds = np.concatenate(([np.inf], thresholds))
+    return fps / fps[-1], tps / tps[-1], thresholds
+
+
+def _eer(fnr: np.ndarray, fpr: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
+    """EER (fraction) and threshold where the piecewise-linear curve crosses FNR = FPR."""
+    d = fnr - fpr  # non-decreasing, from -1 (accept all) to +1 (reject all)
+    k = int(np.argmax(d >= 0))  # first point at or past the crossing; k >= 1 since d[0] = -1
+    if d[k] == 0:
+        return float(fnr[k]), float(thresholds[k])
+    alpha = -d[k - 1] / (d[k] - d[k - 1])  # in (0, 1]: fraction of the way from point k-1 to point k
+    eer = fnr[k - 1] + alpha * (fnr[k] - fnr[k - 1])
+    lo, hi = thresholds[k - 1], thresholds[k]
+    threshold = lo + alpha * (hi - lo) if np.isfinite(hi) else lo
+    return float(eer), float(threshold)
+
+
+def _min_dcf(
+    fnr: np.ndarray, fpr: np.ndarray, thresholds: np.ndarray, p_target: float, c_miss: float, c_fa: float
+) -> tuple[float, float]:
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
+    if c_miss <= 0 or c_fa <= 0:
+        raise ValueError(f"c_miss and c_fa must be > 0, got c_miss={c_miss}, c_fa={c_fa}")
+    c_det = c_miss * p_target * fnr + c_fa * (1.0 - p_target) * fpr
+    i = int(np.argmin(c_det))
+    c_default = min(c_miss * p_target, c_fa * (1.0 - p_target))
+    return float(c_det[i] / c_default), float(thresholds[i])
+
+
+def error_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Miss and false-alarm rates at every distinct threshold.
+
+    scores, labels: (N,) with labels 0/1 (1 = target). Returns (fnr, fpr, thresholds), each (K+1,) for K distinct
+    scores: thresholds ascending (accept when score >= threshold); the first point (threshold = lowest score)
+    accepts all (fnr 0, fpr 1), the last (threshold +inf) rejects all (fnr 1, fpr 0). Tied scores form one point.
+    """
+    return _error_curve(_sorted_counts(*_check_inputs(scores, labels)))
+
+
+def compute_eer(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
+    """Equal error rate in percent and its threshold.
+
+    The error curve is taken as piecewise linear between consecutive points of ``error_curve``; the EER is where
+    it crosses FNR = FPR: with the bracketing points k-1 (FNR < FPR) and k (FNR >= FPR) and
+    alpha = -d[k-1] / (d[k] - d[k-1]) for d = FNR - FPR, EER = FNR[k-1] + alpha (FNR[k] - FNR[k-1]) (= the FPR
+    there). The threshold is interpolated the same way (the lower one when the upper is the +inf end point).
+    """
+    eer, threshold = _eer(*error_curve(scores, labels))
+    return 100.0 * eer, threshold
+
+
+def compute_min_dcf(
+    scores: ArrayLike, labels: ArrayLike, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0
+) -> tuple[float, float]:
+    """Normalised minimum detection cost and its threshold.
+
+    min over thresholds of c_miss * p_target * FNR + c_fa * (1 - p_target) * FPR, divided by
+    min(c_miss * p_target, c_fa * (1 - p_target)) (the cost of the best fixed decision), so it is <= 1.
+    The threshold is +inf when rejecting all trials is optimal.
+    """
+    return _min_dcf(*error_curve(scores, labels), p_target, c_miss, c_fa)
+
+
+def compute_metrics(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    p_targets: Sequence[float] = (0.01, 0.05),
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> dict[str, float | int]:
+    """All verification metrics from one sort.
+
+    Keys: eer_percent, eer_threshold (interpolated EER, see ``compute_eer``), eer_vt_percent (voxceleb_trainer's
+    EER: max(FPR, FNR) at the sklearn ROC point where |FNR - FPR| is smallest), min_dcf_p<p> and
+    min_dcf_p<p>_threshold for each p in p_targets (e.g. min_dcf_p0.01), dcf_c_miss, dcf_c_fa, n_trials,
+    n_target, n_nontarget.
+    """
+    counts = _sorted_counts(*_check_inputs(scores, labels))
+    fnr, fpr, thresholds = _error_curve(counts)
+    eer, eer_threshold = _eer(fnr, fpr, thresholds)
+    roc_fpr, roc_tpr, _ = _roc_curve(counts)
+    roc_fnr = 1.0 - roc_tpr
+    i = int(np.nanargmin(np.abs(roc_fnr - roc_fpr)))
+    metrics: dict[str, float | int] = {
+        "eer_percent": 100.0 * eer,
+        "eer_threshold": eer_threshold,
+        "eer_vt_percent": 100.0 * float(max(roc_fpr[i], roc_fnr[i])),
+    }
+    for p in p_targets:
+        key = f"min_dcf_p{float(p)}"
+        metrics[key], metrics[f"{key}_threshold"] = _min_dcf(fnr, fpr, thresholds, float(p), c_miss, c_fa)
+    metrics.update(
+        dcf_c_miss=float(c_miss),
+        dcf_c_fa=float(c_fa),
+        n_trials=counts.n_target + counts.n_nontarget,
+        n_target=counts.n_target,
+        n_nontarget=counts.n_nontarget,
+    )
+    return metrics
+
+
+def det_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, fnr) of the DET curve, thresholds ascending (fpr decreasing, fnr increasing).
+
+    Saturated points are trimmed: the curve starts at the last point with fnr = 0 and ends at the first with
+    fpr = 0, so only those two end points map to -inf on normal-deviate (probit) axes; clip before plotting.
+    """
+    fnr, fpr, _ = error_curve(scores, labels)
+    first = int(np.searchsorted(fnr, 0.0, side="right")) - 1  # fnr[0] == 0, so first >= 0
+    last = int(np.argmax(fpr == 0))  # fpr[-1] == 0
+    return fpr[first : last + 1], fnr[first : last + 1]
+
+
+# ---- voxceleb_trainer's functions, same names, signatures and numbers -------------------------------------
+
+
+def tuneThresholdfromScore(
+    scores: ArrayLike, labels: ArrayLike, target_fa: Sequence[float], target_fr: Sequence[float] | None = None
+) -> tuple[list[list[float]], float, np.ndarray, np.ndarray]:
+    """voxceleb_trainer's threshold tuning on the sklearn ROC curve (without sklearn).
+
+    Returns (tuned, eer_percent, fpr, fnr): tuned is [threshold, fpr, fnr] at the ROC point nearest each
+    target_fr (FNR) then each target_fa (FPR); eer_percent = 100 max(FPR, FNR) at the point where |FNR - FPR| is
+    smallest; fpr, fnr are the ROC points (decreasing threshold, first threshold +inf).
+    """
+    fpr, tpr, thresholds = _roc_curve(_sorted_counts(*_check_inputs(scores, labels)))
+    fnr = 1 - tpr
+    tuned = []
+    if target_fr:
+        for tfr in target_fr:
+            i = np.nanargmin(np.absolute(tfr - fnr))
+            tuned.append([thresholds[i], fpr[i], fnr[i]])
+    for tfa in target_fa:
+        i = np.nanargmin(np.absolute(tfa - fpr))
+        tuned.append([thresholds[i], fpr[i], fnr[i]])
+    i_eer = np.nanargmin(np.absolute(fnr - fpr))
+    eer = max(fpr[i_eer], fnr[i_eer]) * 100
+    return tuned, eer, fpr, fnr
+
+
+def ComputeErrorRates(scores: ArrayLike, labels: ArrayLike) -> tuple[list[float], list[float], list[float]]:
+    """voxceleb_trainer's (Kaldi's) per-trial error rates.
+
+    Trials are sorted by score (stable, ascending); for sorted trial i, fnrs[i] is the fraction of targets among
+    trials 0..i and fprs[i] is 1 - the fraction of non-targets among trials 0..i; thresholds are the sorted
+    scores. One point per trial, ties not merged, as in the original.
+    """
+    s, is_target = _check_inputs(scores, labels)
+    order = np.argsort(s, kind="stable")
+    y = is_target[order].astype(np.int64)
+    n_target = int(y.sum())
+    fnrs = np.cumsum(y) / float(n_target)
+    fprs = 1 - np.cumsum(1 - y) / float(y.size - n_target)
+    return fnrs.tolist(), fprs.tolist(), s[order].tolist()
+
+
+def ComputeMinDcf(
+    fnrs: ArrayLike, fprs: ArrayLike, thresholds: Sequence[float], p_target: float, c_miss: float, c_fa: float
+) -> tuple[float, float]:
+    """voxceleb_trainer's (Kaldi's) minDCF from ``ComputeErrorRates`` output: (min_dcf, threshold).
+
+    c_det = c_miss fnr p_target + c_fa fpr (1 - p_target), first minimum, divided by
+    min(c_miss p_target, c_fa (1 - p_target)) (NIST SRE 2016 plan, section 3).
+    """
+    fnrs = np.asarray(fnrs, dtype=np.float64)
+    fprs = np.asarray(fprs, dtype=np.float64)
+    if fnrs.ndim != 1 or fnrs.shape != fprs.shape or fnrs.size != len(thresholds) or fnrs.size == 0:
+        raise ValueError(
+            f"fnrs, fprs and thresholds must be non-empty 1-D of one length, got {fnrs.shape}, {fprs.shape} "
+            f"and {len(thresholds)}"
+        )
+    c_det = c_miss * fnrs * p_target + c_fa * fprs * (1 - p_target)
+    i = int(np.argmin(c_det))
+    c_def = min(c_miss * p_target, c_fa * (1 - p_target))
+    return float(c_det[i]) / c_def, thresholds[i]
