@@ -91,6 +91,7 @@ def read_train_list(list_path: str | Path, train_path: str | Path) -> TrainList:
 
 @dataclass
 class TrialList:
+    path: str  # the list file, as given
     labels: np.ndarray | None  # (N,) int64, or None for an unlabeled list
     enroll: list[str]  # as written in the list
     test: list[str]
@@ -113,7 +114,7 @@ def read_trial_list(list_path: str | Path, test_path: str | Path) -> TrialList:
            if len(t) != ncols or (ncols == 3 and t[0] not in ("0", "1"))]
     if bad:
         raise _report(list_path, "malformed lines", bad, hint)
-    trials = TrialList(labels=np.array([int(t[0]) for _, t in rows]) if ncols == 3 else None,
+    trials = TrialList(path=str(list_path), labels=np.array([int(t[0]) for _, t in rows]) if ncols == 3 else None,
                        enroll=[t[-2] for _, t in rows], test=[t[-1] for _, t in rows])
     first_line = {}
     for n, t in rows:

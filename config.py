@@ -30,7 +30,10 @@ class ConfigError(UserError):
 
 
 def opt(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+    meta = {"help": help, "group": group, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -77,7 +80,8 @@ class Config:
     initial_model: str = opt("", "Checkpoint to fine-tune or evaluate (ours or the official DTDY format).", "paths")
     save_path: str = opt("exps/exp1", "Experiment folder: model/, result/, config.yaml.", "paths")
     train_list: str = opt("data/train_list.txt", "Train list: '<speaker> <path under train_path>' lines.", "paths")
-    test_list: str = opt("data/test_list.txt", "Trial list: '<label> <enroll> <test>' under test_path.", "paths")
+    test_list: list[str] = opt(["data/test_list.txt"], "Trial list(s): '<label> <enroll> <test>' under test_path.",
+                               "paths")
     train_path: str = opt("data/voxceleb2/dev/wav", "Root of the training wav files.", "paths")
     test_path: str = opt("data/voxceleb1/wav", "Root of the test wav files.", "paths")
     musan_path: str = opt("data/musan_split", "MUSAN split into 5-s chunks.", "paths")
@@ -114,13 +118,22 @@ def _closest(key: str, prefix: str = "") -> str:
     return f"did you mean '{prefix}{match[0]}'?" if match else ""
 
 
+def _type_name(typ: Any) -> str:
+    return "a list of str" if typing.get_origin(typ) is list else typ.__name__
+
+
 def coerce(key: str, value: Any, source: str) -> Any:
     """Convert ``value`` to the declared type of option ``key``; ``source`` says where it came from."""
     if key not in _FIELDS:
         raise ConfigError(f"Unknown option '{key}' in {source}; {_closest(key)} "
                           f"Run `python trainSpeakerNet.py --help` for every option.")
     typ = _TYPES[key]
-    bad = ConfigError(f"Option '{key}' in {source} expects {typ.__name__}, got {value!r}.")
+    bad = ConfigError(f"Option '{key}' in {source} expects {_type_name(typ)}, got {value!r}.")
+    if typing.get_origin(typ) is list:
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in items):
+            raise bad
+        return [str(v) for v in items]
     if typ is bool:
         if isinstance(value, bool):
             out = value
@@ -170,9 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, f in _FIELDS.items():
         group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
-        helptext = f"{f.metadata['help']} (default: {f.default!r})"
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        helptext = f"{f.metadata['help']} (default: {default!r})"
         if _TYPES[name] is bool:
             group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, help=helptext)
+        elif typing.get_origin(_TYPES[name]) is list:
+            group.add_argument(f"--{name}", type=str, nargs="+", metavar="STR", help=helptext)
         else:
             group.add_argument(f"--{name}", type=str, metavar=_TYPES[name].__name__.upper(), help=helptext)
     return parser

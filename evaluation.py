@@ -56,9 +56,10 @@ def write_scores(path: Path, scores: np.ndarray, trials: TrialList) -> None:
     _atomic_write(path, "\n".join(lines) + "\n")
 
 
-def evaluate(trainer: ModelTrainer, trials: TrialList, cfg: Config, result_dir: Path, loss: nn.Module,
+def evaluate(trainer: ModelTrainer, trial_lists: list[TrialList], cfg: Config, result_dir: Path, loss: nn.Module,
              show_progress: bool = True) -> dict[str, Any]:
     """Embed, score and (for a labeled list) compute EER and minDCF; writes the two result files."""
+    trials = trial_lists[0]
     files = trials.files
     per_file = cfg.num_eval if cfg.eval_frames > 0 else 1
     loader = DataLoader(TestDataset(files, cfg.test_path, cfg.eval_frames, cfg.num_eval),
@@ -70,16 +71,16 @@ def evaluate(trainer: ModelTrainer, trials: TrialList, cfg: Config, result_dir: 
     scores = score_trial_list(({f: i for i, f in enumerate(files)}, stacked),
                               list(zip(trials.enroll, trials.test, strict=True)), protocol)
     write_scores(result_dir / "scores.txt", scores, trials)
-    metrics: dict[str, Any] = {"test_list": cfg.test_list, "protocol": description, "n_trials": len(scores),
+    metrics: dict[str, Any] = {"test_list": trials.path, "protocol": description, "n_trials": len(scores),
                                "n_files": len(files)}
     if trials.labels is None:
-        log.info("%s: %d trials scored (unlabeled list: no metrics) -> %s", cfg.test_list, len(scores),
+        log.info("%s: %d trials scored (unlabeled list: no metrics) -> %s", trials.path, len(scores),
                  result_dir / "scores.txt")
     else:
         p_targets = tuple(sorted({0.01, 0.05, cfg.dcf_p_target}))
         metrics.update(compute_metrics(scores, trials.labels, p_targets=p_targets, c_miss=cfg.dcf_c_miss,
                                        c_fa=cfg.dcf_c_fa))
-        log.info("%s: EER %.4f%%, minDCF(p=%.2g) %.4f, minDCF(p=0.01) %.4f, %d trials", cfg.test_list,
+        log.info("%s: EER %.4f%%, minDCF(p=%.2g) %.4f, minDCF(p=0.01) %.4f, %d trials", trials.path,
                  metrics["eer_percent"], cfg.dcf_p_target, metrics[f"min_dcf_p{float(cfg.dcf_p_target)}"],
                  metrics["min_dcf_p0.01"], len(scores))
     finite = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()}

@@ -107,7 +107,7 @@ def run_eval(cfg: Config, device: torch.device) -> dict:
     if not path:
         raise UserError(f"--eval needs weights: give --initial_model, or train first so that "
                         f"'{Path(cfg.save_path) / 'model'}' holds a checkpoint.")
-    trials = read_trial_list(cfg.test_list, cfg.test_path)
+    trials = [read_trial_list(path, cfg.test_path) for path in cfg.test_list]
     net = build_net(cfg)
     load_weights(net, path, cfg, with_loss=False)
     net.to(device)
@@ -122,7 +122,7 @@ def run_train(cfg: Config, device: torch.device) -> dict:
     if resume is not None:
         ckpt.check_compatible(resume.get("config"), cfg, last, RESUME_KEYS)
     train = read_train_list(cfg.train_list, cfg.train_path)
-    trials = read_trial_list(cfg.test_list, cfg.test_path)
+    trials = [read_trial_list(path, cfg.test_path) for path in cfg.test_list]
     if len(train.speakers) > cfg.nClasses:
         raise UserError(f"The train list '{cfg.train_list}' has {len(train.speakers)} speakers but --nClasses is "
                         f"{cfg.nClasses}; set --nClasses {len(train.speakers)}.")

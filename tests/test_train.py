@@ -14,7 +14,7 @@ from demodata import make_demo_corpus
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     make_demo_corpus(root, n_train_speakers=6, n_test_speakers=3, utts_per_speaker=4, test_utts_per_speaker=2,
-                     videos_per_speaker=2, n_trials=12, min_seconds=0.6, max_seconds=1.0, seed=1)
+                     videos_per_speaker=2, n_trials=12, min_seconds=1.0, max_seconds=1.2, seed=1)
     return root
 
 
