@@ -229,10 +229,13 @@ class SpeakerBalancedSampler(Sampler):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.first_batch = 0
         self._groups: list[tuple[int, ...]] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """Select the epoch (reshuffles) and, to resume inside it, the first batch of this rank to yield."""
         self.epoch = epoch
+        self.first_batch = first_batch
         self._groups = None
 
     def _make_groups(self) -> list[tuple[int, ...]]:
@@ -319,7 +322,7 @@ class SpeakerBalancedSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[tuple[int, ...], int]]:
         groups = self.groups()
         nbatch = len(groups) // self.batch_size
-        for b in range(self.rank, nbatch, self.world_size):
+        for b in range(self.rank + self.first_batch * self.world_size, nbatch, self.world_size):
             for j in range(b * self.batch_size, (b + 1) * self.batch_size):
                 yield groups[j], _item_seed(self.seed, self.epoch, j)
 

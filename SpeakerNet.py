@@ -1,7 +1,8 @@
 """The model + loss wrapper and the training and embedding loops (no argument parsing, no file formats).
 
 Mixed precision is one code path: ``autocast`` is a no-op and the gradient scaler is disabled when off. On CUDA
-``--mixedprec`` trains in fp16 with a scaler; on CPU in bf16 (no scaler needed).
+``--mixedprec`` trains in fp16 with a gradient scaler (or bf16 with ``--mixedprec_dtype bf16``, no scaler needed);
+on CPU in bf16. The models keep their mel front-end in fp32 whatever the autocast.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from config import UserError
+from distributed import DistEnv, all_gather, all_true
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +42,12 @@ class SpeakerNet(nn.Module):
         return self.loss(emb.reshape(batch, per_speaker, -1).float(), label)
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+def autocast_dtype(device: torch.device, name: str) -> torch.dtype:
+    """fp16 or bf16 on CUDA as asked; always bf16 on CPU (CPU fp16 autocast is slow and partial)."""
+    return torch.float16 if device.type == "cuda" and name == "fp16" else torch.bfloat16
+
+
+def autocast(device: torch.device, enabled: bool, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype, enabled=enabled)
 
 
@@ -49,37 +56,50 @@ class ModelTrainer:
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer | None,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None, step_per: str, device: torch.device,
-                 mixedprec: bool,
+                 mixedprec: bool, mixedprec_dtype: str = "fp16", env: DistEnv | None = None,
                  on_iteration: Callable[[float], None] | None = None) -> None:
         if step_per not in ("epoch", "iteration"):
             raise ValueError(f"scheduler must step per 'epoch' or 'iteration', not {step_per!r}")
-        self.net = net
+        self.net = net  # SpeakerNet, or DDP(SpeakerNet)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.step_per = step_per
         self.device = device
         self.mixedprec = mixedprec
-        self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec and device.type == "cuda")
+        self.dtype = autocast_dtype(device, mixedprec_dtype)
+        self.env = env or DistEnv()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec and self.dtype == torch.float16)
         self.on_iteration = on_iteration
 
-    def train_network(self, loader: Iterable, epoch: int, steps: int, show_progress: bool = True) -> dict[str, float]:
-        """One epoch; returns mean loss, accuracy and utterances/s. ``epoch`` counts from 1."""
+    @property
+    def speaker_net(self) -> SpeakerNet:
+        return self.net.module if isinstance(self.net, nn.parallel.DistributedDataParallel) else self.net
+
+    def train_network(self, loader: Iterable, epoch: int, steps: int, first_step: int = 0,
+                      on_step: Callable[[int, int], None] | None = None,
+                      show_progress: bool = True) -> dict[str, float]:
+        """One epoch (from batch ``first_step`` when resuming inside it) of ``steps`` batches; ``epoch`` counts from 1.
+
+        ``on_step(epoch, done)`` is called after each step with the number of batches of the epoch done. Returns
+        mean loss, accuracy and utterances/s of the steps run.
+        """
         self.net.train()
         total_loss = total_acc = 0.0
         count = utts = 0
         start = time.perf_counter()
-        bar = tqdm(loader, total=steps, desc=f"epoch {epoch}", disable=not show_progress, dynamic_ncols=True)
-        for step, (data, label) in enumerate(bar):
+        bar = tqdm(loader, total=steps, initial=first_step, desc=f"epoch {epoch}",
+                   disable=not (show_progress and self.env.is_main), dynamic_ncols=True)
+        for step, (data, label) in enumerate(bar, start=first_step):
             if self.on_iteration is not None:
                 self.on_iteration(epoch - 1 + step / max(steps, 1))
             data = data.to(self.device, non_blocking=True)
             label = label.to(self.device, non_blocking=True)
-            with autocast(self.device, self.mixedprec):
+            with autocast(self.device, self.mixedprec, self.dtype):
                 loss, acc = self.net(data, label)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"The loss became {loss.item()} at epoch {epoch}, step {step + 1}; training "
-                                         f"stopped. The last good checkpoint is kept; try a lower --lr or no "
-                                         f"--mixedprec.")
+            if not all_true(bool(torch.isfinite(loss)), self.env, self.device):  # every rank stops together
+                raise NonFiniteLossError(f"The loss became non-finite ({loss.item()} on rank {self.env.rank}) at "
+                                         f"epoch {epoch}, step {step + 1}; training stopped. The last good "
+                                         f"checkpoint is kept; try a lower --lr or no --mixedprec.")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -92,26 +112,35 @@ class ModelTrainer:
             utts += data.shape[0] * data.shape[1]
             rate = utts / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{total_loss / count:.3f}", acc=f"{total_acc / count:.1f}", utt_s=f"{rate:.1f}")
+            if on_step is not None:
+                on_step(epoch, step + 1)
         if self.step_per == "epoch":
             self.scheduler.step()
-        if count == 0:
-            raise UserError("The epoch had no batch: the train list has too few utterances per speaker for "
-                            "--nPerSpeaker and --batch_size.")
+        count = max(count, 1)
         return {"loss": total_loss / count, "acc": total_acc / count,
-                "utt_per_s": utts / (time.perf_counter() - start)}
+                "utt_per_s": utts * self.env.world_size / (time.perf_counter() - start)}
 
     @torch.no_grad()
-    def embed(self, loader: Iterable, n_files: int, show_progress: bool = True) -> list[torch.Tensor]:
-        """Embeddings of every file of a TestDataset loader: list of (crops, nOut) float32 CPU tensors."""
-        model = self.net.model
+    def embed(self, loader: DataLoader, n_files: int, show_progress: bool = True) -> list[torch.Tensor]:
+        """Embeddings of every file of a TestDataset loader: list of (crops, nOut) float32 CPU tensors.
+
+        Under DDP each rank embeds every world_size-th file and every rank receives all embeddings.
+        """
+        model = self.speaker_net.model
         model.eval()
+        if self.env.enabled:
+            shard = Subset(loader.dataset, range(self.env.rank, len(loader.dataset), self.env.world_size))
+            loader = DataLoader(shard, batch_size=loader.batch_size, num_workers=loader.num_workers)
         out: list[torch.Tensor | None] = [None] * n_files
-        for crops, index in tqdm(loader, total=len(loader), desc="embedding", disable=not show_progress,
-                                 dynamic_ncols=True):
+        local: list[tuple[int, torch.Tensor]] = []
+        for crops, index in tqdm(loader, total=len(loader), desc="embedding",
+                                 disable=not (show_progress and self.env.is_main), dynamic_ncols=True):
             batch, n_crops, samples = crops.shape
-            with autocast(self.device, self.mixedprec):
+            with autocast(self.device, self.mixedprec, self.dtype):
                 emb = model(crops.reshape(batch * n_crops, samples).to(self.device))
             emb = emb.float().reshape(batch, n_crops, -1).cpu()
-            for i, e in zip(index.tolist(), emb, strict=True):
+            local += list(zip(index.tolist(), emb, strict=True))
+        for part in all_gather(local, self.env):
+            for i, e in part:
                 out[i] = e
         return out  # type: ignore[return-value]

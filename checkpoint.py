@@ -57,6 +57,12 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(save_path: str | Path) -> None:
+    """Delete temporary files left by a process killed while writing a checkpoint."""
+    for tmp in (Path(save_path) / "model").glob(".*.tmp*"):
+        tmp.unlink(missing_ok=True)
+
+
 def rng_state() -> dict[str, Any]:
     """The states of Python's, NumPy's and torch's global generators, in weights_only-safe types."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

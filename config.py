@@ -96,7 +96,13 @@ class Config:
     eval: bool = opt(False, "Evaluate only (no training).", "runtime")
     port: int = opt(0, "Rendezvous port for --distributed on one machine (0: a free port).", "runtime")
     distributed: bool = opt(False, "Distributed data parallel over the local GPUs.", "runtime")
-    mixedprec: bool = opt(False, "Mixed-precision training.", "runtime")
+    nproc_per_node: int = opt(0, "--distributed without torchrun: processes to start (0: one per GPU).", "runtime")
+    mixedprec: bool = opt(False, "Mixed-precision training (the mel front-end stays fp32).", "runtime")
+    mixedprec_dtype: str = opt("fp16", "Autocast type on CUDA: fp16 (with a gradient scaler) or bf16; CPU: bf16.",
+                               "runtime", ("fp16", "bf16"))
+    checkpoint_minutes: float = opt(0.0, "Also checkpoint inside an epoch every this many minutes (0: off).",
+                                    "runtime")
+    tensorboard: bool = opt(True, "TensorBoard scalars under <save_path>/tensorboard (rank 0).", "runtime")
     device: str = opt("auto", "auto (CUDA if available), cpu or cuda.", "runtime", ("auto", "cpu", "cuda"))
 
     def to_dict(self) -> dict[str, Any]:

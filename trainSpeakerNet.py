@@ -14,16 +14,21 @@ from __future__ import annotations
 import logging
 import random
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.utils.data import DataLoader
 
 import checkpoint as ckpt
+import distributed
 import plugins
 from config import Config, UserError, parse_args, save_config
 from DatasetLoader import SpeakerBalancedSampler, TrainDataset, read_train_list, read_trial_list
+from distributed import DistEnv, barrier
 from evaluation import evaluate
 from loss._margin import margin_at
 from SpeakerNet import ModelTrainer, SpeakerNet
@@ -95,47 +100,75 @@ def load_weights(net: SpeakerNet, path: str | Path, cfg: Config, with_loss: bool
     return obj
 
 
-def checkpoint_state(net: SpeakerNet, trainer: ModelTrainer, epoch: int, cfg: Config) -> dict:
-    return {"format": ckpt.FORMAT, "version": 1, "epoch": epoch, "model": net.model.state_dict(),
+def checkpoint_state(trainer: ModelTrainer, epoch: int, step: int, cfg: Config) -> dict:
+    """Everything to continue exactly: ``epoch`` epochs finished and ``step`` batches of the next one done."""
+    net = trainer.speaker_net
+    return {"format": ckpt.FORMAT, "version": 1, "epoch": epoch, "step": step, "model": net.model.state_dict(),
             "loss": net.loss.state_dict(), "optimizer": trainer.optimizer.state_dict(),
             "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
             "rng": ckpt.rng_state(), "config": cfg.to_dict()}
 
 
-def run_eval(cfg: Config, device: torch.device) -> dict:
+def run_eval(cfg: Config, device: torch.device, env: DistEnv) -> dict:
     path = cfg.initial_model or ckpt.latest_checkpoint(cfg.save_path)
     if not path:
         raise UserError(f"--eval needs weights: give --initial_model, or train first so that "
                         f"'{Path(cfg.save_path) / 'model'}' holds a checkpoint.")
-    trials = [read_trial_list(path, cfg.test_path) for path in cfg.test_list]
+    trials = [read_trial_list(p, cfg.test_path) for p in cfg.test_list]
     net = build_net(cfg)
     load_weights(net, path, cfg, with_loss=False)
     net.to(device)
-    trainer = ModelTrainer(net, None, None, "epoch", device, cfg.mixedprec)
+    trainer = ModelTrainer(net, None, None, "epoch", device, cfg.mixedprec, cfg.mixedprec_dtype, env)
     return evaluate(trainer, trials, cfg, Path(cfg.save_path) / "result", net.loss)
 
 
-def run_train(cfg: Config, device: torch.device) -> dict:
+class _Board:
+    """TensorBoard scalars on rank 0 (a no-op elsewhere or when --no-tensorboard)."""
+
+    def __init__(self, folder: Path, enabled: bool) -> None:
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(folder))
+
+    def add(self, scalars: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for key, value in scalars.items():
+                if isinstance(value, int | float) and np.isfinite(value):
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
     save = Path(cfg.save_path)
     last = ckpt.latest_checkpoint(save)
     resume = ckpt.read(last) if last else None
     if resume is not None:
         ckpt.check_compatible(resume.get("config"), cfg, last, RESUME_KEYS)
     train = read_train_list(cfg.train_list, cfg.train_path)
-    trials = [read_trial_list(path, cfg.test_path) for path in cfg.test_list]
+    trials = [read_trial_list(p, cfg.test_path) for p in cfg.test_list]
     if len(train.speakers) > cfg.nClasses:
         raise UserError(f"The train list '{cfg.train_list}' has {len(train.speakers)} speakers but --nClasses is "
                         f"{cfg.nClasses}; set --nClasses {len(train.speakers)}.")
 
     net = build_net(cfg)
-    sampler = SpeakerBalancedSampler(train.labels, cfg.nPerSpeaker, cfg.max_seg_per_spk, cfg.batch_size, cfg.seed)
+    sampler = SpeakerBalancedSampler(train.labels, cfg.nPerSpeaker, cfg.max_seg_per_spk, cfg.batch_size, cfg.seed,
+                                     rank=env.rank, world_size=env.world_size)
     steps = sampler.batches_per_epoch()
     if steps == 0:
         raise UserError(f"An epoch of '{cfg.train_list}' has no full batch of {cfg.batch_size} speakers x "
-                        f"{cfg.nPerSpeaker} crops; lower --batch_size or --nPerSpeaker.")
+                        f"{cfg.nPerSpeaker} crops per process ({env.world_size} processes); lower --batch_size or "
+                        f"--nPerSpeaker.")
+    # Crop positions come from the sampler's seeds; the generator only keeps DataLoader off the global RNG.
     loader = DataLoader(TrainDataset(train, cfg.max_frames), batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.nDataLoaderThread, drop_last=True, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.nDataLoaderThread > 0)
+                        persistent_workers=cfg.nDataLoaderThread > 0,
+                        generator=torch.Generator().manual_seed(cfg.seed))
     optimizer = plugins.build("optimizer", cfg.optimizer, cfg, named_parameters=list(net.named_parameters()))
     scheduler, step_per = plugins.build("scheduler", cfg.scheduler, cfg, optimizer=optimizer, iters_per_epoch=steps)
 
@@ -151,51 +184,106 @@ def run_train(cfg: Config, device: torch.device) -> dict:
             net.loss.margin = margin_at(epoch, cfg.margin, cfg.margin_rampup_start, cfg.margin_rampup_end)
 
     net.to(device)
-    trainer = ModelTrainer(net, optimizer, scheduler, step_per, device, cfg.mixedprec, on_iteration=set_margin)
-    start = 1
+    start, first_step = 1, 0
     if resume is not None:
         ckpt.load_into(net.model, resume["model"], "model", last)
         ckpt.load_into(net.loss, resume["loss"], "loss head", last)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        trainer.scaler.load_state_dict(resume["scaler"])
-        ckpt.set_rng_state(resume["rng"])
-        start = resume["epoch"] + 1
-        log.info("resuming from %s after epoch %d", last, resume["epoch"])
+        start, first_step = resume["epoch"] + 1, resume.get("step", 0)
     elif cfg.initial_model:
         load_weights(net, cfg.initial_model, cfg, with_loss=True)
+    wrapped = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
+        if env.enabled else net
+    trainer = ModelTrainer(wrapped, optimizer, scheduler, step_per, device, cfg.mixedprec, cfg.mixedprec_dtype, env,
+                           on_iteration=set_margin)
+    if resume is not None:
+        trainer.scaler.load_state_dict(resume["scaler"])
+        ckpt.set_rng_state(resume["rng"])
 
-    save_config(cfg, save / "config.yaml")
-    setup_logging(save / "result" / "train.log")
-    log.info("%d utterances of %d speakers; %d steps of %d speakers x %d crops per epoch; %.2fM parameters",
-             len(train.files), len(train.speakers), steps, cfg.batch_size, cfg.nPerSpeaker,
-             sum(p.numel() for p in net.model.parameters()) / 1e6)
+    if env.is_main:
+        ckpt.remove_stale_temporaries(save)
+        save_config(cfg, save / "config.yaml")
+        setup_logging(save / "result" / "train.log")
+    if resume is not None:
+        log.info("resuming from %s after epoch %d%s", last, resume["epoch"],
+                 f", step {first_step}" if first_step else "")
+    log.info("%d utterances of %d speakers; %d steps per epoch of %d processes x %d speakers x %d crops; "
+             "%.2fM parameters", len(train.files), len(train.speakers), steps, env.world_size, cfg.batch_size,
+             cfg.nPerSpeaker, sum(p.numel() for p in net.model.parameters()) / 1e6)
+    board = _Board(save / "tensorboard", cfg.tensorboard and env.is_main)
+    last_save = time.monotonic()
+
+    def timed_checkpoint(epoch: int, done: int) -> None:
+        """With --checkpoint_minutes, save the position inside a long epoch now and then."""
+        nonlocal last_save
+        due = time.monotonic() - last_save > 60 * cfg.checkpoint_minutes
+        if cfg.checkpoint_minutes > 0 and done < steps and due:
+            if env.is_main:
+                ckpt.atomic_save(checkpoint_state(trainer, epoch - 1, done, cfg), save / "model" / "last.model")
+            last_save = time.monotonic()
+
     metrics: dict = {}
     if start > cfg.max_epoch:
         log.info("training already finished (%d epochs); nothing to do", cfg.max_epoch)
     for epoch in range(start, cfg.max_epoch + 1):
-        sampler.set_epoch(epoch)
-        stats = trainer.train_network(loader, epoch, sampler.batches_per_epoch())
+        sampler.set_epoch(epoch, first_step)
+        stats = trainer.train_network(loader, epoch, steps, first_step, on_step=timed_checkpoint)
+        first_step = 0
+        lr = optimizer.param_groups[0]["lr"]
         log.info("epoch %d: loss %.4f, accuracy %.2f%%, %.1f utterances/s, lr %.3g", epoch, stats["loss"],
-                 stats["acc"], stats["utt_per_s"], optimizer.param_groups[0]["lr"])
-        state = checkpoint_state(net, trainer, epoch, cfg)
-        ckpt.atomic_save(state, save / "model" / "last.model")
+                 stats["acc"], stats["utt_per_s"], lr)
+        board.add({"train/loss": stats["loss"], "train/accuracy": stats["acc"], "train/utt_per_s": stats["utt_per_s"],
+                   "train/lr": lr, "train/margin": float(getattr(net.loss, "margin", float("nan")))}, epoch)
+        state = checkpoint_state(trainer, epoch, 0, cfg)
+        if env.is_main:
+            ckpt.atomic_save(state, save / "model" / "last.model")
         if epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch:
-            ckpt.atomic_save(state, ckpt.checkpoint_path(save, epoch))
+            if env.is_main:
+                ckpt.atomic_save(state, ckpt.checkpoint_path(save, epoch))
             metrics = evaluate(trainer, trials, cfg, save / "result", net.loss)
+            board.add({f"eval/{k}": v for k, v in metrics.items() if k.startswith(("eer", "min_dcf"))}, epoch)
+        barrier(env)
+    board.close()
     return metrics
 
 
+def _worker(argv: list[str]) -> None:
+    """Entry point of each process started by --distributed."""
+    code = main(argv)
+    if code:
+        sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     setup_logging()
+    env = distributed.from_environment()
     try:
         cfg = parse_args(argv)
         device = pick_device(cfg.device)
+        if cfg.distributed and env is None:
+            nproc = cfg.nproc_per_node or (torch.cuda.device_count() if device.type == "cuda" else 0)
+            if nproc < 1:
+                raise UserError("--distributed found no GPU; give --nproc_per_node N to run N CPU processes, or "
+                                "start the job with torchrun.")
+            try:
+                distributed.launch(_worker, argv, nproc, cfg.port)
+            except ChildFailedError as err:
+                log.error("a distributed worker failed: %s", err.format_msg() if hasattr(err, "format_msg") else err)
+                return 1
+            return 0
+        env = env or DistEnv()
+        if not env.is_main:
+            logging.getLogger().setLevel(logging.WARNING)
+        device = distributed.init(env, device.type) if env.enabled else device
         seed_everything(cfg.seed)
-        run_eval(cfg, device) if cfg.eval else run_train(cfg, device)
+        run_eval(cfg, device, env) if cfg.eval else run_train(cfg, device, env)
     except UserError as err:
         log.error("%s", err)
         return 2
+    finally:
+        distributed.cleanup()
     return 0
 
 

@@ -1,32 +1,18 @@
 """End to end through trainSpeakerNet.main: train, evaluate, resume, fine-tune, and refuse bad input."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 import checkpoint as ckpt
 import trainSpeakerNet
-from demodata import make_demo_corpus
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_corpus(root, n_train_speakers=6, n_test_speakers=3, utts_per_speaker=4, test_utts_per_speaker=2,
-                     videos_per_speaker=2, n_trials=12, min_seconds=1.0, max_seconds=1.2, seed=1)
-    return root
-
-
-def argv(corpus, save, *extra):
-    """A tiny but complete configuration: short crops, small batches, no workers."""
-    return ["--model", "ResNet34_quarter", "--encoder_type", "SAP", "--nOut", "32", "--n_mels", "40",
-            "--trainfunc", "softmaxproto", "--nClasses", "6", "--batch_size", "3", "--nPerSpeaker", "2",
-            "--max_frames", "40", "--eval_frames", "60", "--num_eval", "2", "--max_epoch", "2",
-            "--test_interval", "1", "--nDataLoaderThread", "0", "--seed", "5", "--lr", "0.001",
-            "--train_list", str(corpus / "train_list.txt"), "--train_path", str(corpus / "train" / "wav"),
-            "--test_list", str(corpus / "test_list.txt"), "--test_path", str(corpus / "test" / "wav"),
-            "--save_path", str(save), *extra]
+from conftest import ROOT
+from conftest import tiny_argv as argv
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +137,78 @@ def test_unlabeled_trial_list_gives_scores_and_no_metrics(corpus, trained, tmp_p
     metrics = json.loads((out / "result/metrics.json").read_text())
     assert "eer_percent" not in metrics and metrics["n_trials"] == len(lines)
     assert all(len(line.split()) == 3 for line in (out / "result/scores.txt").read_text().splitlines())
+
+
+def test_tensorboard_scalars_are_written(trained):
+    assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def run_cli(args, **kwargs):
+    return subprocess.Popen([sys.executable, str(ROOT / "trainSpeakerNet.py"), *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+
+
+def test_sigkill_mid_epoch_then_rerun_is_bitwise_identical(corpus, trained, tmp_path):
+    save = tmp_path / "killed"
+    args = argv(corpus, save, "--checkpoint_minutes", "1e-6")  # a checkpoint after every step
+    proc = run_cli(args)
+    last = save / "model" / "last.model"
+    deadline = time.monotonic() + 120
+    position = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if last.exists():
+            state = ckpt.read(last)
+            if state["step"] > 0:  # inside an epoch
+                position = (state["epoch"], state["step"])
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.01)
+    proc.wait(timeout=30)
+    assert position is not None, proc.stderr.read().decode()[-2000:]
+    assert proc.returncode == -signal.SIGKILL
+    resumed = run_cli(args)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    assert f"after epoch {position[0]}, step" in err.decode()
+    a = ckpt.read(trained / "model/last.model")
+    b = ckpt.read(last)
+    assert b["epoch"] == 2 and b["step"] == 0
+    for part in ("model", "loss"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+
+
+def test_mixedprec_trains_in_bf16_on_cpu(corpus, tmp_path, monkeypatch):
+    seen = []
+    real = torch.nn.Conv2d.forward
+
+    def spy(self, x):
+        out = real(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", spy)
+    save = tmp_path / "amp"
+    assert trainSpeakerNet.main(argv(corpus, save, "--mixedprec", "--max_epoch", "1")) == 0
+    assert torch.bfloat16 in seen
+    state = ckpt.read(save / "model/last.model")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(corpus, tmp_path, caplog, monkeypatch):
+    from SpeakerNet import SpeakerNet
+
+    save = tmp_path / "nan"
+    assert trainSpeakerNet.main(argv(corpus, save, "--max_epoch", "1")) == 0
+    before = (save / "model/last.model").read_bytes()
+    real = SpeakerNet.forward
+    calls = []
+
+    def poisoned(self, data, label):
+        loss, acc = real(self, data, label)
+        calls.append(1)
+        return (loss * float("nan"), acc) if len(calls) == 2 else (loss, acc)
+
+    monkeypatch.setattr(SpeakerNet, "forward", poisoned)
+    code = trainSpeakerNet.main(argv(corpus, save))
+    assert_refused(code, caplog, "non-finite", "epoch 2, step 2", "last good checkpoint is kept")
+    assert (save / "model/last.model").read_bytes() == before
