@@ -46,6 +46,10 @@ class Config:
     max_seg_per_spk: int = opt(500, "Maximum utterances per speaker per epoch.", "data")
     nDataLoaderThread: int = opt(5, "DataLoader worker processes.", "data")
     augment: bool = opt(False, "MUSAN noise and RIR reverberation augmentation.", "data")
+    speed_perturb: bool = opt(False, "Speed perturbation 0.9/1.0/1.1 of training crops, each speed its own class "
+                                     "(WeSpeaker): --nClasses must cover 3x the speakers.", "data")
+    resample: bool = opt(False, "Resample audio that is not 16 kHz and average the channels of multichannel files "
+                                "while reading (off: such files are an error).", "data")
     seed: int = opt(2021, "Seed of every random number generator (sampler: seed + epoch).", "data")
     # --- training
     test_interval: int = opt(10, "Evaluate and checkpoint every this many epochs (and at the last).", "train")
@@ -76,6 +80,17 @@ class Config:
     dcf_p_target: float = opt(0.05, "minDCF target prior printed first (0.01 and 0.05 are always reported).", "eval")
     dcf_c_miss: float = opt(1.0, "minDCF cost of a miss.", "eval")
     dcf_c_fa: float = opt(1.0, "minDCF cost of a false alarm.", "eval")
+    score_norm: str = opt("none", "Score normalisation against a cohort of training speakers, reported beside the "
+                          "raw scores: none, asnorm (top --norm_top_n) or snorm (whole cohort).", "eval",
+                          ("none", "asnorm", "snorm"))
+    norm_top_n: int = opt(300, "asnorm: highest cohort scores per file used for its mean and std.", "eval")
+    norm_cohort_utts: int = opt(3, "Utterances per --train_list speaker averaged into its cohort vector.", "eval")
+    score_from_cache: bool = opt(False, "With --eval: rescore from <save_path>/result/embeddings.npz, without the "
+                                 "model or the audio.", "eval")
+    extract: str = opt("", "Embed the files of this list ('<path>' or '<label> <path>' lines under --test_path) "
+                       "into --extract_out, then stop.", "eval")
+    extract_out: str = opt("", "Output .npz of --extract: names, embeddings (N, nOut) or (N, num_eval, nOut), "
+                           "meta.", "eval")
     # --- paths
     initial_model: str = opt("", "Checkpoint to fine-tune or evaluate (ours or the official DTDY format).", "paths")
     save_path: str = opt("exps/exp1", "Experiment folder: model/, result/, config.yaml.", "paths")

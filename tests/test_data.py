@@ -1,5 +1,6 @@
 """Lists, audio reading and the speaker-balanced sampler."""
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -7,9 +8,12 @@ import pytest
 import soundfile
 
 from DatasetLoader import (
+    SPEEDS,
     DataError,
     SpeakerBalancedSampler,
     TestDataset,
+    TrainDataset,
+    TrainList,
     frames_to_samples,
     load_crop,
     load_eval,
@@ -180,3 +184,148 @@ def test_sampler_epoch_length_is_fixed_and_nothing_is_dropped(seed):
         assert len(items) == 12 and sampler.batches_per_epoch() == 4
         for b in range(0, 12, 3):
             assert len({labels[idx[0]] for idx, _ in items[b:b + 3]}) == 3
+
+
+def sine(freq, seconds, rate, phase=0.0):
+    return 0.5 * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate + phase)
+
+
+def test_malformed_lines_and_missing_files_come_in_one_error(tmp_path):
+    write_wav(tmp_path / "wav/a/v/1.wav", 100)
+    lst = tmp_path / "train.txt"
+    lst.write_text("a a/v/1.wav\nbroken\na a/v/2.wav\n")
+    with pytest.raises(DataError) as err:
+        read_train_list(lst, tmp_path / "wav")
+    msg = str(err.value)
+    assert f"1 malformed lines in '{lst}':\n  line 2: 'broken'" in msg
+    assert f"1 listed files do not exist in '{lst}':\n  line 3: {tmp_path / 'wav/a/v/2.wav'}" in msg
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 a/v/1.wav a/v/1.wav\n1 a/v/1.wav\n0 a/v/1.wav b/v/9.wav\n")
+    with pytest.raises(DataError) as err:
+        read_trial_list(trials, tmp_path / "wav")
+    msg = str(err.value)
+    assert "1 malformed lines" in msg and "line 2: '1 a/v/1.wav'" in msg
+    assert "1 listed files do not exist" in msg and f"line 3: {tmp_path / 'wav/b/v/9.wav'}" in msg
+
+
+def test_bad_audio_errors_name_the_list_line(tmp_path):
+    write_wav(tmp_path / "wav/a/v/1.wav", 4000)
+    write_wav(tmp_path / "wav/a/v/2.wav", 4000, rate=8000)
+    lst = tmp_path / "train.txt"
+    lst.write_text("a a/v/1.wav\n\na a/v/2.wav\n")
+    data = TrainDataset(read_train_list(lst, tmp_path / "wav"), 10)
+    with pytest.raises(DataError, match=rf"Audio file '.*a/v/2.wav' \(line 3 of '{lst}'\) is 8000 Hz with 1 "
+                                        r"channel\(s\); expected 16000 Hz mono(.|\n)*--resample"):
+        data[((0, 1), 0)]
+    (tmp_path / "wav/a/v/2.wav").write_bytes(b"")
+    with pytest.raises(DataError, match=rf"Cannot decode audio file '.*a/v/2.wav' \(line 3 of '{lst}'\)"):
+        data[((1, 0), 0)]
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 a/v/1.wav a/v/1.wav\n0 a/v/1.wav a/v/2.wav\n")
+    test = TestDataset(["a/v/1.wav", "a/v/2.wav"], tmp_path / "wav", 10, 2,
+                       trials=read_trial_list(trials, tmp_path / "wav"))
+    assert test[0][0].shape == (2, frames_to_samples(10))
+    with pytest.raises(DataError, match=rf"Cannot decode(.|\n)*first listed on line 2 of '{trials}'"):
+        test[1]
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100])
+def test_resampling_reads_the_right_window_at_16k(tmp_path, rate):
+    path = tmp_path / "a.wav"
+    soundfile.write(path, sine(440.0, 1.5, rate), rate, subtype="FLOAT")
+    need = frames_to_samples(20)
+    crop = load_crop(str(path), 20, np.random.default_rng(3), resample=True)
+    span = int(np.ceil(need * rate / 16000))
+    start = int(np.random.default_rng(3).integers(0, int(1.5 * rate) - span + 1))  # the crop's first file sample
+    expected = 0.5 * np.sin(2 * np.pi * 440.0 * (start / rate + np.arange(need) / 16000))
+    assert crop.shape == (need,) and crop.dtype == np.float32 and start > 64
+    np.testing.assert_allclose(crop, expected, atol=0.01)  # right place, right rate, no edge transients
+    whole = load_eval(str(path), 0, 1, resample=True)
+    assert abs(whole.shape[1] - 24000) <= 1
+
+
+def test_stereo_is_averaged_when_resampling(tmp_path):
+    path = tmp_path / "s.wav"
+    left, right = sine(300.0, 0.5, 16000), sine(500.0, 0.5, 16000)
+    soundfile.write(path, np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    np.testing.assert_allclose(load_eval(str(path), 0, 1, resample=True)[0], (left + right) / 2, atol=1e-6)
+
+
+def test_speed_perturbation_changes_speed_and_class(tmp_path):
+    files = []
+    for i in range(4):
+        files.append(str(tmp_path / f"{i}.wav"))
+        soundfile.write(files[-1], sine(200.0 * (i + 1), 2.0, 16000), 16000, subtype="FLOAT")
+    train = TrainList(files=files, labels=np.array([0, 0, 1, 1]), speakers=["a", "b"], lines=[1, 2, 3, 4])
+    data = TrainDataset(train, 20, speed_perturb=True)
+    assert data.num_classes == 6 and TrainDataset(train, 20).num_classes == 2
+    need = frames_to_samples(20)
+    labels = set()
+    for seed in range(12):
+        crops, label = data[((2, 3), seed)]
+        rng = np.random.default_rng(seed)
+        k = int(rng.integers(3))
+        speed = float(SPEEDS[k])
+        assert label == 1 + 2 * k and speed == (1.0, 0.9, 1.1)[k]
+        labels.add(label)
+        span = math.ceil(need * SPEEDS[k])  # exact: a float 3440 * 1.1 rounds up to 3785
+        start = int(rng.integers(0, 32000 - span + 1))  # the first crop's position, drawn after the speed
+        expected = 0.5 * np.sin(2 * np.pi * 600.0 * (start + speed * np.arange(need)) / 16000)
+        np.testing.assert_allclose(crops[0].numpy(), expected, atol=0.01)
+    assert labels == {1, 3, 5}
+
+
+def most_full_batches(groups_per_speaker, batch_size):
+    """Independent reference: the largest B with sum_s min(groups_s, B) >= B * batch_size (B batches of distinct
+    speakers can be filled iff no speaker is asked for more than one group per batch)."""
+    g = np.asarray(groups_per_speaker)
+    return max(b for b in range(g.sum() // batch_size + 1) if np.minimum(g, b).sum() >= b * batch_size)
+
+
+@pytest.mark.parametrize("counts, per, cap, batch, world", [
+    ([30, 3, 12, 7, 9, 40, 2, 11], 2, 10, 4, 1),
+    ([60, 5, 5, 5, 4, 3, 2, 2, 1], 1, 100, 3, 1),  # one speaker dominates: its groups cannot all be used
+    ([17, 23, 8, 31, 12, 9, 14, 26, 5, 19, 11], 3, 15, 5, 2),
+    (list(np.random.default_rng(0).geometric(0.05, 40)), 2, 50, 16, 3),
+])
+def test_sampler_invariants(counts, per, cap, batch, world):
+    labels = make_labels(counts)
+    labels = labels[np.random.default_rng(1).permutation(len(labels))]  # list order must not matter
+    groups = [min(c, cap) // per for c in counts]
+    per_rank = most_full_batches(groups, batch) // world  # every rank runs the same number of steps
+    whole = SpeakerBalancedSampler(labels, per, cap, batch, seed=4)
+    for epoch in (1, 2):
+        whole.set_epoch(epoch)
+        full = list(whole)
+        ranks = []
+        for r in range(world):
+            sampler = SpeakerBalancedSampler(labels, per, cap, batch, seed=4, rank=r, world_size=world)
+            sampler.set_epoch(epoch)
+            ranks.append(list(sampler))
+            assert len(ranks[-1]) == per_rank * batch and sampler.batches_per_epoch() == per_rank
+        used = Counter()
+        for items in ranks:
+            for b in range(0, len(items), batch):
+                speakers = [labels[idx[0]] for idx, _ in items[b:b + batch]]
+                assert len(set(speakers)) == batch  # no speaker twice in a batch
+                for idx, _ in items[b:b + batch]:
+                    assert len(idx) == per and len({labels[i] for i in idx}) == 1
+                    used.update(labels[i] for i in idx)
+        assert max(used.values()) <= cap
+        flat = [i for items in ranks for idx, _ in items for i in idx]
+        assert len(flat) == len(set(flat))  # no utterance twice in an epoch, across ranks
+        if world == 1:
+            assert ranks[0] == full
+        else:  # the ranks' (group, seed) items are the single-process epoch's, dealt out batch by batch
+            dealt = [item for b in range(per_rank) for r in range(world)
+                     for item in ranks[r][b * batch:(b + 1) * batch]]
+            assert dealt == full[:len(dealt)]
+
+
+def test_sampler_resumes_inside_an_epoch():
+    labels = make_labels([10] * 8)
+    sampler = SpeakerBalancedSampler(labels, 2, 100, 4, seed=9)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    sampler.set_epoch(3, first_batch=4)
+    assert list(sampler) == full[4 * 4:] and len(full) == 40

@@ -1,0 +1,244 @@
+"""Training-data augmentation: MUSAN noise, music and babble, RIR reverberation, and SpecAugment.
+
+voxceleb_trainer's recipe (REFERENCE.md section 5): every training crop is left clean or gets exactly one of
+reverberation, music (5-15 dB SNR), babble (3-7 speakers, each at 13-20 dB) or noise (0-15 dB), the five choices
+equally likely. Sources: MUSAN (D. Snyder, G. Chen, D. Povey, arXiv 1510.08484) split into 5-s chunks,
+``musan_path/<noise|speech|music>/**.wav``; the simulated room impulse responses of T. Ko et al. (ICASSP 2017),
+``rir_path/{smallroom,mediumroom}/**.wav``. SpecAugment (D. S. Park et al., arXiv 1904.08779) with WeSpeaker's
+setting masks the training log-mels inside the model.
+
+The mixing maths exists twice: per crop in NumPy (``add_noise``, ``reverberate``: what the DataLoader workers run)
+and batched in torch on any device (``add_noise_batch``, ``reverberate_batch``, ``Augmenter.augment_batch``). Given
+the same generator, ``augment_batch`` equals the per-crop path; ``bench/data_speed.py`` compares their speed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.fft import next_fast_len
+from scipy.signal import fftconvolve
+from torch import nn
+
+from config import UserError
+from DatasetLoader import read_audio, read_segment
+
+log = logging.getLogger(__name__)
+
+KINDS = ("none", "reverb", "music", "speech", "noise")  # one per crop, equally likely (voxceleb_trainer)
+NOISE_TYPES = ("noise", "speech", "music")  # the folders of musan_path
+SNR_DB = {"noise": (0.0, 15.0), "speech": (13.0, 20.0), "music": (5.0, 15.0)}  # uniform, per source
+SOURCES = {"noise": (1, 1), "speech": (3, 7), "music": (1, 1)}  # sources mixed in, inclusive range
+RIR_ROOMS = ("smallroom", "mediumroom")  # the folders of rir_path
+POWER_EPS = 1e-10  # added to mean powers: silent signals give finite levels, audible ones exact SNRs
+
+
+class AugmentError(UserError):
+    pass
+
+
+@dataclass
+class Plan:
+    """One crop's augmentation: ``kind`` from KINDS, its source files, and one SNR (dB) per noise source."""
+
+    kind: str
+    files: list[str]
+    snr_db: list[float]
+
+
+def power_db(x: np.ndarray) -> np.ndarray:
+    """Mean power in dB over the last axis."""
+    return 10 * np.log10(np.mean(np.square(x, dtype=np.float64), axis=-1) + POWER_EPS)
+
+
+def add_noise(clean: np.ndarray, noises: np.ndarray, snr_db: np.ndarray) -> np.ndarray:
+    """clean (S,) + noises (K, S), source k scaled to ``snr_db[k]`` dB below the clean power -> (S,) float32."""
+    gains = 10 ** ((power_db(clean) - power_db(noises) - np.asarray(snr_db, dtype=np.float64)) / 20)  # (K,)
+    return (clean + gains @ noises).astype(np.float32)
+
+
+def reverberate(clean: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """clean (S,) convolved with the unit-energy ``rir`` (L,), cut to the first S samples -> (S,) float32."""
+    rir = rir / np.sqrt(np.sum(np.square(rir, dtype=np.float64)) + POWER_EPS)
+    return fftconvolve(clean, rir)[:len(clean)].astype(np.float32)
+
+
+def add_noise_batch(clean: torch.Tensor, noises: torch.Tensor, snr_db: torch.Tensor,
+                    owner: torch.Tensor) -> torch.Tensor:
+    """clean (B, S) + noises (N, S): source n, at ``snr_db[n]`` dB below the clean power of row ``owner[n]``, is
+    added to that row (any number of sources per row, no padding) -> (B, S)."""
+    def level(x: torch.Tensor) -> torch.Tensor:  # mean power in dB over the last axis
+        return 10 * torch.log10((x * x).mean(-1) + POWER_EPS)
+
+    gains = 10 ** ((level(clean)[owner] - level(noises) - snr_db.to(clean.dtype)) / 20)  # (N,)
+    return clean.index_add(0, owner, noises * gains[:, None].to(noises.dtype))
+
+
+def reverberate_batch(clean: torch.Tensor, rirs: torch.Tensor) -> torch.Tensor:
+    """clean (B, S) convolved with ``rirs`` (B, L) (each scaled to unit energy; zero-padded at the end) by FFT,
+    cut to S samples -> (B, S)."""
+    samples = clean.shape[-1]
+    rirs = rirs / torch.sqrt((rirs * rirs).sum(-1, keepdim=True) + POWER_EPS)
+    n_fft = next_fast_len(samples + rirs.shape[-1] - 1, real=True)  # >= S + L - 1: linear, not circular
+    spectrum = torch.fft.rfft(clean, n=n_fft) * torch.fft.rfft(rirs, n=n_fft)
+    return torch.fft.irfft(spectrum, n=n_fft)[:, :samples]
+
+
+def _scan(root: Path, folders: tuple[str, ...]) -> tuple[dict[str, list[str]], list[str]]:
+    found, missing = {}, []
+    for name in folders:
+        files = sorted(str(p) for p in (root / name).rglob("*.wav")) if (root / name).is_dir() else []
+        if files:
+            found[name] = files
+        else:
+            missing.append(str(root / name))
+    return found, missing
+
+
+class Augmenter:
+    """voxceleb_trainer's augmentation of training crops, from the MUSAN and RIR folders.
+
+    Construction lists the source files and fails with one clear error when folders are missing or hold no .wav.
+    All randomness comes from the generator passed to each call (the DataLoader item's), so it is reproducible.
+    """
+
+    def __init__(self, musan_path: str | Path, rir_path: str | Path, resample: bool = False) -> None:
+        self.resample = resample
+        self.noise, musan_missing = _scan(Path(musan_path), NOISE_TYPES)
+        rooms, rir_missing = _scan(Path(rir_path), RIR_ROOMS)
+        problems = []
+        if musan_missing:
+            problems.append(
+                f"--augment needs MUSAN split into 5-s chunks under --musan_path '{musan_path}' (folders "
+                f"{', '.join(NOISE_TYPES)} of .wav files); missing or without .wav files: {', '.join(musan_missing)}. "
+                f"Make it with `python dataprep.py --split_musan <musan folder> --musan_split_to {musan_path}`.")
+        if rir_missing:
+            problems.append(
+                f"--augment needs the simulated RIRs under --rir_path '{rir_path}' (folders {', '.join(RIR_ROOMS)} of "
+                f".wav files); missing or without .wav files: {', '.join(rir_missing)}. Make it with "
+                f"`python dataprep.py --prepare_rir <RIRS_NOISES folder> --rir_to {rir_path}`.")
+        if problems:
+            raise AugmentError("\n".join(problems))
+        self.rirs = [f for room in RIR_ROOMS for f in rooms[room]]
+        log.info("augmentation: %s noise files, %d RIRs",
+                 ", ".join(f"{len(self.noise[t])} {t}" for t in NOISE_TYPES), len(self.rirs))
+
+    def draw(self, rng: np.random.Generator) -> Plan:
+        """Choose the augmentation of one crop."""
+        kind = KINDS[int(rng.integers(len(KINDS)))]
+        if kind == "none":
+            return Plan(kind, [], [])
+        if kind == "reverb":
+            return Plan(kind, [self.rirs[int(rng.integers(len(self.rirs)))]], [])
+        low, high = SOURCES[kind]
+        pool = self.noise[kind]
+        count = min(int(rng.integers(low, high + 1)), len(pool))
+        files = [pool[int(i)] for i in rng.choice(len(pool), size=count, replace=False)]
+        return Plan(kind, files, [float(rng.uniform(*SNR_DB[kind])) for _ in files])
+
+    def load(self, plan: Plan, samples: int, rng: np.random.Generator) -> np.ndarray:
+        """The plan's sources: noises (K, samples) (random crops, short files repeated), the RIR (L,), or (0,)."""
+        if plan.kind == "reverb":
+            return read_audio(plan.files[0], self.resample, "a --rir_path file")
+        if plan.kind == "none":
+            return np.zeros(0, dtype=np.float32)
+        return np.stack([read_segment(f, samples, rng, self.resample, where="a --musan_path file")
+                         for f in plan.files])
+
+    @staticmethod
+    def apply(audio: np.ndarray, plan: Plan, sources: np.ndarray) -> np.ndarray:
+        """audio (S,) augmented as planned with the loaded ``sources`` -> (S,) float32."""
+        if plan.kind == "none":
+            return audio
+        if plan.kind == "reverb":
+            return reverberate(audio, sources)
+        return add_noise(audio, sources, np.array(plan.snr_db))
+
+    def __call__(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One crop (S,) float32 -> augmented (S,) float32 (NumPy; the DataLoader workers run this)."""
+        plan = self.draw(rng)
+        return self.apply(audio, plan, self.load(plan, len(audio), rng))
+
+    def augment_batch(self, batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Every row of ``batch`` (B, S) augmented on ``batch.device`` with batched torch maths -> (B, S).
+
+        Draws and reads exactly as B calls of the per-crop path would (same result for the same generator); only
+        the mixing and the convolutions run batched.
+        """
+        plans, sources = [], []
+        for _ in range(len(batch)):  # the per-crop path's order of draws
+            plans.append(self.draw(rng))
+            sources.append(self.load(plans[-1], batch.shape[-1], rng))
+        return self.apply_batch(batch, plans, sources)
+
+    @staticmethod
+    def apply_batch(batch: torch.Tensor, plans: list[Plan], sources: list[np.ndarray]) -> torch.Tensor:
+        """Rows of ``batch`` (B, S) augmented as ``plans`` say with their loaded ``sources``, batched on
+        ``batch.device`` -> (B, S)."""
+        out = batch.clone()
+        noisy = [i for i, p in enumerate(plans) if p.kind in NOISE_TYPES]
+        if noisy:
+            index = torch.tensor(noisy, device=batch.device)
+            owner = torch.tensor([row for row, i in enumerate(noisy) for _ in plans[i].files], device=batch.device)
+            noises = torch.from_numpy(np.concatenate([sources[i] for i in noisy])).to(batch.device)  # (N, S)
+            snr = torch.tensor([s for i in noisy for s in plans[i].snr_db], device=batch.device)
+            out[index] = add_noise_batch(batch[index], noises, snr, owner).to(batch.dtype)
+        reverb = [i for i, p in enumerate(plans) if p.kind == "reverb"]
+        if reverb:
+            rirs = np.zeros((len(reverb), max(len(sources[i]) for i in reverb)), dtype=np.float32)
+            for row, i in enumerate(reverb):
+                rirs[row, :len(sources[i])] = sources[i]
+            index = torch.tensor(reverb, device=batch.device)
+            out[index] = reverberate_batch(batch[index], torch.from_numpy(rirs).to(batch.device)).to(batch.dtype)
+        return out
+
+
+def spec_augment(feats: torch.Tensor, freq_masks: int, freq_width: int, time_masks: int, time_width: int,
+                 prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SpecAugment without time warping: feats (B, F, T) -> (B, F, T), a copy with zeroed bands.
+
+    With probability ``prob`` per utterance, ``freq_masks`` bands of 1..``freq_width`` bins and ``time_masks`` bands
+    of 1..``time_width`` frames, each starting anywhere (cut at the edge), are set to 0, the mean of normalised
+    features (WeSpeaker's ``spec_aug``).
+    """
+    batch, n_freq, n_time = feats.shape
+    device = feats.device
+
+    def bands(count: int, width: int, size: int) -> torch.Tensor:  # (B, size) True where masked
+        if count == 0:
+            return torch.zeros(batch, size, dtype=torch.bool, device=device)
+        start = torch.randint(0, size, (batch, count, 1), generator=generator, device=device)
+        length = torch.randint(1, width + 1, (batch, count, 1), generator=generator, device=device)
+        pos = torch.arange(size, device=device)
+        return ((pos >= start) & (pos < start + length)).any(dim=1)
+
+    apply = torch.rand(batch, generator=generator, device=device) < prob  # (B,)
+    freq = bands(freq_masks, freq_width, n_freq) & apply[:, None]  # (B, F)
+    time = bands(time_masks, time_width, n_time) & apply[:, None]  # (B, T)
+    return feats.masked_fill(freq[:, :, None] | time[:, None, :], 0.0)
+
+
+class SpecAugment(nn.Module):
+    """SpecAugment of (B, n_mels, T) normalised log-mels in training mode; the identity in eval mode.
+
+    Defaults are WeSpeaker's: one frequency mask of up to 8 bins, one time mask of up to 10 frames, probability 0.6.
+    """
+
+    def __init__(self, freq_masks: int = 1, freq_width: int = 8, time_masks: int = 1, time_width: int = 10,
+                 prob: float = 0.6) -> None:
+        super().__init__()
+        if min(freq_masks, time_masks) < 0 or min(freq_width, time_width) < 1 or not 0.0 <= prob <= 1.0:
+            raise ValueError(f"SpecAugment needs mask counts >= 0, widths >= 1 and a probability in [0, 1], got "
+                             f"counts {freq_masks}, {time_masks}, widths {freq_width}, {time_width}, prob {prob}.")
+        self.freq_masks, self.freq_width = freq_masks, freq_width
+        self.time_masks, self.time_width = time_masks, time_width
+        self.prob = prob
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return feats
+        return spec_augment(feats, self.freq_masks, self.freq_width, self.time_masks, self.time_width, self.prob)
