@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 import checkpoint as ckpt
 import distributed
 import plugins
+from augment import Augmenter
 from config import Config, UserError, parse_args, save_config
 from DatasetLoader import SpeakerBalancedSampler, TrainDataset, read_train_list, read_trial_list
 from distributed import DistEnv, barrier
@@ -152,9 +153,14 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
         ckpt.check_compatible(resume.get("config"), cfg, last, RESUME_KEYS)
     train = read_train_list(cfg.train_list, cfg.train_path)
     trials = [read_trial_list(p, cfg.test_path) for p in cfg.test_list]
-    if len(train.speakers) > cfg.nClasses:
-        raise UserError(f"The train list '{cfg.train_list}' has {len(train.speakers)} speakers but --nClasses is "
-                        f"{cfg.nClasses}; set --nClasses {len(train.speakers)}.")
+    augmenter = Augmenter(cfg.musan_path, cfg.rir_path, resample=cfg.resample) if cfg.augment else None
+    dataset = TrainDataset(train, cfg.max_frames, augmenter=augmenter, speed_perturb=cfg.speed_perturb,
+                           resample=cfg.resample)
+    if dataset.num_classes > cfg.nClasses:
+        speeds = " x 3 speeds of --speed_perturb" if cfg.speed_perturb else ""
+        raise UserError(f"The train list '{cfg.train_list}' has {len(train.speakers)} speakers{speeds}, "
+                        f"{dataset.num_classes} classes, but --nClasses is {cfg.nClasses}; set --nClasses "
+                        f"{dataset.num_classes}.")
 
     net = build_net(cfg)
     sampler = SpeakerBalancedSampler(train.labels, cfg.nPerSpeaker, cfg.max_seg_per_spk, cfg.batch_size, cfg.seed,
@@ -165,7 +171,7 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
                         f"{cfg.nPerSpeaker} crops per process ({env.world_size} processes); lower --batch_size or "
                         f"--nPerSpeaker.")
     # Crop positions come from the sampler's seeds; the generator only keeps DataLoader off the global RNG.
-    loader = DataLoader(TrainDataset(train, cfg.max_frames), batch_size=cfg.batch_size, sampler=sampler,
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.nDataLoaderThread, drop_last=True, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.nDataLoaderThread > 0,
                         generator=torch.Generator().manual_seed(cfg.seed))

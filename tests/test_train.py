@@ -113,7 +113,7 @@ def test_initial_model_of_another_model_is_refused(corpus, trained, tmp_path, ca
     (["--model", "ResNet99"], ["Unknown model 'ResNet99' (--model)", "DTDY_ResNet34_half"]),
     (["--trainfunc", "arcface"], ["Unknown loss 'arcface' (--trainfunc)", "aamsoftmax"]),
     (["--trainfunc", "angleproto", "--nPerSpeaker", "1"], ["needs --nPerSpeaker 2"]),
-    (["--nClasses", "4"], ["has 6 speakers but --nClasses is 4"]),
+    (["--nClasses", "4"], ["has 6 speakers, 6 classes, but --nClasses is 4"]),
 ])
 def test_bad_options_are_one_clear_error(corpus, tmp_path, caplog, extra, fragments):
     code = trainSpeakerNet.main(argv(corpus, tmp_path / "bad", *extra))
@@ -212,3 +212,37 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(corpu
     code = trainSpeakerNet.main(argv(corpus, save))
     assert_refused(code, caplog, "non-finite", "epoch 2, step 2", "last good checkpoint is kept")
     assert (save / "model/last.model").read_bytes() == before
+
+
+def test_augment_without_musan_is_a_clear_error_before_any_work(corpus, tmp_path, caplog):
+    code = trainSpeakerNet.main(argv(corpus, tmp_path / "aug", "--augment", "--musan_path",
+                                     str(tmp_path / "no_musan"), "--rir_path", str(tmp_path / "no_rir")))
+    assert_refused(code, caplog, "no_musan", "no_rir")
+    assert not (tmp_path / "aug" / "model").exists()
+
+
+def test_speed_perturbation_needs_three_times_the_classes(corpus, tmp_path, caplog):
+    code = trainSpeakerNet.main(argv(corpus, tmp_path / "sp", "--speed_perturb"))
+    assert_refused(code, caplog, "x 3 speeds of --speed_perturb", "set --nClasses 18")
+
+
+def test_training_with_augmentation_and_speed_perturbation(corpus, tmp_path):
+    import numpy as np
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    musan, rirs = tmp_path / "musan_split", tmp_path / "simulated_rirs"
+    for kind, count in (("noise", 2), ("speech", 8), ("music", 2)):
+        for i in range(count):
+            path = musan / kind / "src" / f"{i}" / "00000.wav"
+            path.parent.mkdir(parents=True)
+            soundfile.write(path, rng.uniform(-0.3, 0.3, 16000), 16000, subtype="PCM_16")
+    for room in ("smallroom", "mediumroom"):
+        path = rirs / room / "Room001" / "Room001-00001.wav"
+        path.parent.mkdir(parents=True)
+        soundfile.write(path, np.exp(-np.arange(800) / 100) * rng.standard_normal(800) * 0.3, 16000)
+    save = tmp_path / "aug"
+    code = trainSpeakerNet.main(argv(corpus, save, "--augment", "--musan_path", str(musan), "--rir_path", str(rirs),
+                                     "--speed_perturb", "--nClasses", "18", "--max_epoch", "1"))
+    assert code == 0
+    assert ckpt.read(save / "model/last.model")["loss"]["softmax.fc.weight"].shape[0] == 18
