@@ -5,6 +5,13 @@ Scoring protocols (``PROTOCOLS``):
   arXiv 2203.15277): minus the mean Euclidean distance over all C x C pairs of enrollment and test crops.
 - "cosine": cosine similarity of the crop-mean embeddings (the whole-utterance protocol uses C = 1).
 
+The "paper" score is computed with ||e - t||^2 = |e|^2 + |t|^2 - 2 e.t (one batched matrix product per chunk of
+trials) in the precision of the inputs (float32 embeddings: float32); pairs whose squared distance is below
+``NEAR_DISTANCE`` times |e|^2 + |t|^2, where that form loses its precision to cancellation, are recomputed as direct
+differences. ``score_trial_list`` gathers the embeddings of a few hundred trials at a time into reused buffers that
+stay in cache, which is what makes scoring fast (VoxCeleb1-O, 37,611 trials x 10 x 10 crops: ~0.5 s on one
+busy CPU core, 17x faster than gathering all trials in float64; bench/eval_speed.py).
+
 Score normalisation: AS-norm (adaptive, top-N cohort) and S-norm (whole cohort), with cosine scores against the
 cohort, as in WeSpeaker. Everything runs on the device of the tensors it is given.
 """
@@ -34,16 +41,25 @@ def _check_protocol(protocol: str) -> None:
         raise ValueError(f"unknown scoring protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
 
 
-def _paper_scores(enroll: Tensor, test: Tensor) -> Tensor:
-    """-mean_ij ||e_i - t_j|| for (n, Ce, D), (n, Ct, D) -> (n,), with ||a - b||^2 = |a|^2 + |b|^2 - 2 a.b.
+NEAR_DISTANCE = 1e-2  # relative squared distance below which a pair is recomputed as a direct difference
 
-    Computed in float64: in float32 the cancellation for (near-)identical crops leaves a residue of ~1e-7 whose
-    square root (~3e-4) would dominate the distance. The cost is negligible next to embedding extraction.
+
+def _paper_scores(enroll: Tensor, test: Tensor, sq_e: Tensor | None = None, sq_t: Tensor | None = None) -> Tensor:
+    """-mean_ij ||e_i - t_j|| for (n, Ce, D), (n, Ct, D) -> (n,), in the dtype of the inputs.
+
+    ||e - t||^2 = |e|^2 + |t|^2 - 2 e.t by a batched matrix product; its rounding error is a few ulp of
+    |e|^2 + |t|^2, harmless for the usual distances but not for (near-)identical crops, whose residue of ~1e-7
+    would become ~3e-4 after the square root. Those pairs (squared distance < NEAR_DISTANCE (|e|^2 + |t|^2), i.e.
+    cosine > 0.99 for unit vectors) are recomputed directly; they are rare, so the cost is that of the product.
     """
-    enroll, test = enroll.double(), test.double()
-    sq_e = enroll.pow(2).sum(-1)  # (n, Ce)
-    sq_t = test.pow(2).sum(-1)  # (n, Ct)
-    dist2 = torch.baddbmm(sq_e[:, :, None] + sq_t[:, None, :], enroll, test.transpose(1, 2), alpha=-2.0)
+    sq_e = enroll.pow(2).sum(-1) if sq_e is None else sq_e  # (n, Ce) squared norms
+    sq_t = test.pow(2).sum(-1) if sq_t is None else sq_t  # (n, Ct)
+    norms = sq_e[:, :, None] + sq_t[:, None, :]  # (n, Ce, Ct)
+    dist2 = torch.baddbmm(norms, enroll, test.transpose(1, 2), alpha=-2.0)
+    near = dist2 < NEAR_DISTANCE * norms
+    if near.any():
+        trial, i, j = near.nonzero(as_tuple=True)
+        dist2[trial, i, j] = (enroll[trial, i] - test[trial, j]).pow(2).sum(-1)
     return -dist2.clamp_min_(0.0).sqrt_().mean(dim=(1, 2))  # (n, Ce, Ct) -> (n,)
 
 
@@ -108,13 +124,17 @@ def _lookup(index: Mapping[str, int], names: Sequence[str], side: str) -> Tensor
         raise ValueError(f"trial {i}: {side} file {names[i]!r} has no embedding ({len(index)} files embedded)") from err
 
 
+@torch.no_grad()
 def score_trial_list(
-    embeddings: EmbeddingTable, pairs: Sequence[tuple[str, str]], protocol: str, batch_size: int = 4096
+    embeddings: EmbeddingTable, pairs: Sequence[tuple[str, str]], protocol: str, batch_size: int = 256
 ) -> np.ndarray:
     """Score (enroll file, test file) pairs -> float64 scores (len(pairs),).
 
     embeddings: {file: (C, D) or (D,) tensor} or (index {file: row}, stacked (files, C, D) or (files, D)).
-    The embeddings of ``batch_size`` trials are gathered by index and scored at a time.
+    "cosine": the crop means are normalised once per file, then each trial is one dot product. "paper": the crops
+    of ``batch_size`` trials at a time are gathered into two reused buffers (small enough to stay in cache) and
+    scored as ``score_trials`` does (squared norms computed once per file); the result does not depend on
+    ``batch_size``.
     """
     _check_protocol(protocol)
     if batch_size < 1:
@@ -122,13 +142,25 @@ def score_trial_list(
     index, stacked = _as_index_and_stack(embeddings)
     enroll_idx = _lookup(index, [enroll for enroll, _ in pairs], "enroll").to(stacked.device)
     test_idx = _lookup(index, [test for _, test in pairs], "test").to(stacked.device)
-    scores = [
-        score_trials(stacked[enroll_idx[i : i + batch_size]], stacked[test_idx[i : i + batch_size]], protocol)
-        for i in range(0, len(pairs), batch_size)
-    ]
-    if not scores:
-        return np.zeros(0, dtype=np.float64)
-    return torch.cat(scores).cpu().double().numpy()
+    if protocol == "cosine":
+        means = F.normalize(stacked.mean(1), dim=-1)  # (files, D)
+        out = stacked.new_empty(len(pairs))
+        for start in range(0, len(pairs), 4096):
+            rows = slice(start, start + 4096)
+            out[rows] = (means.index_select(0, enroll_idx[rows]) * means.index_select(0, test_idx[rows])).sum(-1)
+        return out.cpu().double().numpy()
+    sq = stacked.pow(2).sum(-1)  # (files, C) squared norms, once per file
+    out = stacked.new_empty(len(pairs))
+    size = min(batch_size, len(pairs))
+    enroll_buf = stacked.new_empty((size, *stacked.shape[1:]))
+    test_buf = stacked.new_empty((size, *stacked.shape[1:]))
+    for start in range(0, len(pairs), batch_size):
+        rows = slice(start, min(start + batch_size, len(pairs)))
+        e_rows, t_rows = enroll_idx[rows], test_idx[rows]
+        enroll = torch.index_select(stacked, 0, e_rows, out=enroll_buf[: e_rows.numel()])
+        test = torch.index_select(stacked, 0, t_rows, out=test_buf[: t_rows.numel()])
+        out[rows] = _paper_scores(enroll, test, sq.index_select(0, e_rows), sq.index_select(0, t_rows))
+    return out.cpu().double().numpy()
 
 
 @torch.no_grad()
@@ -208,3 +240,18 @@ def s_norm(
 ) -> Tensor:
     """Symmetric score normalisation: ``as_norm`` with the whole cohort (top_n = M)."""
     return as_norm(scores, enroll_emb, test_emb, cohort, cohort.shape[0], enroll_index, test_index, chunk_size)
+
+
+def norm_with_statistics(
+    scores: Tensor | np.ndarray, mean: Tensor, std: Tensor, enroll_index: Tensor, test_index: Tensor
+) -> Tensor:
+    """AS-norm / S-norm with cohort statistics computed once per file (``cohort_statistics`` of a file table).
+
+    scores (N,); mean, std (F,) of each file's cohort scores; enroll_index, test_index (N,) rows of each trial's
+    files -> 0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t), (N,), in the dtype of ``scores``.
+    """
+    s = torch.as_tensor(scores)
+    std = std.clamp_min(torch.finfo(std.dtype).eps)
+    mean_e, std_e = mean[enroll_index].to(s), std[enroll_index].to(s)
+    mean_t, std_t = mean[test_index].to(s), std[test_index].to(s)
+    return 0.5 * ((s - mean_e) / std_e + (s - mean_t) / std_t)
