@@ -132,8 +132,10 @@ class TrialList:
         return f"'{self.path}'"
 
 
-def read_trial_list(list_path: str | Path, test_path: str | Path) -> TrialList:
-    """Parse '<label 0|1> <enroll> <test>' lines, or '<enroll> <test>' lines of an unlabeled list."""
+def read_trial_list(list_path: str | Path, test_path: str | Path, check_files: bool = True) -> TrialList:
+    """Parse '<label 0|1> <enroll> <test>' lines, or '<enroll> <test>' lines of an unlabeled list.
+
+    ``check_files`` False skips the check that every file exists (scoring from cached embeddings)."""
     rows = _read_lines(list_path, "--test_list")
     hint = ("Each line must be '<label 0|1> <enroll path> <test path>' (or '<enroll> <test>' for an unlabeled "
             "list, the same on every line), paths relative to --test_path.")
@@ -145,7 +147,8 @@ def read_trial_list(list_path: str | Path, test_path: str | Path) -> TrialList:
     for (n, t), ok in zip(rows, good, strict=True):
         for rel in t[-2:] if ok else ():
             first_line.setdefault(rel, n)
-    _raise_problems(list_path, bad, hint, test_path, [(n, rel) for rel, n in first_line.items()], "--test_path")
+    _raise_problems(list_path, bad, hint, test_path,
+                    [(n, rel) for rel, n in first_line.items()] if check_files else [], "--test_path")
     return TrialList(path=str(list_path), labels=np.array([int(t[0]) for _, t in rows]) if ncols == 3 else None,
                      enroll=[t[-2] for _, t in rows], test=[t[-1] for _, t in rows], lines=[n for n, _ in rows])
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config import UserError
@@ -128,9 +128,10 @@ class ModelTrainer:
         """
         model = self.speaker_net.model
         model.eval()
-        if self.env.enabled:
-            shard = Subset(loader.dataset, range(self.env.rank, len(loader.dataset), self.env.world_size))
-            loader = DataLoader(shard, batch_size=loader.batch_size, num_workers=loader.num_workers)
+        if self.env.enabled:  # every rank takes every world_size-th batch of the loader
+            batches = list(loader.batch_sampler)[self.env.rank::self.env.world_size]
+            loader = DataLoader(loader.dataset, batch_sampler=batches, num_workers=loader.num_workers,
+                                pin_memory=loader.pin_memory)
         out: list[torch.Tensor | None] = [None] * n_files
         local: list[tuple[int, torch.Tensor]] = []
         for crops, index in tqdm(loader, total=len(loader), desc="embedding",

@@ -30,7 +30,7 @@ from augment import Augmenter
 from config import Config, UserError, parse_args, save_config
 from DatasetLoader import SpeakerBalancedSampler, TrainDataset, read_train_list, read_trial_list
 from distributed import DistEnv, barrier
-from evaluation import evaluate
+from evaluation import check_eval_options, evaluate, run_extract, score_from_cache
 from loss._margin import margin_at
 from SpeakerNet import ModelTrainer, SpeakerNet
 
@@ -110,17 +110,26 @@ def checkpoint_state(trainer: ModelTrainer, epoch: int, step: int, cfg: Config) 
             "rng": ckpt.rng_state(), "config": cfg.to_dict()}
 
 
-def run_eval(cfg: Config, device: torch.device, env: DistEnv) -> dict:
+def build_for_inference(cfg: Config, device: torch.device, env: DistEnv) -> tuple[ModelTrainer, str | Path]:
+    """The configured model with the weights of --initial_model (or the latest checkpoint), ready to embed."""
     path = cfg.initial_model or ckpt.latest_checkpoint(cfg.save_path)
     if not path:
-        raise UserError(f"--eval needs weights: give --initial_model, or train first so that "
+        raise UserError(f"--eval and --extract need weights: give --initial_model, or train first so that "
                         f"'{Path(cfg.save_path) / 'model'}' holds a checkpoint.")
-    trials = [read_trial_list(p, cfg.test_path) for p in cfg.test_list]
     net = build_net(cfg)
     load_weights(net, path, cfg, with_loss=False)
     net.to(device)
-    trainer = ModelTrainer(net, None, None, "epoch", device, cfg.mixedprec, cfg.mixedprec_dtype, env)
-    return evaluate(trainer, trials, cfg, Path(cfg.save_path) / "result", net.loss)
+    return ModelTrainer(net, None, None, "epoch", device, cfg.mixedprec, cfg.mixedprec_dtype, env), path
+
+
+def run_eval(cfg: Config, device: torch.device, env: DistEnv) -> dict:
+    result_dir = Path(cfg.save_path) / "result"
+    trials = [read_trial_list(p, cfg.test_path, check_files=not cfg.score_from_cache) for p in cfg.test_list]
+    if cfg.score_from_cache:
+        path = cfg.initial_model or ckpt.latest_checkpoint(cfg.save_path)
+        return score_from_cache(cfg, trials, result_dir, checkpoint=path)
+    trainer, path = build_for_inference(cfg, device, env)
+    return evaluate(trainer, trials, cfg, result_dir, trainer.speaker_net.loss, checkpoint=path)
 
 
 class _Board:
@@ -247,7 +256,8 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
         if epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch:
             if env.is_main:
                 ckpt.atomic_save(state, ckpt.checkpoint_path(save, epoch))
-            metrics = evaluate(trainer, trials, cfg, save / "result", net.loss)
+            metrics = evaluate(trainer, trials, cfg, save / "result", net.loss,
+                               checkpoint=ckpt.checkpoint_path(save, epoch))
             board.add({f"eval/{k}": v for k, v in metrics.items() if k.startswith(("eer", "min_dcf"))}, epoch)
         barrier(env)
     board.close()
@@ -267,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     env = distributed.from_environment()
     try:
         cfg = parse_args(argv)
+        check_eval_options(cfg)
         device = pick_device(cfg.device)
         if cfg.distributed and env is None:
             nproc = cfg.nproc_per_node or (torch.cuda.device_count() if device.type == "cuda" else 0)
@@ -284,7 +295,13 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.WARNING)
         device = distributed.init(env, device.type) if env.enabled else device
         seed_everything(cfg.seed)
-        run_eval(cfg, device, env) if cfg.eval else run_train(cfg, device, env)
+        if cfg.extract:
+            trainer, path = build_for_inference(cfg, device, env)
+            run_extract(cfg, trainer, checkpoint=path)
+        elif cfg.eval:
+            run_eval(cfg, device, env)
+        else:
+            run_train(cfg, device, env)
     except UserError as err:
         log.error("%s", err)
         return 2

@@ -246,3 +246,31 @@ def test_training_with_augmentation_and_speed_perturbation(corpus, tmp_path):
                                      "--speed_perturb", "--nClasses", "18", "--max_epoch", "1"))
     assert code == 0
     assert ckpt.read(save / "model/last.model")["loss"]["softmax.fc.weight"].shape[0] == 18
+
+
+def test_extract_writes_embeddings_of_a_file_list(corpus, trained, tmp_path):
+    import numpy as np
+
+    files = sorted({p for line in (corpus / "test_list.txt").read_text().splitlines() for p in line.split()[1:]})
+    (tmp_path / "files.txt").write_text("\n".join(files) + "\n")
+    out = tmp_path / "emb.npz"
+    code = trainSpeakerNet.main(argv(corpus, trained, "--extract", str(tmp_path / "files.txt"), "--extract_out",
+                                     str(out)))
+    assert code == 0
+    data = np.load(out)
+    assert data["names"].tolist() == files and data["embeddings"].shape == (len(files), 2, 32)
+
+
+def test_score_from_cache_reproduces_the_evaluation_without_audio(corpus, trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "c"
+    shutil.copytree(corpus, copy)
+    out = tmp_path / "e"
+    last = str(trained / "model/last.model")
+    assert trainSpeakerNet.main(argv(copy, out, "--eval", "--initial_model", last)) == 0
+    before = json.loads((out / "result/metrics.json").read_text())
+    shutil.rmtree(copy / "test")  # the audio is gone; the cache is enough
+    assert trainSpeakerNet.main(argv(copy, out, "--eval", "--score_from_cache", "--initial_model", last)) == 0
+    after = json.loads((out / "result/metrics.json").read_text())
+    assert after["eer_percent"] == before["eer_percent"] and after["n_trials"] == before["n_trials"]
