@@ -100,17 +100,22 @@ def read(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"Cannot read checkpoint '{path}': {type(err).__name__}: {err}") from None
 
 
-def split_weights(obj: dict[str, Any], path: str | Path, model_keys: list[str]) -> tuple[dict, dict, dict | None]:
-    """(model state, loss-head state, stored config or None) of a checkpoint in either format."""
+def split_weights(obj: dict[str, Any], path: str | Path,
+                  model_state: dict[str, torch.Tensor]) -> tuple[dict, dict, dict | None]:
+    """(model state, loss-head state, stored config or None) of a checkpoint in either format.
+
+    ``model_state`` is the configured model's ``state_dict()``: official checkpoints are mapped onto it.
+    """
     if obj.get("format") == FORMAT:
         return obj["model"], obj["loss"], obj["config"]
     from models._official import convert_official_checkpoint, is_official_checkpoint
 
     if is_official_checkpoint(obj):
         try:
-            model_sd, loss_sd = convert_official_checkpoint(obj, model_keys)
+            model_sd, loss_sd = convert_official_checkpoint(obj, model_state, source=f"'{path}'")
         except ValueError as err:
-            raise CheckpointError(f"Official DTDY checkpoint '{path}' does not fit this model: {err}") from None
+            raise CheckpointError(f"Official DTDY checkpoint '{path}' does not fit the configured model: {err}") \
+                from None
         return model_sd, loss_sd, None
     raise CheckpointError(f"'{path}' is neither a checkpoint of this framework nor of the official DTDY code "
                           f"(a dict with 'model_state_dict' whose keys start with '__S__.').")

@@ -115,7 +115,7 @@ def checkpoint_fingerprint(path: str | Path, cfg: Config) -> str:
         return weights_fingerprint(obj["model"])
     import plugins  # only an official checkpoint needs the model's parameter names
 
-    model_sd, _, _ = ckpt.split_weights(obj, path, list(plugins.build("model", cfg.model, cfg).state_dict()))
+    model_sd, _, _ = ckpt.split_weights(obj, path, plugins.build("model", cfg.model, cfg).state_dict())
     return weights_fingerprint(model_sd)
 
 
@@ -433,6 +433,9 @@ def score_and_report(index: Mapping[str, int], table: torch.Tensor, trial_lists:
         start = time.perf_counter()
         scores = score_trial_list((index, crops), pairs, proto["scoring"], batch_size=batch)
         seconds = time.perf_counter() - start
+        if not np.isfinite(scores).all():
+            raise EvalError(f"{int((~np.isfinite(scores)).sum())} of {len(scores)} scores of '{trials.path}' are not "
+                            f"finite: the model's embeddings contain NaN or inf (diverged or corrupt weights?).")
         if write:
             write_scores(result_dir / f"{stem}.txt", scores, trials)
         entry: dict[str, Any] = {"test_list": trials.path, "protocol": proto["name"],

@@ -88,7 +88,7 @@ def build_net(cfg: Config) -> SpeakerNet:
 def load_weights(net: SpeakerNet, path: str | Path, cfg: Config, with_loss: bool) -> dict:
     """Load model (and, when it fits, loss-head) weights from a checkpoint of ours or of the official code."""
     obj = ckpt.read(path)
-    model_sd, loss_sd, stored = ckpt.split_weights(obj, path, list(net.model.state_dict()))
+    model_sd, loss_sd, stored = ckpt.split_weights(obj, path, net.model.state_dict())
     ckpt.check_compatible(stored, cfg, path, ())
     ckpt.load_into(net.model, model_sd, "model", path)
     if with_loss:

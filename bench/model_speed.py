@@ -1,0 +1,221 @@
+"""Speed of the model zoo: training step and inference on 2-s crops, and our DTDY implementation against the
+straightforward formulation of the official code (bench/_reference_dtdy.py), side by side with the same weights.
+
+    python bench/model_speed.py --batch 8 --iters 3 --threads 2
+
+Per model: one training step (forward, backward, Adam step; the loss is a stand-in, the loss head is not part of
+the model) and inference (eval, no_grad) on crops of 32,240 samples (200 frames). Contenders of one comparison
+run interleaved, iteration by iteration, so that load from other processes hits them alike; times are medians.
+Wall-clock ratios and CPU-time ratios (process time, less sensitive to other processes) are both printed.
+fp32 on CPU; on CUDA (when available) with autocast. ``--compile`` also times torch.compile'd DTDY models and
+reports the compile time separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._reference_dtdy import ReferenceDTDYConv2d, ReferenceResNet  # noqa: E402
+from models._dtdy import DTDYConv2d  # noqa: E402
+from models._frontend import crop_samples  # noqa: E402
+from models._official import convert_official_checkpoint  # noqa: E402
+from models._resnet import RESNET34_DEPTHS, WIDTHS_HALF, WIDTHS_QUARTER  # noqa: E402
+
+MODELS = {"ResNet34_quarter": None, "ResNet34_half": None,
+          "DTDY_ResNet34_quarter": WIDTHS_QUARTER, "DTDY_ResNet34_half": WIDTHS_HALF}
+# (C_in, C_out, kernel, stride, F, T) of the DTDY layers of the x0.50 net at 64 mels and 202 frames
+LAYERS = [(32, 32, 3, 1, 32, 202), (32, 64, 3, 2, 32, 202), (32, 64, 1, 2, 32, 202), (64, 64, 3, 1, 16, 101),
+          (64, 128, 3, 2, 16, 101), (128, 128, 3, 1, 8, 51), (128, 256, 3, 1, 8, 51), (256, 256, 3, 1, 8, 51)]
+ENCODER_TYPE = "ASP"
+N_MELS = 64
+NOUT = 512
+
+
+def build(name: str) -> torch.nn.Module:
+    module = __import__(f"models.{name}", fromlist=["MainModel"])
+    return module.MainModel(nOut=NOUT, encoder_type=ENCODER_TYPE, n_mels=N_MELS, log_input=True)
+
+
+def calibrate(model: torch.nn.Module, wave: torch.Tensor) -> None:
+    """BatchNorm running statistics of one batch, so that eval mode is well scaled with random weights."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.momentum = 1.0
+    with torch.no_grad():
+        model.train()(wave)
+    for m in bns:
+        m.momentum = 0.1
+
+
+def twins(widths: tuple[int, ...], wave: torch.Tensor) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(reference model, our model) with the same weights, via the official-checkpoint converter."""
+    ref = ReferenceResNet(widths, RESNET34_DEPTHS, nOut=NOUT, encoder_type=ENCODER_TYPE, n_mels=N_MELS)
+    calibrate(ref, wave)
+    ours = build("DTDY_ResNet34_half" if widths == WIDTHS_HALF else "DTDY_ResNet34_quarter")
+    ckpt = {"model_state_dict": {"__S__." + k: v for k, v in ref.state_dict().items()}}
+    ours.load_state_dict(convert_official_checkpoint(ckpt, ours.state_dict())[0])
+    return ref, ours
+
+
+class Timer:
+    """Interleaved timing of several contenders: wall and process time per call."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+
+    def run(self, fns: list[Callable[[], object]], iters: int, warmup: int = 1) -> list[tuple[float, float]]:
+        for fn in fns:
+            for _ in range(warmup):
+                fn()
+        self.sync()
+        wall: list[list[float]] = [[] for _ in fns]
+        cpu: list[list[float]] = [[] for _ in fns]
+        for _ in range(iters):
+            for i, fn in enumerate(fns):
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn()
+                self.sync()
+                wall[i].append(time.perf_counter() - t0)
+                cpu[i].append(time.process_time() - c0)
+        return [(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu, strict=True)]
+
+
+def train_step(model: torch.nn.Module, wave: torch.Tensor, amp: AbstractContextManager) -> Callable[[], None]:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-5)
+
+    def step() -> None:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            out = model(wave)
+        out.float().square().mean().backward()
+        opt.step()
+    return step
+
+
+def infer(model: torch.nn.Module, wave: torch.Tensor, amp: AbstractContextManager) -> Callable[[], None]:
+    def run() -> None:
+        model.eval()
+        with torch.no_grad(), amp:
+            model(wave)
+    return run
+
+
+def amp_for(device: str) -> AbstractContextManager:
+    if device == "cpu":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def max_diff(ref: torch.nn.Module, ours: torch.nn.Module, wave: torch.Tensor, train: bool) -> float:
+    with torch.no_grad():
+        return (ref.train(train)(wave) - ours.train(train)(wave)).abs().max().item()
+
+
+def run_device(device: str, args: argparse.Namespace) -> None:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    timer, amp = Timer(sync), amp_for(device)
+    torch.manual_seed(0)
+    wave = torch.randn(args.batch, crop_samples(args.frames), device=device)
+    precision = "fp32" if device == "cpu" else f"autocast {amp.fast_dtype}"
+    print(f"\n== {device}, {precision}, threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"{crop_samples(args.frames)} samples per crop, median of {args.iters} interleaved iterations ==")
+
+    print(f"\n{'model':<24}{'params':>12}{'train utt/s':>14}{'infer utt/s':>14}")
+    models = {name: build(name) for name in args.models}
+    for model in models.values():
+        calibrate(model, wave[:2].cpu())  # random weights with eval-mode statistics of init would blow up
+    models = {name: model.to(device) for name, model in models.items()}
+    fns = [f for m in models.values() for f in (train_step(m, wave, amp), infer(m, wave, amp))]
+    times = timer.run(fns, args.iters)
+    for i, (name, model) in enumerate(models.items()):
+        n = sum(p.numel() for p in model.parameters())
+        print(f"{name:<24}{n:>12,}{args.batch / times[2 * i][0]:>14.2f}{args.batch / times[2 * i + 1][0]:>14.2f}")
+    del models, fns
+
+    dtdy = [n for n in args.models if MODELS[n] is not None]
+    if dtdy:
+        print("\nDTDY models, ours vs the straightforward formulation (same weights), utt/s and speed-up")
+        print(f"{'model':<24}{'mode':<7}{'ours':>9}{'ref':>9}{'x wall':>8}{'x cpu':>8}{'max|diff| eval/train':>24}")
+    for name in dtdy:
+        ref, ours = (m.to(device) for m in twins(MODELS[name], wave[:2].cpu()))
+        diffs = (max_diff(ref, ours, wave[:2], False), max_diff(ref, ours, wave[:2], True))
+        t = timer.run([train_step(ours, wave, amp), train_step(ref, wave, amp),
+                       infer(ours, wave, amp), infer(ref, wave, amp)], args.iters)
+        for mode, (o, r) in (("train", (t[0], t[1])), ("infer", (t[2], t[3]))):
+            note = f"{diffs[0]:.1e} / {diffs[1]:.1e}" if mode == "train" else ""
+            print(f"{name:<24}{mode:<7}{args.batch / o[0]:>9.2f}{args.batch / r[0]:>9.2f}{r[0] / o[0]:>8.2f}"
+                  f"{r[1] / o[1]:>8.2f}{note:>24}")
+        if args.compile:
+            compiled = torch.compile(ours)
+            t0 = time.perf_counter()
+            infer(compiled, wave, amp)()
+            sync()
+            first = time.perf_counter() - t0
+            t = timer.run([infer(compiled, wave, amp), infer(ref, wave, amp)], args.iters)
+            print(f"{name + ' compiled':<24}{'infer':<7}{args.batch / t[0][0]:>9.2f}{args.batch / t[1][0]:>9.2f}"
+                  f"{t[1][0] / t[0][0]:>8.2f}{t[1][1] / t[0][1]:>8.2f}   (one-time compile {first:.1f} s)")
+
+    if args.layers:
+        print("\nDTDY layer alone, ours vs the straightforward formulation, ms per call and speed-up")
+        print(f"{'C_in->C_out k s  F x T':<26}{'train ours':>11}{'ref':>8}{'x wall':>8}{'x cpu':>7}"
+              f"{'infer ours':>12}{'ref':>8}{'x wall':>8}{'x cpu':>7}")
+        for c_in, c_out, k, s, freq, frames in LAYERS:
+            ours = DTDYConv2d(c_in, c_out, k, s, freq).to(device, memory_format=torch.channels_last)
+            ref = ReferenceDTDYConv2d(c_in, c_out, k, s, freq).to(device)
+            x_ref = torch.randn(args.batch, c_in, freq, frames, device=device)
+            x_ours = x_ref.transpose(2, 3).contiguous(memory_format=torch.channels_last)
+            fns = []
+            for layer, x in ((ours, x_ours), (ref, x_ref)):
+                def fwd_bwd(layer=layer, x=x) -> None:
+                    with amp:
+                        out = layer.train()(x)
+                    out.float().sum().backward()
+                fns.append(fwd_bwd)
+            for layer, x in ((ours, x_ours), (ref, x_ref)):
+                def fwd(layer=layer, x=x) -> None:
+                    with torch.no_grad(), amp:
+                        layer.eval()(x)
+                fns.append(fwd)
+            t = timer.run(fns, args.iters)
+            label = f"{c_in}->{c_out} {k} {s}  {freq} x {frames}"
+            print(f"{label:<26}{1e3 * t[0][0]:>11.2f}{1e3 * t[1][0]:>8.2f}{t[1][0] / t[0][0]:>8.2f}"
+                  f"{t[1][1] / t[0][1]:>7.2f}{1e3 * t[2][0]:>12.2f}{1e3 * t[3][0]:>8.2f}{t[3][0] / t[2][0]:>8.2f}"
+                  f"{t[3][1] / t[2][1]:>7.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8, help="utterances per batch")
+    parser.add_argument("--iters", type=int, default=3, help="timed iterations per contender (median)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="models to time")
+    parser.add_argument("--frames", type=int, default=200, help="crop length in frames (200: 2 s)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                        help="where to run; 'all': CPU, then CUDA when available")
+    parser.add_argument("--no-layers", dest="layers", action="store_false", help="skip the per-layer table")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd DTDY models")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else ["cpu", "cuda"]
+    for device in devices:
+        if device == "cuda" and not torch.cuda.is_available():
+            print("\n(CUDA not available: GPU timings skipped)")
+            continue
+        run_device(device, args)
+
+
+if __name__ == "__main__":
+    main()

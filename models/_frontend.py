@@ -1,0 +1,52 @@
+"""The paper's mel front-end (DTDY-CNN, arXiv 2203.15277; voxceleb_trainer's ``torchfb``).
+
+16 kHz waveform -> mel power spectrogram (n_fft 512, Hamming window of 25 ms, hop 10 ms, 0-8 kHz) -> ``+1e-6``,
+natural log (when ``log_input``) -> per-utterance mean/variance normalisation of each mel bin over time
+(InstanceNorm1d without affine). No pre-emphasis. Computed in fp32 with autocast off and without gradient.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+N_FFT = 512
+WIN_LENGTH = 400  # 25 ms
+HOP_LENGTH = 160  # 10 ms
+LOG_OFFSET = 1e-6
+INSTANCE_NORM_EPS = 1e-5  # nn.InstanceNorm1d's default
+
+
+def crop_samples(frames: int) -> int:
+    """Samples of a crop of ``frames`` frames: 200 frames -> 32,240 samples (2 s)."""
+    return frames * HOP_LENGTH + WIN_LENGTH - HOP_LENGTH
+
+
+def make_mel_spectrogram(n_mels: int) -> torchaudio.transforms.MelSpectrogram:
+    """The ``torchfb`` module of the official code; buffers ``spectrogram.window`` (400) and
+    ``mel_scale.fb`` (257, n_mels)."""
+    if n_mels < 1:
+        raise ValueError(f"n_mels must be a positive number of mel bins, got {n_mels}.")
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=WIN_LENGTH, hop_length=HOP_LENGTH,
+        f_min=0.0, f_max=SAMPLE_RATE / 2, window_fn=torch.hamming_window, n_mels=n_mels, power=2.0)
+
+
+def log_mel(torchfb: torchaudio.transforms.MelSpectrogram, wave: torch.Tensor, log_input: bool) -> torch.Tensor:
+    """wave (B, samples) -> normalised (log-)mel features (B, n_mels, frames), fp32, no gradient.
+
+    frames = 1 + samples // 160 (centred STFT): 32,240 samples -> 202 frames.
+    """
+    if wave.dim() != 2:
+        raise ValueError(f"The model expects a waveform batch of shape (B, samples), got {tuple(wave.shape)}.")
+    with torch.no_grad(), torch.autocast(device_type=wave.device.type, enabled=False):
+        x = torchfb(wave.float()) + LOG_OFFSET
+        if log_input:
+            x = x.log()
+        return F.instance_norm(x, eps=INSTANCE_NORM_EPS)

@@ -1,0 +1,126 @@
+"""Conversion of checkpoints written by the official DTDY-CNN code (arXiv 2203.15277, voxceleb_trainer based).
+
+An official training checkpoint is a dict with ``model_state_dict`` (encoder keys prefixed ``__S__.``, loss head
+keys prefixed ``__L__.``) and ``optimizer_state_dict``. The encoder is a DTDY-ResNet with modules named
+``conv1, bn1, layer1..4, attention, fc``; each DTDY conv holds ``conv`` (W0), ``q``, ``p``, ``bn1`` (BN_a),
+``bn2`` (BN_b) and ``fc_phi.{fc1, semodule.fc.0, fc2}``. Its kernels are (frequency, time); ours are
+(time, frequency), so every 2D kernel is transposed. ``torchfb.*`` buffers may be present or not; missing
+ones are taken from the target model (they are fixed functions of n_mels).
+
+Every key is mapped by an explicit rule; a key that no rule places, a mapped name the model does not have, a
+wrong shape, or a model key left unfilled is a ValueError naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ENCODER_PREFIX = "__S__."
+LOSS_PREFIX = "__L__."
+FRONTEND_PREFIX = "torchfb."
+
+_DTDY = r"(?P<conv>layer\d+\.\d+\.(?:conv[12]|downsample\.0))\."
+
+
+def _transpose_kernel(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(-1, -2).contiguous()
+
+
+def _squeeze_1x1(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], t.shape[1])  # (C_out, L, 1, 1) -> (C_out, L)
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+# (official key pattern, our key template, tensor transform); the first match wins, patterns are anchored.
+RULES: list[tuple[str, str, Callable[[torch.Tensor], torch.Tensor]]] = [
+    (r"torchfb\.(?P<rest>spectrogram\.window|mel_scale\.fb)", "torchfb.{rest}", _same),
+    (r"conv1\.weight", "conv1.weight", _transpose_kernel),
+    (r"bn1\.(?P<rest>weight|bias|running_mean|running_var|num_batches_tracked)", "bn1.{rest}", _same),
+    (_DTDY + r"conv\.weight", "{conv}.w0", _transpose_kernel),
+    (_DTDY + r"q\.weight", "{conv}.q", _transpose_kernel),
+    (_DTDY + r"p\.weight", "{conv}.p", _squeeze_1x1),
+    (_DTDY + r"bn1\.(?P<rest>weight|bias|running_mean|running_var|num_batches_tracked)", "{conv}.bn_latent.{rest}",
+     _same),
+    (_DTDY + r"bn2\.(?P<rest>weight|bias|running_mean|running_var|num_batches_tracked)", "{conv}.bn_mix.{rest}",
+     _same),
+    (_DTDY + r"fc_phi\.fc1\.(?P<rest>weight|bias)", "{conv}.phi.conv_in.{rest}", _same),
+    (_DTDY + r"fc_phi\.semodule\.fc\.0\.weight", "{conv}.phi.gate.weight", _same),
+    (_DTDY + r"fc_phi\.fc2\.(?P<rest>weight|bias)", "{conv}.phi.conv_out.{rest}", _same),
+    (r"(?P<block>layer\d+\.\d+)\.(?P<rest>(?:bn[12]|downsample\.1)\."
+     r"(?:weight|bias|running_mean|running_var|num_batches_tracked))", "{block}.{rest}", _same),
+    (r"attention\.(?P<rest>[013]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))",
+     "pooling.attention.{rest}", _same),
+    (r"fc\.(?P<rest>weight|bias)", "fc.{rest}", _same),
+]
+_COMPILED = [(re.compile(pattern), target, transform) for pattern, target, transform in RULES]
+
+
+def is_official_checkpoint(obj: object) -> bool:
+    """True for a dict in the official training format (``model_state_dict`` with ``__S__.`` keys)."""
+    if not isinstance(obj, Mapping):
+        return False
+    state = obj.get("model_state_dict")
+    return isinstance(state, Mapping) and any(str(k).startswith(ENCODER_PREFIX) for k in state)
+
+
+def map_official_key(key: str) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Our name for one official encoder key (without ``__S__.``) and the transform its tensor needs."""
+    for pattern, target, transform in _COMPILED:
+        match = pattern.fullmatch(key)
+        if match:
+            return target.format(**match.groupdict()), transform
+    raise ValueError(f"Official checkpoint key '{ENCODER_PREFIX}{key}' has no place in this model "
+                     f"(no conversion rule matches it).")
+
+
+def convert_official_checkpoint(obj: Mapping[str, object], model_state: Mapping[str, torch.Tensor],
+                                source: str = "the checkpoint") -> tuple[dict[str, torch.Tensor],
+                                                                         dict[str, torch.Tensor]]:
+    """Official checkpoint -> (model state_dict for ``load_state_dict(strict=True)``, loss-head state_dict).
+
+    ``model_state`` is the target model's ``state_dict()`` (names and shapes; its ``torchfb.*`` buffers fill
+    those the checkpoint lacks). The loss-head dict has the ``__L__.`` prefix stripped. ``source`` names the
+    file in error messages.
+    """
+    if not is_official_checkpoint(obj):
+        raise ValueError(f"{source} is not an official DTDY-CNN checkpoint (expected a dict with "
+                         f"'model_state_dict' whose keys start with '{ENCODER_PREFIX}').")
+    official = obj["model_state_dict"]
+    model: dict[str, torch.Tensor] = {}
+    loss: dict[str, torch.Tensor] = {}
+    for key, tensor in official.items():
+        if key.startswith(LOSS_PREFIX):
+            loss[key[len(LOSS_PREFIX):]] = tensor
+            continue
+        if not key.startswith(ENCODER_PREFIX):
+            raise ValueError(f"Key '{key}' in {source} has neither the '{ENCODER_PREFIX}' (encoder) nor the "
+                             f"'{LOSS_PREFIX}' (loss head) prefix.")
+        name, transform = map_official_key(key[len(ENCODER_PREFIX):])
+        if name not in model_state:
+            raise ValueError(f"Official key '{key}' maps to '{name}', which this model does not have "
+                             f"(another architecture, depth or pooling?).")
+        value = transform(tensor)
+        if tuple(value.shape) != tuple(model_state[name].shape):
+            raise ValueError(f"Official key '{key}' has shape {tuple(tensor.shape)}; as '{name}' this model "
+                             f"needs {tuple(model_state[name].shape)} (another width, n_mels, nOut or "
+                             f"encoder_type?).")
+        model[name] = value
+    for name, tensor in model_state.items():
+        if name not in model and name.startswith(FRONTEND_PREFIX):
+            model[name] = tensor.detach().clone()
+    missing = [name for name in model_state if name not in model]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise ValueError(f"{source} lacks {len(missing)} tensors this model needs: {shown}.")
+    log.info("converted %d official encoder tensors and %d loss-head tensors from %s", len(model), len(loss),
+             source)
+    return model, loss
