@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR := demo_data
+DEMO_CORPUS := --demo_train_speakers 100 --demo_utts 8 --demo_test_speakers 20 --demo_test_utts 6 \
+	--demo_videos 2 --demo_trials 600
 
 .PHONY: venv demo test lint bench clean-demo
 
@@ -17,7 +19,7 @@ $(STAMP): requirements.txt
 venv: $(STAMP)
 
 demo: venv
-	$(PY) dataprep.py --make_demo $(DEMO_DIR)
+	$(PY) dataprep.py --make_demo $(DEMO_DIR) $(DEMO_CORPUS)
 	$(PY) trainSpeakerNet.py --config configs/demo.yaml
 	$(PY) trainSpeakerNet.py --config configs/demo.yaml --eval
 

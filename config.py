@@ -48,6 +48,8 @@ class Config:
     augment: bool = opt(False, "MUSAN noise and RIR reverberation augmentation.", "data")
     speed_perturb: bool = opt(False, "Speed perturbation 0.9/1.0/1.1 of training crops, each speed its own class "
                                      "(WeSpeaker): --nClasses must cover 3x the speakers.", "data")
+    spec_augment: bool = opt(False, "SpecAugment of the training log-mels: one mask of up to 8 mel bins and one of "
+                             "up to 10 frames, with probability 0.6 (WeSpeaker).", "data")
     resample: bool = opt(False, "Resample audio that is not 16 kHz and average the channels of multichannel files "
                                 "while reading (off: such files are an error).", "data")
     seed: int = opt(2021, "Seed of every random number generator (sampler: seed + epoch).", "data")

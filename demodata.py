@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 CONTROL_HOP = 80  # samples per control block (5 ms): formants, F0 and envelopes are set at this rate
-GENERATOR_VERSION = 1  # bump when the synthesis changes, so old corpora are rebuilt
+GENERATOR_VERSION = 2  # bump when the synthesis changes, so old corpora are rebuilt
 INFO_FILE = "demo_info.json"
 _TRAIN, _TEST, _TRIALS = 0, 1, 2  # split codes in the seeds
 _ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
@@ -94,16 +94,16 @@ class _Channel:
 def _draw_voice(rng: np.random.Generator) -> _Voice:
     female = rng.random() < 0.5
     f0 = np.exp(rng.uniform(np.log(160.0), np.log(260.0)) if female else rng.uniform(np.log(85.0), np.log(150.0)))
-    vtl = float(np.clip(rng.normal(1.17 if female else 1.0, 0.06), 0.88, 1.3))  # formant scale ~ 1 / tract length
+    vtl = float(np.clip(rng.normal(1.17 if female else 1.0, 0.09), 0.85, 1.35))  # formant scale ~ 1 / tract length
     scale = vtl * np.exp(rng.normal(0.0, 0.05, 3))  # F1..F3 scale a little differently (tract shape)
-    vowels = _VOWELS * scale * np.exp(rng.normal(0.0, 0.08, _VOWELS.shape))  # the speaker's own vowel qualities
+    vowels = _VOWELS * scale * np.exp(rng.normal(0.0, 0.12, _VOWELS.shape))  # the speaker's own vowel qualities
     fricatives = []
     for centre, width in _FRICATIVES:
         centre *= vtl * rng.uniform(0.9, 1.1)
         low, high = max(centre - width / 2, 500.0), min(centre + width / 2, 7800.0)
         fricatives.append(butter(2, [low, high], btype="bandpass", fs=SAMPLE_RATE, output="sos"))
     return _Voice(
-        f0_hz=float(f0), intonation_st=rng.uniform(1.5, 5.0), jitter=rng.uniform(0.003, 0.02),
+        f0_hz=float(f0), intonation_st=rng.uniform(1.0, 3.0), jitter=rng.uniform(0.003, 0.02),
         shimmer=rng.uniform(0.02, 0.12), vowels=vowels, loci=_LOCI * scale,
         high_formants=np.array([rng.uniform(3300, 3900), rng.uniform(4300, 5000)]) * vtl,
         bandwidths=_BANDWIDTHS * rng.uniform(0.7, 1.6), open_quotient=rng.uniform(0.4, 0.8),
@@ -123,10 +123,10 @@ def _peaking_sos(freq: float, gain_db: float, q: float) -> np.ndarray:
 def _draw_channel(rng: np.random.Generator) -> _Channel:
     sos = [butter(2, rng.uniform(50, 200), btype="highpass", fs=SAMPLE_RATE, output="sos"),
            butter(4, rng.uniform(5000, 7800), btype="lowpass", fs=SAMPLE_RATE, output="sos")]
-    sos += [_peaking_sos(np.exp(rng.uniform(np.log(150), np.log(5000))), rng.uniform(-4, 4), rng.uniform(0.7, 2.5))
+    sos += [_peaking_sos(np.exp(rng.uniform(np.log(150), np.log(5000))), rng.uniform(-2, 2), rng.uniform(0.7, 2.5))
             for _ in range(2)]
     room = None
-    if rng.random() < 0.3:
+    if rng.random() < 0.15:
         rt60 = rng.uniform(0.15, 0.4)
         t = np.arange(int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
         tail = rng.standard_normal(t.size) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
@@ -227,7 +227,7 @@ def _speech(voice: _Voice, rng: np.random.Generator, seconds: float) -> np.ndarr
     formants = uniform_filter1d(formants, 7, axis=0, mode="nearest")  # ~35 ms formant transitions
     voiced = uniform_filter1d(voiced, 3, mode="nearest")
     # Intonation in semitones: utterance offset, declination, smoothed syllable accents, block-level jitter.
-    semitones = (rng.normal(0.0, 0.7) + voice.intonation_st * np.linspace(0.5, -0.5, n_blocks)
+    semitones = (rng.normal(0.0, 0.4) + voice.intonation_st * np.linspace(0.5, -0.5, n_blocks)
                  + 0.5 * voice.intonation_st * uniform_filter1d(accents, 15, mode="nearest"))
     f0 = voice.f0_hz * 2 ** (semitones / 12) * (1 + voice.jitter * rng.standard_normal(n_blocks))
     centres, samples = (np.arange(n_blocks) + 0.5) * CONTROL_HOP, np.arange(n)

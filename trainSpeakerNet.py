@@ -15,6 +15,7 @@ import logging
 import random
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 import checkpoint as ckpt
 import distributed
 import plugins
-from augment import Augmenter
+from augment import Augmenter, spec_augment
 from config import Config, UserError, parse_args, save_config
 from DatasetLoader import SpeakerBalancedSampler, TrainDataset, read_train_list, read_trial_list
 from distributed import DistEnv, barrier
@@ -172,6 +173,11 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
                         f"{dataset.num_classes}.")
 
     net = build_net(cfg)
+    if cfg.spec_augment:
+        if not hasattr(net.model, "feature_augment"):
+            raise UserError(f"--spec_augment needs a model with a feature_augment hook; '{cfg.model}' has none.")
+        net.model.feature_augment = partial(spec_augment, freq_masks=1, freq_width=8, time_masks=1, time_width=10,
+                                            prob=0.6)
     sampler = SpeakerBalancedSampler(train.labels, cfg.nPerSpeaker, cfg.max_seg_per_spk, cfg.batch_size, cfg.seed,
                                      rank=env.rank, world_size=env.world_size)
     steps = sampler.batches_per_epoch()

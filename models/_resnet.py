@@ -16,6 +16,7 @@ checkpoints, whose kernels are (frequency, time).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -87,6 +88,9 @@ class ResNetSpeakerEncoder(nn.Module):
             raise ValueError(f"nOut (embedding size) must be positive, got {nOut}.")
         self.log_input = log_input
         self.torchfb = make_mel_spectrogram(n_mels)
+        # Optional training-time feature augmentation (B, n_mels, T) -> same, e.g. augment.spec_augment; a plain
+        # callable, not a submodule, so it changes neither the state_dict nor the layer list.
+        self.feature_augment: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.conv1 = nn.Conv2d(1, widths[0], STEM_KERNEL, stride=(1, STEM_FREQ_STRIDE), padding=STEM_KERNEL // 2,
                                bias=False)  # (time, frequency)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -112,6 +116,8 @@ class ResNetSpeakerEncoder(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         feats = log_mel(self.torchfb, wave, self.log_input)  # (B, n_mels, T)
+        if self.training and self.feature_augment is not None:
+            feats = self.feature_augment(feats)
         x = feats.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)  # (B, 1, T, F)
         x = self.relu(self.bn1(self.conv1(x))).contiguous(memory_format=torch.channels_last)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, C3, T', F')

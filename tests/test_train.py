@@ -274,3 +274,19 @@ def test_score_from_cache_reproduces_the_evaluation_without_audio(corpus, traine
     assert trainSpeakerNet.main(argv(copy, out, "--eval", "--score_from_cache", "--initial_model", last)) == 0
     after = json.loads((out / "result/metrics.json").read_text())
     assert after["eer_percent"] == before["eer_percent"] and after["n_trials"] == before["n_trials"]
+
+
+def test_spec_augment_masks_training_features_only(corpus, tmp_path, monkeypatch):
+    import augment
+
+    calls = []
+    real = augment.spec_augment
+
+    def spy(feats, **kwargs):
+        calls.append(feats.shape)
+        return real(feats, **kwargs)
+
+    monkeypatch.setattr(trainSpeakerNet, "spec_augment", spy)
+    assert trainSpeakerNet.main(argv(corpus, tmp_path / "sa", "--spec_augment", "--max_epoch", "1")) == 0
+    steps = ckpt.read(tmp_path / "sa/model/last.model")["scheduler"]["last_epoch"]
+    assert len(calls) == 4 and steps == 1 and all(shape[1] == 40 for shape in calls)  # 4 training batches, no eval
