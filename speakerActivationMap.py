@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-import checkpoint as ckpt
 from config import Config, UserError, parse_args
 from DatasetLoader import load_eval, read_trial_list
 from models._frontend import HOP_LENGTH, SAMPLE_RATE, crop_samples, log_mel
@@ -442,15 +441,11 @@ def _select_trials(path: str, test_path: str, max_trials: int) -> list[tuple[str
 
 def _load_model(cfg: Config) -> nn.Module:
     """The configured model with the weights of --initial_model (or the newest checkpoint), in eval mode."""
-    from trainSpeakerNet import build_net, load_weights, pick_device
+    from distributed import DistEnv
+    from trainSpeakerNet import build_for_inference, pick_device
 
-    path = cfg.initial_model or ckpt.latest_checkpoint(cfg.save_path)
-    if not path:
-        raise SamError(f"SAM needs trained weights: give --initial_model, or a --save_path whose model/ folder "
-                       f"holds a checkpoint ('{Path(cfg.save_path) / 'model'}' has none).")
-    net = build_net(cfg)
-    load_weights(net, path, cfg, with_loss=False)
-    model = net.model.to(pick_device(cfg.device)).eval()
+    trainer, _ = build_for_inference(cfg, pick_device(cfg.device), DistEnv())
+    model = trainer.speaker_net.model.eval()
     return model.requires_grad_(False)  # gradients are taken w.r.t. activations only
 
 

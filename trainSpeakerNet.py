@@ -115,8 +115,8 @@ def build_for_inference(cfg: Config, device: torch.device, env: DistEnv) -> tupl
     """The configured model with the weights of --initial_model (or the latest checkpoint), ready to embed."""
     path = cfg.initial_model or ckpt.latest_checkpoint(cfg.save_path)
     if not path:
-        raise UserError(f"--eval and --extract need weights: give --initial_model, or train first so that "
-                        f"'{Path(cfg.save_path) / 'model'}' holds a checkpoint.")
+        raise UserError(f"--eval, --extract and speakerActivationMap.py need weights: give --initial_model, or "
+                        f"train first so that '{Path(cfg.save_path) / 'model'}' holds a checkpoint.")
     net = build_net(cfg)
     load_weights(net, path, cfg, with_loss=False)
     net.to(device)
