@@ -31,3 +31,14 @@ def tiny_argv(corpus, save, *extra):
             "--train_list", str(corpus / "train_list.txt"), "--train_path", str(corpus / "train" / "wav"),
             "--test_list", str(corpus / "test_list.txt"), "--test_path", str(corpus / "test" / "wav"),
             "--save_path", str(save), *extra]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of tiny tensors: on a busy 2-core machine two threads wait on each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,13 +25,7 @@ VOX1_O = Path(__file__).resolve().parents[2] / "shared" / "data" / "voxceleb1_O_
 RATE = 16000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads spin-wait on each other (10-100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ---- metrics against full-curve references -------------------------------------------------------------------
 

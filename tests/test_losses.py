@@ -29,13 +29,7 @@ OPTIONS = {"nOut": N_OUT, "nClasses": N_CLASSES, "margin": 0.2, "scale": 30.0, "
 LABELS = torch.tensor([3, 0, 5, 1, 4, 2])  # B = 6 distinct speakers, not in row order
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is fastest, and the 2-core test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loss_class(name: str) -> type[nn.Module]:
