@@ -365,6 +365,6 @@ def _project(r: torch.Tensor, z: torch.Tensor, p_t: torch.Tensor, inplace: bool 
     rows = r.permute(0, 2, 3, 1).reshape(-1, C)
     z_rows = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
     if inplace and rows.data_ptr() == r.data_ptr():  # reshape gave a view of r, not a copy
-        rows.addmm_(z_rows, p_t)
+        rows.addmm_(z_rows.to(rows.dtype), p_t.to(rows.dtype))  # in-place ops are not autocast: match dtypes
         return r
     return torch.addmm(rows, z_rows, p_t).view(B, T, Fq, C).permute(0, 3, 1, 2)
