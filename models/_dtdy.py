@@ -11,15 +11,19 @@ residual in an L-dimensional latent space. What is computed, exactly as the offi
     m  = Phi(t) z   for every (b, t, f)         per-time-bin mixing         (B, L, T', F')
     y  = r + P (BN_b(m) + z)                    1 x 1 projection P          (B, C_out, T', F')
 
-Layout: tensors are time-major, ``(B, C, T, F)``, ideally in channels-last memory, so each time bin's
-``(F, C)`` slab is contiguous. W0 and Q are then computed by one convolution with ``C_out + L`` output channels,
-the mixing is a single batched matmul over ``B * T'`` slabs on a strided view (no copy), and P plus the static
-path is one ``addmm``. The latent path runs ``Lp = ceil(L / 8) * 8`` wide: the extra channels have zero Q rows,
-zero BatchNorm weight and bias and zero P columns, so they stay exactly zero, but small channel counts like
-11 make CPU kernels several times slower than 16. Kernels are stored in the same (time, frequency) orientation.
-In eval mode BN_a is folded into Q, BN_b and the identity residual into Phi(t), and ``P c_b`` into the conv
-bias; all folds are exact. ``bench/_reference_dtdy.py`` holds the straightforward formulation (official layout)
-that tests/test_dtdy.py checks this module against, outputs and gradients.
+Layout: tensors are time-major, ``(B, C, T, F)``, in channels-last memory, so each time bin's ``(F, C)`` slab
+is contiguous: the mixing is one batched matmul over the ``B * T'`` slabs and P is one ``addmm`` over the rows
+of all pixels. W0 and Q are two convolutions (stacking them into one saves nothing on CPU and makes every
+later step read and write strided rows). The latent path runs ``Lp = ceil(L / 8) * 8`` wide: the extra
+channels have zero Q rows, zero BatchNorm weight and bias and zero P columns, so they stay exactly zero, but
+small channel counts like 11 make CPU kernels several times slower than 16. The Phi branch's three
+convolutions over time are matmuls over time-major rows. Kernels are stored in (time, frequency) orientation.
+
+In eval mode BN_a is folded into Q, BN_b and the identity residual into M(t) = diag(s_b) Phi(t) + I, and
+``P c_b`` into the static conv's bias; during inference (no autograd) these operands are computed once per set
+of weights, a following BatchNorm (``forward_bn``) is folded in as well, and P adds in place into the static
+path's output. All folds are exact. ``bench/_reference_dtdy.py`` holds the straightforward formulation (official
+layout) that tests/test_dtdy.py checks this module against, outputs and gradients.
 """
 
 from __future__ import annotations
@@ -34,8 +38,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-LANE = 8  # the latent size is padded with exact zeros to a multiple of 8 (AVX2 width) ...
-CONV_LANE = 16  # ... and the stacked convolution's outputs to a multiple of 16 (AVX-512 width; 24 is slow)
+LANE = 8  # the latent size is padded with exact zeros to a multiple of 8 (AVX2 width)
 
 
 def latent_size(in_channels: int, out_channels: int) -> int:
@@ -195,8 +198,8 @@ class DTDYConv2d(nn.Module):
 
     def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
         pad = self.latent_padded - self.latent
-        r, z = self._conv(x, *self._stacked(torch.cat([self.w0, _pad_rows(self.q, pad)]), None))  # W0 x, Q x
-        z = _batch_norm_padded(self.bn_latent, z.contiguous(memory_format=torch.channels_last), pad)
+        r, z = self._conv(x, self.w0, None), self._conv(x, _pad_rows(self.q, pad), None)  # W0 x, Q x
+        z = _batch_norm_padded(self.bn_latent, z, pad)
         phi_t = F.pad(self.phi(x).transpose(2, 3), (0, pad, 0, pad)).contiguous()  # Phi(t)^T (B, T', Lp, Lp)
         z = _batch_norm_padded(self.bn_mix, _mix(z, phi_t), pad) + z
         return _project(r, z, F.pad(self.p, (0, pad)).t())
@@ -207,7 +210,7 @@ class DTDYConv2d(nn.Module):
         inference = not torch.is_grad_enabled()
         f = self._folded(bn) if inference and not torch.compiler.is_compiling() else self._fold(bn)
         B, Lp = x.shape[0], self.latent_padded
-        r, z = self._conv(x, f.weight, f.bias)  # r + P c_b, BN_a(Q * x)
+        r, z = self._conv(x, f.w0, f.b0), self._conv(x, f.q, f.b_q)  # W0 x + P c_b, BN_a(Q x)
         logits = self.phi.logits(x, f.w_in, f.b_in, f.w_gate, f.w_out, f.b_out).view(B, -1, Lp, Lp)
         clamped = logits.clamp_(-3.0, 3.0) if inference else logits.clamp(-3.0, 3.0)
         mixing_t = torch.addcmul(f.offset, clamped, f.scale)  # M(t)^T = (diag(s_b) Phi(t) + I)^T (B, T', Lp, Lp)
@@ -238,8 +241,7 @@ class DTDYConv2d(nn.Module):
         if bn is not None:
             o_scale, o_shift = _bn_affine(bn)
             w0, p, p_shift = w0 * o_scale.view(-1, 1, 1, 1), p * o_scale.view(-1, 1), p_shift * o_scale + o_shift
-        weight, bias = self._stacked(torch.cat([w0, _pad_rows(self.q * a_scale.view(L, 1, 1, 1), pad)]),
-                                     torch.cat([p_shift, _pad_rows(a_shift, pad)]))
+        q, b_q = _pad_rows(self.q * a_scale.view(L, 1, 1, 1), pad), _pad_rows(a_shift, pad)
         w_in, b_in, w_gate, w_out, b_out = self.phi.operands()
         d, j = torch.meshgrid(*(torch.arange(L, device=w_out.device),) * 2, indexing="ij")
         cells = (j * Lp + d).flatten()  # where entry d*L + j of Phi goes in the Lp x Lp grid of M^T
@@ -248,50 +250,24 @@ class DTDYConv2d(nn.Module):
         scale = F.pad(b_scale / 3, (0, pad)).view(1, Lp)  # column d of M^T
         offset = F.pad(b_scale.view(1, L) + torch.eye(L, dtype=b_scale.dtype, device=b_scale.device),
                        (0, pad, 0, pad))
-        return _Folded(weight, bias, w_in, b_in, w_gate, w_grid, b_grid, scale, offset,
+        return _Folded(_channels_last(w0), p_shift, _channels_last(q), b_q, w_in, b_in, w_gate, w_grid, b_grid,
+                       scale, offset,
                        F.pad(p, (0, pad)).t().contiguous())
 
-    def _stacked(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[W0; Q] as ``_conv`` takes it: a (C_in, C_out + Lp) matrix for 1 x 1 kernels, else the kernel padded
-        with zero rows to a multiple of CONV_LANE output channels, in channels-last memory like the feature maps."""
-        if self.kernel_size == 1:
-            return weight.reshape(weight.shape[0], -1).t(), bias
-        pad = -weight.shape[0] % CONV_LANE
-        weight = _pad_rows(weight, pad).contiguous(memory_format=torch.channels_last)
-        return weight, None if bias is None else _pad_rows(bias, pad)
-
-    def _conv(self, x: torch.Tensor, weight: torch.Tensor,
-              bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One convolution with the stacked kernel (``_stacked``) -> (r, z) channel views (B, C, T', F')."""
-        if self.kernel_size == 1:  # a strided 1 x 1 conv is a matmul over channel rows
-            x = x[:, :, ::self.stride, ::self.stride]
-            B, C, T, Fq = x.shape
-            rows = x.permute(0, 2, 3, 1).reshape(-1, C)
-            rows = rows @ weight if bias is None else torch.addmm(bias, rows, weight)
-        else:
-            y = F.conv2d(x, weight, bias, self.stride, self.padding)  # (B, C_out + Lp (+ pad), T', F')
-            B, _, T, Fq = y.shape
-            rows = y.permute(0, 2, 3, 1).reshape(B * T * Fq, -1)  # a view of channels-last memory
-        r, z = _SplitRows.apply(rows, self.out_channels, self.latent_padded)
-        return r.view(B, T, Fq, -1).permute(0, 3, 1, 2), z.view(B, T, Fq, -1).permute(0, 3, 1, 2)
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The layer's k x k convolution (stride, padding (k - 1) / 2) with another kernel; a strided 1 x 1 one
+        is a matmul over channel rows."""
+        if self.kernel_size != 1:
+            return F.conv2d(x, weight, bias, self.stride, self.padding)
+        x = x[:, :, ::self.stride, ::self.stride]
+        B, C, T, Fq = x.shape
+        rows, w = x.permute(0, 2, 3, 1).reshape(-1, C), weight.view(-1, C).t()
+        rows = rows @ w if bias is None else torch.addmm(bias, rows, w)
+        return rows.view(B, T, Fq, -1).permute(0, 3, 1, 2)
 
 
-class _SplitRows(torch.autograd.Function):
-    """rows (N, C) -> the column blocks [:a] and [a:a + b] (views). The backward writes both gradients into one
-    (N, C) buffer; autograd's own split backward concatenates short rows, several times slower on CPU."""
-
-    @staticmethod
-    def forward(ctx, rows: torch.Tensor, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx.shape, ctx.a, ctx.b = rows.shape, a, b
-        return rows[:, :a], rows[:, a:a + b]
-
-    @staticmethod
-    def backward(ctx, grad_first: torch.Tensor | None, grad_second: torch.Tensor | None):
-        a, b = ctx.a, ctx.b
-        grad = (grad_first if grad_first is not None else grad_second).new_empty(ctx.shape)
-        for block, g in ((grad[:, :a], grad_first), (grad[:, a:a + b], grad_second), (grad[:, a + b:], None)):
-            block.zero_() if g is None else block.copy_(g)
-        return grad, None, None
+def _channels_last(weight: torch.Tensor) -> torch.Tensor:
+    return weight.contiguous(memory_format=torch.channels_last)
 
 
 def _statistics(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,8 +277,10 @@ def _statistics(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 class _Folded(NamedTuple):
     """Eval-mode operands of a DTDYConv2d (see ``DTDYConv2d._fold``)."""
 
-    weight: torch.Tensor  # [W0; diag(a) Q; 0] (C_out + Lp, C_in, k, k)
-    bias: torch.Tensor  # [P c_b; c_a; 0]
+    w0: torch.Tensor  # W0 (C_out, C_in, k, k)
+    b0: torch.Tensor  # P c_b
+    q: torch.Tensor  # [diag(a) Q; 0] (Lp, C_in, k, k)
+    b_q: torch.Tensor  # [c_a; 0]
     w_in: torch.Tensor  # Phi branch, as in PhiBranch.operands
     b_in: torch.Tensor
     w_gate: torch.Tensor
@@ -358,8 +336,8 @@ def _mix(z: torch.Tensor, phi_t: torch.Tensor) -> torch.Tensor:
 def _project(r: torch.Tensor, z: torch.Tensor, p_t: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """y = r + P z: r (B, C_out, T, F), z (B, L, T, F), p_t = P^T (L, C_out) -> (B, C_out, T, F) channels-last.
 
-    ``inplace`` (no autograd) adds into r's memory where r is a channels-last view (the static part of the stacked
-    convolution's output) and returns that view: no copy of the layer's largest tensor.
+    ``inplace`` (no autograd) adds into r's memory where r is a channels-last view (the static convolution's
+    output) and returns that view: no copy of the layer's largest tensor.
     """
     B, C, T, Fq = r.shape
     rows = r.permute(0, 2, 3, 1).reshape(-1, C)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from bench._reference_dtdy import ReferenceDTDYConv2d, reference_conv_from
-from models._dtdy import DTDYConv2d, latent_size, phi_hidden_size
+from models._dtdy import DTDYConv2d, _conv1d_rows, _rows_kernel, latent_size, phi_hidden_size
 
 # (C_in, C_out, k, stride, F, T): latent padding (L=5, 6, 13), no padding (L=8), strides 1 and 2, 1 x 1 shortcut
 CASES = [(8, 8, 3, 1, 10, 12), (8, 10, 3, 2, 9, 11), (16, 16, 3, 1, 6, 9), (8, 16, 1, 2, 10, 12),
@@ -160,3 +160,56 @@ def test_reference_layer_has_the_official_names():
 def test_even_kernel_is_refused():
     with pytest.raises(ValueError, match="odd kernel_size"):
         DTDYConv2d(8, 8, 2, 1, 10)
+
+
+@pytest.mark.parametrize("d, out, k, stride", [(18, 3, 3, 1), (18, 3, 3, 2), (3, 25, 3, 1), (6, 9, 1, 2)])
+def test_time_major_conv1d_rows_equal_conv1d(d, out, k, stride):
+    """Both formulations of _conv1d_rows (fewer outputs than inputs: shifted products; else: windows)."""
+    u = torch.randn(2, 11, d, dtype=torch.float64)
+    conv = torch.nn.Conv1d(d, out, k, stride, (k - 1) // 2).double()
+    expected = conv(u.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(_conv1d_rows(u, _rows_kernel(conv.weight), conv.bias, k, stride), expected)
+
+
+def test_inference_operands_follow_every_change_of_the_weights():
+    """The folded operands are cached during inference: an optimizer step, a loaded state_dict and new BatchNorm
+    statistics must all show in the next output, exactly as a grad-enabled (uncached) eval forward gives it."""
+    conv = DTDYConv2d(8, 16, 3, 1, 10)
+    randomise(conv, seed=5)
+    x = torch.randn(2, 8, 12, 10)
+
+    def check() -> torch.Tensor:
+        conv.eval()
+        with torch.no_grad():
+            cached = conv(x)
+        torch.testing.assert_close(cached, conv(x).detach())  # grad enabled: no cache, no in-place
+        return cached
+
+    first = check()
+    opt = torch.optim.SGD(conv.parameters(), lr=0.1)
+    conv.train()
+    conv(x).square().mean().backward()  # also updates the running statistics
+    opt.step()
+    second = check()
+    assert not torch.allclose(first, second)
+    conv.load_state_dict({k: v * 1.5 if v.is_floating_point() else v for k, v in conv.state_dict().items()})
+    third = check()
+    assert not torch.allclose(second, third)
+
+
+def test_block_batchnorm_is_folded_only_where_nobody_looks():
+    """forward_bn (inference) equals bn(conv(x)); a hook on the conv still sees the conv's own output."""
+    from models._resnet import BasicBlock
+
+    block = BasicBlock(8, 16, 2, 10, dynamic=True)
+    randomise(block, seed=9)
+    block.eval()
+    x = torch.randn(2, 8, 12, 10).contiguous(memory_format=torch.channels_last)
+    expected = block(x).detach()  # grad enabled: plain bn(conv(x)) everywhere
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected)
+        seen = []
+        handle = block.conv1.register_forward_hook(lambda m, i, o: seen.append(o.clone()))
+        torch.testing.assert_close(block(x), expected)
+        handle.remove()
+        torch.testing.assert_close(seen[0], block.conv1(x))  # before bn1, not after
