@@ -102,6 +102,13 @@ def load_weights(net: SpeakerNet, path: str | Path, cfg: Config, with_loss: bool
     return obj
 
 
+def compile_model(net: SpeakerNet, cfg: Config) -> None:
+    """--compile: torch.compile the embedding model in place (its state_dict keys do not change)."""
+    if cfg.compile:
+        log.info("compiling %s with torch.compile: the first steps wait for the compiler", cfg.model)
+        net.model.compile()
+
+
 def checkpoint_state(trainer: ModelTrainer, epoch: int, step: int, cfg: Config) -> dict:
     """Everything to continue exactly: ``epoch`` epochs finished and ``step`` batches of the next one done."""
     net = trainer.speaker_net
@@ -120,6 +127,7 @@ def build_for_inference(cfg: Config, device: torch.device, env: DistEnv) -> tupl
     net = build_net(cfg)
     load_weights(net, path, cfg, with_loss=False)
     net.to(device)
+    compile_model(net, cfg)
     return ModelTrainer(net, None, None, "epoch", device, cfg.mixedprec, cfg.mixedprec_dtype, env), path
 
 
@@ -214,6 +222,7 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
         start, first_step = resume["epoch"] + 1, resume.get("step", 0)
     elif cfg.initial_model:
         load_weights(net, cfg.initial_model, cfg, with_loss=True)
+    compile_model(net, cfg)
     wrapped = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
         if env.enabled else net
     trainer = ModelTrainer(wrapped, optimizer, scheduler, step_per, device, cfg.mixedprec, cfg.mixedprec_dtype, env,

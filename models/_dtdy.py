@@ -187,16 +187,17 @@ class DTDYConv2d(nn.Module):
                 f"freq_size={self.freq_size}, latent={self.latent}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bn_latent.training or self.bn_mix.training:
-            return self._forward_train(x)
+        if self.bn_latent.training or self.bn_mix.training or torch.compiler.is_compiling():
+            return self._forward_plain(x)  # under torch.compile the BatchNorms fuse with the activations
         return self._forward_folded(x, None)
 
     def forward_bn(self, x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
         """bn(self(x)) for an eval-mode layer and BatchNorm during inference (no autograd): ``bn`` is folded into
         the operands as well. Bypasses this module's hooks: callers check that it has none."""
-        return self._forward_folded(x, bn)
+        return bn(self._forward_plain(x)) if torch.compiler.is_compiling() else self._forward_folded(x, bn)
 
-    def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """The computation as written (BatchNorms in their current mode): training, and everything compiled."""
         pad = self.latent_padded - self.latent
         r, z = self._conv(x, self.w0, None), self._conv(x, _pad_rows(self.q, pad), None)  # W0 x, Q x
         z = _batch_norm_padded(self.bn_latent, z, pad)
@@ -206,9 +207,10 @@ class DTDYConv2d(nn.Module):
 
     def _forward_folded(self, x: torch.Tensor, bn: nn.BatchNorm2d | None) -> torch.Tensor:
         """Eval mode: BN_a folded into Q (plus a bias), BN_b and the identity residual into M(t), P c_b into the
-        bias; without autograd the folded operands are computed once per set of weights (``_folded``)."""
+        bias. Without autograd, the folded operands are computed once per set of weights (``_folded``) and P adds
+        in place."""
         inference = not torch.is_grad_enabled()
-        f = self._folded(bn) if inference and not torch.compiler.is_compiling() else self._fold(bn)
+        f = self._folded(bn) if inference else self._fold(bn)
         B, Lp = x.shape[0], self.latent_padded
         r, z = self._conv(x, f.w0, f.b0), self._conv(x, f.q, f.b_q)  # W0 x + P c_b, BN_a(Q x)
         logits = self.phi.logits(x, f.w_in, f.b_in, f.w_gate, f.w_out, f.b_out).view(B, -1, Lp, Lp)
@@ -297,17 +299,19 @@ def _pad_rows(t: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def _batch_norm_padded(bn: nn.BatchNorm2d, x: torch.Tensor, pad: int) -> torch.Tensor:
-    """``bn`` (training mode) applied to x (B, L + pad, T, F) whose last ``pad`` channels are zero; they stay zero
-    (zero weight and bias) and do not touch the running statistics. Same update rule as nn.BatchNorm2d."""
+    """``bn`` applied to x (B, L + pad, T, F) whose last ``pad`` channels are zero; they stay zero (zero weight and
+    bias) and do not touch the running statistics. Same update rule as nn.BatchNorm2d."""
     if pad == 0:
         return bn(x)
     zeros = bn.running_mean.new_zeros(pad)
     running_mean = torch.cat([bn.running_mean, zeros])
     running_var = torch.cat([bn.running_var, zeros + 1])
+    weight, bias = torch.cat([bn.weight, zeros]), torch.cat([bn.bias, zeros])
+    if not bn.training:
+        return F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, bn.eps)
     bn.num_batches_tracked.add_(1)
     momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    y = F.batch_norm(x, running_mean, running_var, torch.cat([bn.weight, zeros]), torch.cat([bn.bias, zeros]),
-                     True, momentum, bn.eps)
+    y = F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, bn.eps)
     with torch.no_grad():
         bn.running_mean.copy_(running_mean[:-pad])
         bn.running_var.copy_(running_var[:-pad])

@@ -213,3 +213,16 @@ def test_block_batchnorm_is_folded_only_where_nobody_looks():
         torch.testing.assert_close(block(x), expected)
         handle.remove()
         torch.testing.assert_close(seen[0], block.conv1(x))  # before bn1, not after
+
+
+def test_layer_traces_under_torch_compile():
+    """--compile: dynamo traces the layer (the inference cache is bypassed), training and inference alike."""
+    torch._dynamo.reset()
+    conv = DTDYConv2d(8, 16, 3, 2, 10)
+    randomise(conv, seed=4)
+    x = torch.randn(2, 8, 12, 10).contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(conv, backend="eager", fullgraph=True)
+    for train in (True, False):
+        conv.train(train)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), conv(x))

@@ -290,3 +290,14 @@ def test_spec_augment_masks_training_features_only(corpus, tmp_path, monkeypatch
     assert trainSpeakerNet.main(argv(corpus, tmp_path / "sa", "--spec_augment", "--max_epoch", "1")) == 0
     steps = ckpt.read(tmp_path / "sa/model/last.model")["scheduler"]["last_epoch"]
     assert len(calls) == 4 and steps == 1 and all(shape[1] == 40 for shape in calls)  # 4 training batches, no eval
+
+
+def test_compile_compiles_the_embedding_model_in_place(corpus, tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__module__))
+    save = tmp_path / "compiled"
+    assert trainSpeakerNet.main(argv(corpus, save, "--compile", "--max_epoch", "1")) == 0
+    assert trainSpeakerNet.main(argv(corpus, save, "--compile", "--eval")) == 0
+    assert compiled == ["models.ResNet34_quarter"] * 2  # training, then evaluation; never the loss head
+    keys = ckpt.read(save / "model/last.model")["model"]
+    assert not any("_orig_mod" in k for k in keys)
