@@ -22,6 +22,7 @@ Works for every model whose ``forward`` takes a waveform and that holds its mel 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -444,7 +445,9 @@ def _load_model(cfg: Config) -> nn.Module:
     from distributed import DistEnv
     from trainSpeakerNet import build_for_inference, pick_device
 
-    trainer, _ = build_for_inference(cfg, pick_device(cfg.device), DistEnv())
+    if cfg.compile:
+        log.info("--compile is ignored here: the maps need the layers' activations and their gradients")
+    trainer, _ = build_for_inference(dataclasses.replace(cfg, compile=False), pick_device(cfg.device), DistEnv())
     model = trainer.speaker_net.model.eval()
     return model.requires_grad_(False)  # gradients are taken w.r.t. activations only
 

@@ -121,7 +121,9 @@ def amp_for(device: str) -> AbstractContextManager:
 
 
 def max_diff(ref: torch.nn.Module, ours: torch.nn.Module, wave: torch.Tensor, train: bool) -> float:
-    with torch.no_grad():
+    """max |ours - ref| of the outputs, in eval mode without autograd or in train mode with it (the modes that
+    are timed, so that a compiled model is not compiled once more for this)."""
+    with torch.set_grad_enabled(train):
         return (ref.train(train)(wave) - ours.train(train)(wave)).abs().max().item()
 
 
@@ -161,12 +163,17 @@ def run_device(device: str, args: argparse.Namespace) -> None:
                 fn()
                 sync()
                 print(f"{name + ' compiled':<32}{mode:<7}one-time compilation: {time.perf_counter() - t0:.1f} s")
+            compiled.load_state_dict(ours.state_dict())  # undo the compiling training step
+        # outputs against the reference before any timed step changes the weights: eval mode first (a train-mode
+        # forward updates the BatchNorm statistics), then train mode (batch statistics)
+        diffs = {label: [max_diff(ref, model, wave, False)] for label, model in contenders.items()}
         for label, model in contenders.items():
-            diffs = (max_diff(ref, model, wave, False), max_diff(ref, model, wave, True))  # the timed shape
+            diffs[label].append(max_diff(ref, model, wave, True))
+        for label, model in contenders.items():
             t = timer.run([train_step(model, wave, amp), train_step(ref, wave, amp),
                            infer(model, wave, amp), infer(ref, wave, amp)], args.iters)
             for mode, (o, r) in (("train", (t[0], t[1])), ("infer", (t[2], t[3]))):
-                note = f"{diffs[0]:.1e} / {diffs[1]:.1e}" if mode == "train" else ""
+                note = f"{diffs[label][0]:.1e} / {diffs[label][1]:.1e}" if mode == "train" else ""
                 print(f"{label:<32}{mode:<7}{args.batch / o[0]:>9.2f}{args.batch / r[0]:>9.2f}{r[0] / o[0]:>8.2f}"
                       f"{r[1] / o[1]:>8.2f}{note:>24}")
 
