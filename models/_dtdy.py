@@ -236,6 +236,10 @@ class DTDYConv2d(nn.Module):
         convolution writes straight into an Lp x Lp grid that holds M^T (zero rows and columns in the padding).
         A following BatchNorm scales the rows of W0 and P and shifts the bias.
         """
+        with torch.autocast(self.w0.device.type, enabled=False):  # exact, in the weights' precision
+            return self._fold_fp(bn)
+
+    def _fold_fp(self, bn: nn.BatchNorm2d | None) -> _Folded:
         L, Lp, pad = self.latent, self.latent_padded, self.latent_padded - self.latent
         a_scale, a_shift = _bn_affine(self.bn_latent)
         b_scale, b_shift = _bn_affine(self.bn_mix)

@@ -195,6 +195,9 @@ def test_inference_operands_follow_every_change_of_the_weights():
     conv.load_state_dict({k: v * 1.5 if v.is_floating_point() else v for k, v in conv.state_dict().items()})
     third = check()
     assert not torch.allclose(second, third)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # an embedding run in bf16 first ...
+        conv(x)
+    torch.testing.assert_close(check(), third)  # ... leaves no bf16 operands behind
 
 
 def test_block_batchnorm_is_folded_only_where_nobody_looks():
