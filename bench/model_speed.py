@@ -1,7 +1,7 @@
 """Speed of the model zoo: training step and inference on 2-s crops, and our DTDY implementation against the
 straightforward formulation of the official code (bench/_reference_dtdy.py), side by side with the same weights.
 
-    python bench/model_speed.py --batch 8 --iters 3 --threads 2
+    python bench/model_speed.py --compile      # CPU, then the GPU when there is one; --help for the options
 
 Per model: one training step (forward, backward, Adam step; the loss is a stand-in, the loss head is not part of
 the model) and inference (eval, no_grad) on crops of 32,240 samples (200 frames). Contenders of one comparison
@@ -209,7 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8, help="utterances per batch")
-    parser.add_argument("--iters", type=int, default=3, help="timed iterations per contender (median)")
+    parser.add_argument("--iters", type=int, default=5, help="timed iterations per contender (median)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="models to time")
     parser.add_argument("--frames", type=int, default=200, help="crop length in frames (200: 2 s)")
