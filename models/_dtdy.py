@@ -192,8 +192,9 @@ class DTDYConv2d(nn.Module):
         return self._forward_folded(x, None)
 
     def forward_bn(self, x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-        """bn(self(x)) for an eval-mode layer and BatchNorm during inference (no autograd): ``bn`` is folded into
-        the operands as well. Bypasses this module's hooks: callers check that it has none."""
+        """bn(self(x)) for an eval-mode layer and BatchNorm during inference (no autograd): eagerly ``bn`` is folded
+        into the operands as well (under torch.compile the compiler fuses it). Bypasses this module's hooks:
+        callers check that it has none."""
         return bn(self._forward_plain(x)) if torch.compiler.is_compiling() else self._forward_folded(x, bn)
 
     def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,9 +238,9 @@ class DTDYConv2d(nn.Module):
         A following BatchNorm scales the rows of W0 and P and shifts the bias.
         """
         with torch.autocast(self.w0.device.type, enabled=False):  # exact, in the weights' precision
-            return self._fold_fp(bn)
+            return self._fold_operands(bn)
 
-    def _fold_fp(self, bn: nn.BatchNorm2d | None) -> _Folded:
+    def _fold_operands(self, bn: nn.BatchNorm2d | None) -> _Folded:
         L, Lp, pad = self.latent, self.latent_padded, self.latent_padded - self.latent
         a_scale, a_shift = _bn_affine(self.bn_latent)
         b_scale, b_shift = _bn_affine(self.bn_mix)
@@ -257,8 +258,7 @@ class DTDYConv2d(nn.Module):
         offset = F.pad(b_scale.view(1, L) + torch.eye(L, dtype=b_scale.dtype, device=b_scale.device),
                        (0, pad, 0, pad))
         return _Folded(_channels_last(w0), p_shift, _channels_last(q), b_q, w_in, b_in, w_gate, w_grid, b_grid,
-                       scale, offset,
-                       F.pad(p, (0, pad)).t().contiguous())
+                       scale, offset, F.pad(p, (0, pad)).t().contiguous())
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The layer's k x k convolution (stride, padding (k - 1) / 2) with another kernel; a strided 1 x 1 one
