@@ -322,7 +322,8 @@ def test_score_norm_wiring_matches_a_direct_computation(corpus, tmp_path, method
     torch.testing.assert_close(cached, cohort, rtol=1e-4, atol=1e-5)
     # the trial side from the cached crop embeddings, in float64. A random network's cosines are all close to 1, so
     # the top-N std is tiny (1e-5) and amplifies the float32 rounding of the cosines (about 1e-6): an error e in the
-    # cosines moves (s - mu) / sd by about (1 + |score|) e / sd, which is the tolerance (plus 1e-3 relative).
+    # cosines moves (s - mu) / sd by up to (2 + |score|) e / sd (e in s and in mu, |score| e in sd), which is the
+    # tolerance with e = 1e-6 (plus 1e-3 relative).
     _, arrays = ev.load_npz(result(cfg) / "embeddings.npz")
     crops = F.normalize(torch.from_numpy(arrays["embeddings"]).double(), dim=-1)
     files = dict(zip(arrays["names"].tolist(), F.normalize(crops.mean(1), dim=-1), strict=True))
