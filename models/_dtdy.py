@@ -36,9 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models._winograd import winograd_conv3x3, winograd_kernel
+
 log = logging.getLogger(__name__)
 
 LANE = 8  # the latent size is padded with exact zeros to a multiple of 8 (AVX2 width)
+WINOGRAD_MIN_CHANNELS = 128  # stride-1 3 x 3 layers this wide run W0 and Q as one Winograd convolution on CPU
 
 
 def latent_size(in_channels: int, out_channels: int) -> int:
@@ -158,6 +161,7 @@ class DTDYConv2d(nn.Module):
         self.latent_padded = latent + (-latent % LANE)  # Lp, the width of the latent path in computation
         self.kernel_size, self.stride, self.padding = kernel_size, stride, (kernel_size - 1) // 2
         self.freq_size = freq_size
+        self.winograd = kernel_size == 3 and stride == 1 and in_channels >= WINOGRAD_MIN_CHANNELS
         k = kernel_size
         self.w0 = nn.Parameter(torch.empty(out_channels, in_channels, k, k))
         self.q = nn.Parameter(torch.empty(latent, in_channels, k, k))
@@ -187,20 +191,22 @@ class DTDYConv2d(nn.Module):
                 f"freq_size={self.freq_size}, latent={self.latent}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bn_latent.training or self.bn_mix.training or torch.compiler.is_compiling():
-            return self._forward_plain(x)  # under torch.compile the BatchNorms fuse with the activations
+        if self.bn_latent.training or self.bn_mix.training:
+            return self._forward_plain(x)
         return self._forward_folded(x, None)
 
     def forward_bn(self, x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
         """bn(self(x)) for an eval-mode layer and BatchNorm during inference (no autograd): eagerly ``bn`` is folded
         into the operands as well (under torch.compile the compiler fuses it). Bypasses this module's hooks:
         callers check that it has none."""
-        return bn(self._forward_plain(x)) if torch.compiler.is_compiling() else self._forward_folded(x, bn)
+        return self._forward_folded(x, bn)
 
     def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
         """The computation as written (BatchNorms in their current mode): training, and everything compiled."""
         pad = self.latent_padded - self.latent
-        r, z = self._conv(x, self.w0, None), self._conv(x, _pad_rows(self.q, pad), None)  # W0 x, Q x
+        q = _pad_rows(self.q, pad)
+        u = winograd_kernel(torch.cat([self.w0, q])) if self._winograd_for(x) else None
+        r, z = self._convs(x, self.w0, None, q, None, u)  # W0 x, Q x
         z = _batch_norm_padded(self.bn_latent, z, pad)
         phi_t = F.pad(self.phi(x).transpose(2, 3), (0, pad, 0, pad)).contiguous()  # Phi(t)^T (B, T', Lp, Lp)
         z = _batch_norm_padded(self.bn_mix, _mix(z, phi_t), pad) + z
@@ -210,37 +216,40 @@ class DTDYConv2d(nn.Module):
         """Eval mode: BN_a folded into Q (plus a bias), BN_b and the identity residual into M(t), P c_b into the
         bias. Without autograd, the folded operands are computed once per set of weights (``_folded``) and P adds
         in place."""
-        inference = not torch.is_grad_enabled()
-        f = self._folded(bn) if inference else self._fold(bn)
+        inference = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        winograd = self._winograd_for(x)
+        f = self._folded(bn, winograd) if inference else self._fold(bn, winograd)
         B, Lp = x.shape[0], self.latent_padded
-        r, z = self._conv(x, f.w0, f.b0), self._conv(x, f.q, f.b_q)  # W0 x + P c_b, BN_a(Q x)
+        r, z = self._convs(x, f.w0, f.b0, f.q, f.b_q, f.u)  # W0 x + P c_b, BN_a(Q x)
         logits = self.phi.logits(x, f.w_in, f.b_in, f.w_gate, f.w_out, f.b_out).view(B, -1, Lp, Lp)
         clamped = logits.clamp_(-3.0, 3.0) if inference else logits.clamp(-3.0, 3.0)
         mixing_t = torch.addcmul(f.offset, clamped, f.scale)  # M(t)^T = (diag(s_b) Phi(t) + I)^T (B, T', Lp, Lp)
         return _project(r, _mix(z, mixing_t), f.p_t, inplace=inference)
 
-    def _folded(self, bn: nn.BatchNorm2d | None) -> _Folded:
-        """``_fold(bn)``, cached until a parameter or BatchNorm statistic changes (in place or by replacement)."""
+    def _folded(self, bn: nn.BatchNorm2d | None, winograd: bool) -> _Folded:
+        """``_fold(bn, winograd)``, cached until a parameter or BatchNorm statistic changes (in place or by
+        replacement)."""
         tensors = [*self.parameters(), *_statistics(self.bn_latent), *_statistics(self.bn_mix)]
         if bn is not None:
             tensors += [bn.weight, bn.bias, *_statistics(bn)]
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        key = (winograd, *((t.data_ptr(), t._version) for t in tensors))
         if getattr(self, "_fold_key", None) != key:
-            self._fold_cache, self._fold_key = self._fold(bn), key
+            self._fold_cache, self._fold_key = self._fold(bn, winograd), key
         return self._fold_cache
 
-    def _fold(self, bn: nn.BatchNorm2d | None) -> _Folded:
+    def _fold(self, bn: nn.BatchNorm2d | None, winograd: bool) -> _Folded:
         """The eval-mode operands, all exact rewrites of the layer (followed by ``bn`` when given).
 
         With hsig2(v) = clamp(v, -3, 3) / 3 + 1 and BN_b(v) = s v + c_b, the latent update BN_b(Phi z) + z is
         M z + c_b with M[d, j] = (s_d / 3) clamp(v_dj, -3, 3) + s_d + delta_dj, so the Phi branch's last
         convolution writes straight into an Lp x Lp grid that holds M^T (zero rows and columns in the padding).
-        A following BatchNorm scales the rows of W0 and P and shifts the bias.
+        A following BatchNorm scales the rows of W0 and P and shifts the bias. ``winograd``: also the two kernels
+        as one Winograd kernel.
         """
         with torch.autocast(self.w0.device.type, enabled=False):  # exact, in the weights' precision
-            return self._fold_operands(bn)
+            return self._fold_operands(bn, winograd)
 
-    def _fold_operands(self, bn: nn.BatchNorm2d | None) -> _Folded:
+    def _fold_operands(self, bn: nn.BatchNorm2d | None, winograd: bool) -> _Folded:
         L, Lp, pad = self.latent, self.latent_padded, self.latent_padded - self.latent
         a_scale, a_shift = _bn_affine(self.bn_latent)
         b_scale, b_shift = _bn_affine(self.bn_mix)
@@ -257,8 +266,24 @@ class DTDYConv2d(nn.Module):
         scale = F.pad(b_scale / 3, (0, pad)).view(1, Lp)  # column d of M^T
         offset = F.pad(b_scale.view(1, L) + torch.eye(L, dtype=b_scale.dtype, device=b_scale.device),
                        (0, pad, 0, pad))
-        return _Folded(_channels_last(w0), p_shift, _channels_last(q), b_q, w_in, b_in, w_gate, w_grid, b_grid,
+        u = winograd_kernel(torch.cat([w0, q])) if winograd else None
+        return _Folded(_channels_last(w0), p_shift, _channels_last(q), b_q, u, w_in, b_in, w_gate, w_grid, b_grid,
                        scale, offset, F.pad(p, (0, pad)).t().contiguous())
+
+    def _winograd_for(self, x: torch.Tensor) -> bool:
+        """Winograd for this layer and input: a wide stride-1 3 x 3 layer on CPU in full precision (GPU libraries
+        have their own fast algorithms; under autocast the transforms would amplify bf16 rounding)."""
+        return (self.winograd and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled("cpu"))
+
+    def _convs(self, x: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor | None, q: torch.Tensor,
+               b_q: torch.Tensor | None, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W0 x + b0, Q x + b_q), as one Winograd convolution with the kernel ``u`` of [W0; Q] when given."""
+        if u is None:
+            return self._conv(x, w0, b0), self._conv(x, q, b_q)
+        bias = None if b0 is None else torch.cat([b0, b_q])
+        r, z = winograd_conv3x3(x, u, bias, (self.out_channels, self.latent_padded))
+        return r, z
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The layer's k x k convolution (stride, padding (k - 1) / 2) with another kernel; a strided 1 x 1 one
@@ -287,6 +312,7 @@ class _Folded(NamedTuple):
     b0: torch.Tensor  # P c_b
     q: torch.Tensor  # [diag(a) Q; 0] (Lp, C_in, k, k)
     b_q: torch.Tensor  # [c_a; 0]
+    u: torch.Tensor | None  # [W0; Q] as a Winograd kernel, when the layer runs that way
     w_in: torch.Tensor  # Phi branch, as in PhiBranch.operands
     b_in: torch.Tensor
     w_gate: torch.Tensor

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from bench._reference_dtdy import ReferenceDTDYConv2d, reference_conv_from
 from models._dtdy import DTDYConv2d, _conv1d_rows, _rows_kernel, latent_size, phi_hidden_size
 
-# (C_in, C_out, k, stride, F, T): latent padding (L=5, 6, 13), no padding (L=8), strides 1 and 2, 1 x 1 shortcut
+# (C_in, C_out, k, stride, F, T): latent padding (L=5, 6, 13), no padding (L=8), strides 1 and 2, 1 x 1 shortcut,
+# and a layer wide enough for the Winograd convolution (L=22, sizes not multiples of its 4 x 4 tiles)
 CASES = [(8, 8, 3, 1, 10, 12), (8, 10, 3, 2, 9, 11), (16, 16, 3, 1, 6, 9), (8, 16, 1, 2, 10, 12),
-         (32, 64, 3, 2, 8, 7)]
+         (32, 64, 3, 2, 8, 7), (128, 120, 3, 1, 6, 9)]
 
 
 def randomise(module: torch.nn.Module, seed: int) -> None:
@@ -171,12 +172,13 @@ def test_time_major_conv1d_rows_equal_conv1d(d, out, k, stride):
     torch.testing.assert_close(_conv1d_rows(u, _rows_kernel(conv.weight), conv.bias, k, stride), expected)
 
 
-def test_inference_operands_follow_every_change_of_the_weights():
+@pytest.mark.parametrize("c_in", [8, 128])  # direct and Winograd convolutions
+def test_inference_operands_follow_every_change_of_the_weights(c_in):
     """The folded operands are cached during inference: an optimizer step, a loaded state_dict and new BatchNorm
     statistics must all show in the next output, exactly as a grad-enabled (uncached) eval forward gives it."""
-    conv = DTDYConv2d(8, 16, 3, 1, 10)
+    conv = DTDYConv2d(c_in, 16, 3, 1, 10)
     randomise(conv, seed=5)
-    x = torch.randn(2, 8, 12, 10)
+    x = torch.randn(2, c_in, 12, 10)
 
     def check() -> torch.Tensor:
         conv.eval()
@@ -204,10 +206,10 @@ def test_block_batchnorm_is_folded_only_where_nobody_looks():
     """forward_bn (inference) equals bn(conv(x)); a hook on the conv still sees the conv's own output."""
     from models._resnet import BasicBlock
 
-    block = BasicBlock(8, 16, 2, 10, dynamic=True)
+    block = BasicBlock(8, 16, 2, 10, dynamic=True).double()  # fp64: the fold changes fp32 rounding
     randomise(block, seed=9)
     block.eval()
-    x = torch.randn(2, 8, 12, 10).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 12, 10, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     expected = block(x).detach()  # grad enabled: plain bn(conv(x)) everywhere
     with torch.no_grad():
         torch.testing.assert_close(block(x), expected)
@@ -218,14 +220,16 @@ def test_block_batchnorm_is_folded_only_where_nobody_looks():
         torch.testing.assert_close(seen[0], block.conv1(x))  # before bn1, not after
 
 
-def test_layer_traces_under_torch_compile():
+@pytest.mark.parametrize("c_in, stride", [(8, 2), (128, 1)])  # direct and Winograd convolutions
+def test_layer_traces_under_torch_compile(c_in, stride):
     """--compile: dynamo traces the layer (the inference cache is bypassed), training and inference alike."""
     torch._dynamo.reset()
-    conv = DTDYConv2d(8, 16, 3, 2, 10)
+    conv = DTDYConv2d(c_in, 16, 3, stride, 10)
     randomise(conv, seed=4)
-    x = torch.randn(2, 8, 12, 10).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, c_in, 12, 10).contiguous(memory_format=torch.channels_last)
     compiled = torch.compile(conv, backend="eager", fullgraph=True)
     for train in (True, False):
         conv.train(train)
+        torch.testing.assert_close(compiled(x), conv(x))
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), conv(x))

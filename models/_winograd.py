@@ -1,0 +1,144 @@
+"""Winograd F(4x4, 3x3): a 3 x 3 convolution (stride 1, padding 1) with 4x fewer multiplications.
+
+A. Lavin, S. Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016. Every 4 x 4 block of outputs
+comes from the 6 x 6 block of inputs around it: ``Y = A^T [(G g G^T) * (B^T d B)] A``, summed over the input
+channels. With the tiles' 36 transformed values as a leading axis, the sum over channels is one batched matmul,
+``(36, tiles, C_in) @ (36, C_in, C_out)``, against 9 multiplications per output of the direct algorithm; the
+transforms are matmuls with 36 x 36 and 16 x 36 constant matrices. All of it is plain differentiable ops: autograd
+gives the backward, with the same saving.
+
+Interpolation points 0, 1, -1, 1/2, -2 (and infinity): in fp32 the error is a few times that of a direct
+convolution (about 5e-6 relative, measured against fp64), 2-3x smaller than with the textbook points 0, +-1, +-2.
+In fp64 it is exact to rounding.
+
+Where it pays (bench/model_speed.py, 2 CPU threads): the 128- and 256-channel layers of the DTDY ResNets, whose
+direct convolutions already run near the CPU's peak, forward and backward. Below 128 channels the transforms
+(memory-bound, 2.25x the input's size) cost more than the multiplications saved. On GPUs and under autocast the
+library's convolutions are used instead (cuDNN has its own; reduced precision would amplify the transforms'
+rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction as Q
+
+import torch
+import torch.nn.functional as F
+
+TILE = 4  # outputs per tile side (m); the input tile is m + 2 = 6
+_AT = [[1, 1, 1, 1, 1, 0],
+       [0, 1, -1, Q(1, 2), -2, 0],
+       [0, 1, 1, Q(1, 4), 4, 0],
+       [0, 1, -1, Q(1, 8), -8, 1]]  # 4 x 6; column 1 (point 1) is all ones
+_G = [[1, 0, 0],
+      [Q(1, 3), Q(1, 3), Q(1, 3)],
+      [Q(-1, 3), Q(1, 3), Q(-1, 3)],
+      [Q(-16, 15), Q(-8, 15), Q(-4, 15)],
+      [Q(1, 15), Q(-2, 15), Q(4, 15)],
+      [0, 0, 1]]  # 6 x 3
+_BT = [[1, Q(-3, 2), -2, Q(3, 2), 1, 0],
+       [0, -1, Q(1, 2), Q(5, 2), 1, 0],
+       [0, 1, Q(-5, 2), Q(1, 2), 1, 0],
+       [0, -2, -1, 2, 1, 0],
+       [0, Q(1, 2), -1, Q(-1, 2), 1, 0],
+       [0, 1, Q(-3, 2), -2, Q(3, 2), 1]]  # 6 x 6
+BIAS_CELL = 1 * 6 + 1  # (point 1, point 1): A^T e_1 = 1, so a constant added there adds to all 16 outputs
+
+
+def _kron(rows: list[list]) -> torch.Tensor:
+    m = torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64)
+    return torch.kron(m, m)
+
+
+_KERNEL = _kron(_G)  # (36, 9): the transformed kernel, row a*6 + b, from the flattened 3 x 3 kernel
+_INPUT = _kron(_BT)  # (36, 36): the transformed input tile from the flattened 6 x 6 tile
+_OUTPUT = _kron(_AT)  # (16, 36): the 4 x 4 outputs from the 36 products
+
+
+def _matrices(like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(m.to(like.device, like.dtype) for m in (_KERNEL, _INPUT, _OUTPUT))
+
+
+def winograd_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """A 3 x 3 kernel (C_out, C_in, 3, 3) as the right operand of ``winograd_conv3x3``: (36, C_in, C_out)."""
+    c_out, c_in = weight.shape[:2]
+    kernel, _, _ = _matrices(weight)
+    taps = weight.permute(2, 3, 1, 0).reshape(9, c_in * c_out)  # (9, C_in C_out): a transpose of the small side
+    return (kernel @ taps).view(36, c_in, c_out)
+
+
+def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
+                     sizes: Sequence[int]) -> list[torch.Tensor]:
+    """``F.conv2d(x, w, bias, 1, 1).split(sizes, 1)`` with ``u = winograd_kernel(w)``, each part channels-last.
+
+    x (B, C_in, H, W) (channels-last memory is read in place), u (36, C_in, C_out), bias (C_out,) or None, sizes
+    summing to C_out -> tensors (B, size, H, W) in channels-last memory.
+    """
+    B, C, H, W = x.shape
+    _, transform_in, transform_out = _matrices(x)
+    nh, nw = -(-H // TILE), -(-W // TILE)
+    rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, TILE * nw + 3 - W, 1, TILE * nh + 3 - H))
+    d = _Tiles.apply(rows).view(36, -1)  # (36, B nh nw C)
+    m = torch.bmm((transform_in @ d).view(36, -1, C), u)  # (36, tiles, C_out)
+    if bias is not None:
+        if torch.is_grad_enabled():
+            m = m + F.pad(bias.view(1, 1, -1), (0, 0, 0, 0, BIAS_CELL, 35 - BIAS_CELL))
+        else:
+            m[BIAS_CELL] += bias
+    y = (transform_out @ m.view(36, -1)).view(TILE, TILE, B, nh, nw, -1).permute(2, 3, 0, 4, 1, 5)
+    parts = []
+    for part in y.split(list(sizes), dim=5):  # (B, nh, 4, nw, 4, size) views
+        part = part.reshape(B, TILE * nh, TILE * nw, -1)  # one copy
+        if TILE * nh != H or TILE * nw != W:
+            part = part[:, :H, :W].contiguous()
+        parts.append(part.permute(0, 3, 1, 2))
+    return parts
+
+
+class _Tiles(torch.autograd.Function):
+    """The overlapping 6 x 6 input tiles, stride 4: rows (B, 4 nh + 4, 4 nw + 4, C) -> (6, 6, B, nh, nw, C),
+    ``tiles[a, b, n, i, j] = rows[n, 4 i + a, 4 j + b]`` (the last two rows and columns are padding never read).
+
+    Offsets 0-3 of every tile partition the rows and 4-5 are offsets 0-1 of the next tile, so both directions
+    are four strided copies: the backward adds four blocks in place, where ``unfold``'s backward scatters every
+    element of the tiles separately (ten times slower here).
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        B, H4, W4, C = rows.shape
+        nh, nw = H4 // TILE - 1, W4 // TILE - 1
+        tiles = rows.new_empty(6, 6, B, nh, nw, C)
+        for (a, h_block), (b, w_block) in _blocks(rows, nh, nw):
+            tiles[a, b].copy_(w_block(h_block))
+        ctx.shape = rows.shape
+        return tiles
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        rows = grad.new_zeros(ctx.shape)
+        nh, nw = grad.shape[3], grad.shape[4]
+        for (a, h_block), (b, w_block) in _blocks(rows, nh, nw):
+            w_block(h_block).add_(grad[a, b])
+        return rows
+
+
+def _blocks(rows: torch.Tensor, nh: int, nw: int) -> list:
+    """The four (tile offsets, view of ``rows``) pairs of ``_Tiles``: offsets 0-3 and 4-5 in each direction,
+    as (6-slice, function giving the (offsets, offsets, B, nh, nw, C) view)."""
+    B, C = rows.shape[0], rows.shape[3]
+
+    def rows_block(start: int, size: int):  # (size, B, nh, W4, C): rows 4 i + start + (0..size-1)
+        return rows[:, start:start + TILE * nh].view(B, nh, TILE, -1, C)[:, :, :size].permute(2, 0, 1, 3, 4)
+
+    def cols_block(start: int, size: int):
+        def view(h: torch.Tensor) -> torch.Tensor:  # (sh, B, nh, W4, C) -> (sh, size, B, nh, nw, C)
+            sh = h.shape[0]
+            return h[:, :, :, start:start + TILE * nw].view(sh, B, nh, nw, TILE, C)[:, :, :, :, :size] \
+                .permute(0, 4, 1, 2, 3, 5)
+        return view
+
+    h_parts = [(slice(0, 4), rows_block(0, 4)), (slice(4, 6), rows_block(TILE, 2))]
+    w_parts = [(slice(0, 4), cols_block(0, 4)), (slice(4, 6), cols_block(TILE, 2))]
+    return [(h, w) for h in h_parts for w in w_parts]

@@ -1,0 +1,68 @@
+"""The Winograd F(4x4, 3x3) convolution of models/_winograd.py against F.conv2d, and where DTDY layers use it."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models._dtdy import WINOGRAD_MIN_CHANNELS, DTDYConv2d
+from models._winograd import winograd_conv3x3, winograd_kernel
+
+
+@pytest.mark.parametrize("B, c_in, c_out, H, W",
+                         [(2, 5, 7, 9, 6), (3, 16, 8, 8, 8), (1, 3, 4, 1, 1), (2, 12, 10, 13, 5)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_equals_conv2d_outputs_and_gradients(B, c_in, c_out, H, W, bias):
+    """Sizes multiple of the 4 x 4 tiles and not, a single pixel; the output split in two parts."""
+    gen = torch.Generator().manual_seed(B * c_in + H)
+    x = torch.randn(B, c_in, H, W, generator=gen, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(c_out, c_in, 3, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    b = torch.randn(c_out, generator=gen, dtype=torch.float64).requires_grad_() if bias else None
+    expected = F.conv2d(x, w, b, 1, 1)
+    parts = winograd_conv3x3(x, winograd_kernel(w), b, [c_out - 2, 2])
+    assert [p.shape[1] for p in parts] == [c_out - 2, 2]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in parts)
+    y = torch.cat(parts, dim=1)
+    torch.testing.assert_close(y, expected, rtol=1e-11, atol=1e-11)
+    grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    inputs = (x, w) if b is None else (x, w, b)
+    for ours, theirs in zip(torch.autograd.grad(y, inputs, grad), torch.autograd.grad(expected, inputs, grad),
+                            strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-11, atol=1e-11)
+    with torch.no_grad():  # the in-place bias path
+        torch.testing.assert_close(torch.cat(winograd_conv3x3(x, winograd_kernel(w), b, [c_out]), 1), expected)
+
+
+def test_float32_error_is_a_few_times_the_direct_convolutions():
+    """fp32 against fp64 at the widest layer's size: the chosen interpolation points keep the error small."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(4, 256, 51, 8, generator=gen)).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 3, 3, generator=gen) / 48
+    exact = F.conv2d(x.double(), w.double(), None, 1, 1)
+    direct = (F.conv2d(x, w, None, 1, 1) - exact).abs().max().item()
+    ours = (winograd_conv3x3(x, winograd_kernel(w), None, [256])[0] - exact).abs().max().item()
+    assert ours < 1e-5 * exact.abs().max().item()
+    assert ours < 8 * direct
+
+
+def test_dtdy_layers_use_it_where_it_pays(monkeypatch):
+    """Wide stride-1 3 x 3 layers on CPU in full precision: W0 and Q as one Winograd convolution (no direct
+    convolution call); narrow or strided layers and autocast runs: the direct convolutions."""
+    calls = []
+    original = DTDYConv2d._conv
+    monkeypatch.setattr(DTDYConv2d, "_conv", lambda self, *a: calls.append(1) or original(self, *a))
+
+    def direct_calls(conv: DTDYConv2d, x: torch.Tensor, autocast: bool = False) -> int:
+        calls.clear()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            conv(x)
+        return len(calls)
+
+    wide = DTDYConv2d(WINOGRAD_MIN_CHANNELS, 16, 3, 1, 10)
+    x = torch.randn(2, WINOGRAD_MIN_CHANNELS, 12, 10)
+    for train in (True, False):
+        wide.train(train)
+        assert direct_calls(wide, x) == 0
+        assert direct_calls(wide, x, autocast=True) == 2
+    assert direct_calls(DTDYConv2d(WINOGRAD_MIN_CHANNELS, 16, 3, 2, 10), x) == 2
+    assert direct_calls(DTDYConv2d(WINOGRAD_MIN_CHANNELS // 2, 16, 3, 1, 10), x[:, ::2]) == 2
