@@ -141,12 +141,14 @@ def run_device(device: str, args: argparse.Namespace) -> None:
     for model in models.values():
         calibrate(model, wave[:2].cpu())  # random weights with eval-mode statistics of init would blow up
     models = {name: model.to(device) for name, model in models.items()}
-    fns = [f for m in models.values() for f in (train_step(m, wave, amp), infer(m, wave, amp))]
-    times = timer.run(fns, args.iters)
-    for i, (name, model) in enumerate(models.items()):
+    # training and inference timed apart: between training steps the weights change, and inference would have to
+    # redo what it computes once per set of weights (models/_dtdy.py's folded operands)
+    train_times = timer.run([train_step(m, wave, amp) for m in models.values()], args.iters)
+    infer_times = timer.run([infer(m, wave, amp) for m in models.values()], args.iters)
+    for (name, model), train_t, infer_t in zip(models.items(), train_times, infer_times, strict=True):
         n = sum(p.numel() for p in model.parameters())
-        print(f"{name:<24}{n:>12,}{args.batch / times[2 * i][0]:>14.2f}{args.batch / times[2 * i + 1][0]:>14.2f}")
-    del models, fns
+        print(f"{name:<24}{n:>12,}{args.batch / train_t[0]:>14.2f}{args.batch / infer_t[0]:>14.2f}")
+    del models
 
     dtdy = [n for n in args.models if MODELS[n] is not None]
     if dtdy:
@@ -170,8 +172,8 @@ def run_device(device: str, args: argparse.Namespace) -> None:
         for label, model in contenders.items():
             diffs[label].append(max_diff(ref, model, wave, True))
         for label, model in contenders.items():
-            t = timer.run([train_step(model, wave, amp), train_step(ref, wave, amp),
-                           infer(model, wave, amp), infer(ref, wave, amp)], args.iters)
+            t = timer.run([train_step(model, wave, amp), train_step(ref, wave, amp)], args.iters)
+            t += timer.run([infer(model, wave, amp), infer(ref, wave, amp)], args.iters)
             for mode, (o, r) in (("train", (t[0], t[1])), ("infer", (t[2], t[3]))):
                 note = f"{diffs[label][0]:.1e} / {diffs[label][1]:.1e}" if mode == "train" else ""
                 print(f"{label:<32}{mode:<7}{args.batch / o[0]:>9.2f}{args.batch / r[0]:>9.2f}{r[0] / o[0]:>8.2f}"
@@ -186,19 +188,19 @@ def run_device(device: str, args: argparse.Namespace) -> None:
             ref = ReferenceDTDYConv2d(c_in, c_out, k, s, freq).to(device)
             x_ref = torch.randn(args.batch, c_in, freq, frames, device=device)
             x_ours = x_ref.transpose(2, 3).contiguous(memory_format=torch.channels_last)
-            fns = []
+            train_fns, infer_fns = [], []
             for layer, x in ((ours, x_ours), (ref, x_ref)):
                 def fwd_bwd(layer=layer, x=x) -> None:
                     with amp:
                         out = layer.train()(x)
                     out.float().sum().backward()
-                fns.append(fwd_bwd)
-            for layer, x in ((ours, x_ours), (ref, x_ref)):
+
                 def fwd(layer=layer, x=x) -> None:
                     with torch.no_grad(), amp:
                         layer.eval()(x)
-                fns.append(fwd)
-            t = timer.run(fns, args.iters)
+                train_fns.append(fwd_bwd)
+                infer_fns.append(fwd)
+            t = timer.run(train_fns, args.iters) + timer.run(infer_fns, args.iters)  # apart, as above
             label = f"{c_in}->{c_out} {k} {s}  {freq} x {frames}"
             print(f"{label:<26}{1e3 * t[0][0]:>11.2f}{1e3 * t[1][0]:>8.2f}{t[1][0] / t[0][0]:>8.2f}"
                   f"{t[1][1] / t[0][1]:>7.2f}{1e3 * t[2][0]:>12.2f}{1e3 * t[3][0]:>8.2f}{t[3][0] / t[2][0]:>8.2f}"
