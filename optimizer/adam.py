@@ -15,4 +15,4 @@ from optimizer._groups import param_groups
 def Optimizer(named_parameters: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
               no_decay_bn_bias: bool) -> torch.optim.Optimizer:
     """torch.optim.Adam over ``named_parameters`` (see optimizer._groups for ``no_decay_bn_bias``)."""
-    return torch.optim.Adam(param_groups(named_parameters, weight_decay, no_decay_bn_bias), lr=lr)
+    return torch.optim.Adam(param_groups(named_parameters, weight_decay, no_decay_bn_bias), lr=lr, fused=True)

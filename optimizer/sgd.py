@@ -20,4 +20,4 @@ def Optimizer(named_parameters: list[tuple[str, nn.Parameter]], lr: float, weigh
     if nesterov and momentum == 0:
         raise ValueError("--nesterov needs --momentum > 0 (e.g. 0.9)")
     return torch.optim.SGD(param_groups(named_parameters, weight_decay, no_decay_bn_bias), lr=lr,
-                           momentum=momentum, nesterov=nesterov)
+                           momentum=momentum, nesterov=nesterov, fused=True)

@@ -63,6 +63,27 @@ def test_contract(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
+def test_fused_update_equals_the_loop(name: str) -> None:
+    """The plugins run PyTorch's fused kernels: same parameters after a few steps as the per-parameter loop."""
+    fused, looped = Toy(), Toy()
+    looped.load_state_dict(fused.state_dict())
+    opt_fused = build(name, fused)
+    assert opt_fused.defaults["fused"] is True
+    opt_loop = build(name, looped)
+    for group in opt_loop.param_groups:
+        group["fused"] = False
+    for step in range(3):
+        for model, opt in ((fused, opt_fused), (looped, opt_loop)):
+            gen = torch.Generator().manual_seed(step)  # the same gradients for both
+            opt.zero_grad()
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+    for (name_f, p_f), (_, p_l) in zip(fused.named_parameters(), looped.named_parameters(), strict=True):
+        torch.testing.assert_close(p_f, p_l, msg=name_f)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_one_group_with_decay_by_default(name: str) -> None:
     optimizer = build(name, Toy())
     (group,) = optimizer.param_groups
