@@ -13,11 +13,15 @@ residual in an L-dimensional latent space. What is computed, exactly as the offi
 
 Layout: tensors are time-major, ``(B, C, T, F)``, in channels-last memory, so each time bin's ``(F, C)`` slab
 is contiguous: the mixing is one batched matmul over the ``B * T'`` slabs and P is one ``addmm`` over the rows
-of all pixels. W0 and Q are two convolutions (stacking them into one saves nothing on CPU and makes every
-later step read and write strided rows). The latent path runs ``Lp = ceil(L / 8) * 8`` wide: the extra
-channels have zero Q rows, zero BatchNorm weight and bias and zero P columns, so they stay exactly zero, but
-small channel counts like 11 make CPU kernels several times slower than 16. The Phi branch's three
-convolutions over time are matmuls over time-major rows. Kernels are stored in (time, frequency) orientation.
+of all pixels. W0 and Q are two convolutions (stacking them into one saves little on CPU and makes every
+later step read and write strided rows), except where a Winograd convolution computes both: on CPU in full
+precision, the stride-1 3 x 3 layers with at least ``WINOGRAD_MIN_CHANNELS`` input channels, whose direct
+convolutions are FLOP-bound, run [W0; Q] as one Winograd F(4x4, 3x3) convolution (models/_winograd.py: a
+quarter of the multiplications; in narrower layers its transforms cost more than they save). The latent path
+runs ``Lp = ceil(L / 8) * 8`` wide: the extra channels have zero Q rows, zero BatchNorm weight and bias and zero P
+columns, so they stay exactly zero, but small channel counts like 11 make CPU kernels several times slower than 16.
+The Phi branch's three convolutions over time are matmuls over time-major rows. Kernels are stored in (time,
+frequency) orientation.
 
 In eval mode BN_a is folded into Q, BN_b and the identity residual into M(t) = diag(s_b) Phi(t) + I, and
 ``P c_b`` into the static conv's bias; during inference (no autograd) these operands are computed once per set

@@ -101,8 +101,8 @@ class _Tiles(torch.autograd.Function):
     ``tiles[a, b, n, i, j] = rows[n, 4 i + a, 4 j + b]`` (the last two rows and columns are padding never read).
 
     Offsets 0-3 of every tile partition the rows and 4-5 are offsets 0-1 of the next tile, so both directions
-    are four strided copies: the backward adds four blocks in place, where ``unfold``'s backward scatters every
-    element of the tiles separately (ten times slower here).
+    are four strided copies: the backward copies the first block and adds the three others in place, where
+    ``unfold``'s backward scatters every element of the tiles separately (ten times slower here).
     """
 
     @staticmethod
@@ -110,35 +110,33 @@ class _Tiles(torch.autograd.Function):
         B, H4, W4, C = rows.shape
         nh, nw = H4 // TILE - 1, W4 // TILE - 1
         tiles = rows.new_empty(6, 6, B, nh, nw, C)
-        for (a, h_block), (b, w_block) in _blocks(rows, nh, nw):
-            tiles[a, b].copy_(w_block(h_block))
+        for a, b, block in _blocks(rows, nh, nw):
+            tiles[a, b].copy_(block)
         ctx.shape = rows.shape
         return tiles
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        rows = grad.new_zeros(ctx.shape)
+        rows = grad.new_empty(ctx.shape)
         nh, nw = grad.shape[3], grad.shape[4]
-        for (a, h_block), (b, w_block) in _blocks(rows, nh, nw):
-            w_block(h_block).add_(grad[a, b])
+        rows[:, TILE * nh:].zero_()  # the strips outside the first block, which covers the rest exactly
+        rows[:, :, TILE * nw:].zero_()
+        (a, b, block), *overlapping = _blocks(rows, nh, nw)
+        block.copy_(grad[a, b])
+        for a, b, block in overlapping:
+            block.add_(grad[a, b])
         return rows
 
 
-def _blocks(rows: torch.Tensor, nh: int, nw: int) -> list:
-    """The four (tile offsets, view of ``rows``) pairs of ``_Tiles``: offsets 0-3 and 4-5 in each direction,
-    as (6-slice, function giving the (offsets, offsets, B, nh, nw, C) view)."""
+_PARTS = ((slice(0, 4), 0, 4), (slice(4, 6), TILE, 2))  # tile offsets, their first row in the tile's block, count
+
+
+def _blocks(rows: torch.Tensor, nh: int, nw: int) -> list[tuple[slice, slice, torch.Tensor]]:
+    """The four blocks of ``_Tiles``: (offsets a, offsets b, view of ``rows`` as (a, b, B, nh, nw, C))."""
     B, C = rows.shape[0], rows.shape[3]
-
-    def rows_block(start: int, size: int):  # (size, B, nh, W4, C): rows 4 i + start + (0..size-1)
-        return rows[:, start:start + TILE * nh].view(B, nh, TILE, -1, C)[:, :, :size].permute(2, 0, 1, 3, 4)
-
-    def cols_block(start: int, size: int):
-        def view(h: torch.Tensor) -> torch.Tensor:  # (sh, B, nh, W4, C) -> (sh, size, B, nh, nw, C)
-            sh = h.shape[0]
-            return h[:, :, :, start:start + TILE * nw].view(sh, B, nh, nw, TILE, C)[:, :, :, :, :size] \
-                .permute(0, 4, 1, 2, 3, 5)
-        return view
-
-    h_parts = [(slice(0, 4), rows_block(0, 4)), (slice(4, 6), rows_block(TILE, 2))]
-    w_parts = [(slice(0, 4), cols_block(0, 4)), (slice(4, 6), cols_block(TILE, 2))]
-    return [(h, w) for h in h_parts for w in w_parts]
+    blocks = []
+    for a, h0, h_size in _PARTS:
+        for b, w0, w_size in _PARTS:
+            view = rows[:, h0:h0 + TILE * nh, w0:w0 + TILE * nw].view(B, nh, TILE, nw, TILE, C)
+            blocks.append((a, b, view[:, :, :h_size, :, :w_size].permute(2, 4, 0, 1, 3, 5)))
+    return blocks
