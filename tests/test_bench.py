@@ -1,0 +1,22 @@
+"""bench/model_speed.py runs end to end (tiny crops) and reports our DTDY model equal to the reference."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_model_speed_runs_and_outputs_agree():
+    cmd = [sys.executable, str(ROOT / "bench" / "model_speed.py"), "--models", "DTDY_ResNet34_quarter",
+           "--no-layers", "--iters", "1", "--batch", "2", "--frames", "20", "--device", "cpu"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {line.split()[1]: line.split() for line in out.stdout.splitlines()
+            if line.startswith("DTDY_ResNet34_quarter ") and line.split()[1] in ("train", "infer")}
+    assert set(rows) == {"train", "infer"}, out.stdout
+    eval_diff, train_diff = map(float, re.findall(r"(\d\.\d+e[-+]\d+)", " ".join(rows["train"][-3:])))
+    assert eval_diff < 1e-4 and train_diff < 1e-4
+    for mode in ("train", "infer"):  # ours, ref, x wall, x cpu are positive numbers
+        assert all(float(v) > 0 for v in rows[mode][2:6])
