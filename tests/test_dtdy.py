@@ -104,10 +104,11 @@ def test_matches_the_straightforward_formulation(c_in, c_out, k, stride, freq, f
         assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 1
 
 
-def test_channels_last_and_contiguous_inputs_agree():
-    conv = DTDYConv2d(8, 16, 3, 1, 10)
+@pytest.mark.parametrize("c_in", [8, 128])  # direct and Winograd convolutions
+def test_channels_last_and_contiguous_inputs_agree(c_in):
+    conv = DTDYConv2d(c_in, 16, 3, 1, 10)
     randomise(conv, seed=3)
-    x = torch.randn(2, 8, 12, 10)
+    x = torch.randn(2, c_in, 12, 10)
     for train in (True, False):
         conv.train(train)
         torch.testing.assert_close(conv(x), conv(x.contiguous(memory_format=torch.channels_last)))
