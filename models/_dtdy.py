@@ -225,9 +225,9 @@ class DTDYConv2d(nn.Module):
         f = self._folded(bn, winograd) if inference else self._fold(bn, winograd)
         B, Lp = x.shape[0], self.latent_padded
         r, z = self._convs(x, f.w0, f.b0, f.q, f.b_q, f.u)  # W0 x + P c_b, BN_a(Q x)
-        logits = self.phi.logits(x, f.w_in, f.b_in, f.w_gate, f.w_out, f.b_out).view(B, -1, Lp, Lp)
-        clamped = logits.clamp_(-3.0, 3.0) if inference else logits.clamp(-3.0, 3.0)
-        mixing_t = torch.addcmul(f.offset, clamped, f.scale)  # M(t)^T = (diag(s_b) Phi(t) + I)^T (B, T', Lp, Lp)
+        logits = self.phi.logits(x, f.w_in, f.b_in, f.w_gate, f.w_out, f.b_out)  # (B, T', Lp Lp)
+        mixing_t = logits.clamp_(f.low, f.high) if inference else logits.clamp(f.low, f.high)
+        mixing_t = mixing_t.view(B, -1, Lp, Lp)  # M(t)^T = (diag(s_b) Phi(t) + I)^T
         return _project(r, _mix(z, mixing_t), f.p_t, inplace=inference)
 
     def _folded(self, bn: nn.BatchNorm2d | None, winograd: bool) -> _Folded:
@@ -245,8 +245,10 @@ class DTDYConv2d(nn.Module):
         """The eval-mode operands, all exact rewrites of the layer (followed by ``bn`` when given).
 
         With hsig2(v) = clamp(v, -3, 3) / 3 + 1 and BN_b(v) = s v + c_b, the latent update BN_b(Phi z) + z is
-        M z + c_b with M[d, j] = (s_d / 3) clamp(v_dj, -3, 3) + s_d + delta_dj, so the Phi branch's last
-        convolution writes straight into an Lp x Lp grid that holds M^T (zero rows and columns in the padding).
+        M z + c_b with M[d, j] = (s_d / 3) clamp(v_dj, -3, 3) + s_d + delta_dj = clamp(v'_dj, o_dj - |s_d|,
+        o_dj + |s_d|), where v' = (s_d / 3) v + o and o = s_d + delta_dj. So the Phi branch's last convolution,
+        its columns scaled by s_d / 3 and o added to its bias, writes v' straight into an Lp x Lp grid, and one
+        clamp makes it M^T (zero rows and columns in the padding).
         A following BatchNorm scales the rows of W0 and P and shifts the bias. ``winograd``: also the two kernels
         as one Winograd kernel.
         """
@@ -267,12 +269,14 @@ class DTDYConv2d(nn.Module):
         cells = (j * Lp + d).flatten()  # where entry d*L + j of Phi goes in the Lp x Lp grid of M^T
         w_grid = w_out.new_zeros(w_out.shape[0], Lp * Lp).index_copy(1, cells, w_out)
         b_grid = b_out.new_zeros(Lp * Lp).index_copy(0, cells, b_out)
-        scale = F.pad(b_scale / 3, (0, pad)).view(1, Lp)  # column d of M^T
+        scale = F.pad(b_scale / 3, (0, pad)).repeat(Lp)  # s_d / 3 at cell j * Lp + d (column d of M^T)
         offset = F.pad(b_scale.view(1, L) + torch.eye(L, dtype=b_scale.dtype, device=b_scale.device),
-                       (0, pad, 0, pad))
+                       (0, pad, 0, pad)).flatten()
+        w_grid, b_grid = w_grid * scale, torch.addcmul(offset, b_grid, scale)
+        reach = 3 * scale.abs()
         u = winograd_kernel(torch.cat([w0, q])) if winograd else None
         return _Folded(_channels_last(w0), p_shift, _channels_last(q), b_q, u, w_in, b_in, w_gate, w_grid, b_grid,
-                       scale, offset, F.pad(p, (0, pad)).t().contiguous())
+                       offset - reach, offset + reach, F.pad(p, (0, pad)).t().contiguous())
 
     def _winograd_for(self, x: torch.Tensor) -> bool:
         """Winograd for this layer and input: a wide stride-1 3 x 3 layer on CPU in full precision (GPU libraries
@@ -320,10 +324,10 @@ class _Folded(NamedTuple):
     w_in: torch.Tensor  # Phi branch, as in PhiBranch.operands
     b_in: torch.Tensor
     w_gate: torch.Tensor
-    w_out: torch.Tensor  # (3 H, Lp Lp): the last convolution on the Lp x Lp grid of M^T
-    b_out: torch.Tensor
-    scale: torch.Tensor  # (1, Lp): s_b / 3
-    offset: torch.Tensor  # (Lp, Lp): 1 s_b^T + I
+    w_out: torch.Tensor  # (3 H, Lp Lp): the last convolution on the Lp x Lp grid of M^T, columns scaled
+    b_out: torch.Tensor  # its bias, scaled, plus 1 s_b^T + I
+    low: torch.Tensor  # (Lp Lp,): the clamp that makes the grid M^T
+    high: torch.Tensor
     p_t: torch.Tensor  # [P, 0]^T (Lp, C_out)
 
 

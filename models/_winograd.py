@@ -77,9 +77,8 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     """
     B, C, H, W = x.shape
     _, transform_in, transform_out = _matrices(x)
+    d = _Tiles.apply(x.permute(0, 2, 3, 1)).view(36, -1)  # (36, B nh nw C)
     nh, nw = -(-H // TILE), -(-W // TILE)
-    rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, TILE * nw + 3 - W, 1, TILE * nh + 3 - H))
-    d = _Tiles.apply(rows).view(36, -1)  # (36, B nh nw C)
     m = torch.bmm((transform_in @ d).view(36, -1, C), u)  # (36, tiles, C_out)
     if bias is not None:
         if torch.is_grad_enabled():
@@ -87,32 +86,32 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
         else:
             m[BIAS_CELL] += bias
     y = (transform_out @ m.view(36, -1)).view(TILE, TILE, B, nh, nw, -1).permute(2, 3, 0, 4, 1, 5)
-    parts = []
-    for part in y.split(list(sizes), dim=5):  # (B, nh, 4, nw, 4, size) views
-        part = part.reshape(B, TILE * nh, TILE * nw, -1)  # one copy
-        if TILE * nh != H or TILE * nw != W:
-            part = part[:, :H, :W].contiguous()
-        parts.append(part.permute(0, 3, 1, 2))
-    return parts
+    return [_Untile.apply(part, H, W).permute(0, 3, 1, 2) for part in y.split(list(sizes), dim=5)]
 
 
 class _Tiles(torch.autograd.Function):
-    """The overlapping 6 x 6 input tiles, stride 4: rows (B, 4 nh + 4, 4 nw + 4, C) -> (6, 6, B, nh, nw, C),
-    ``tiles[a, b, n, i, j] = rows[n, 4 i + a, 4 j + b]`` (the last two rows and columns are padding never read).
+    """The overlapping 6 x 6 tiles, stride 4, of the input padded by one zero row and column on every side:
+    x (B, H, W, C) -> (6, 6, B, nh, nw, C), ``tiles[a, b, n, i, j] = padded[n, 4 i + a, 4 j + b]``.
 
-    Offsets 0-3 of every tile partition the rows and 4-5 are offsets 0-1 of the next tile, so both directions
-    are four strided copies: the backward copies the first block and adds the three others in place, where
-    ``unfold``'s backward scatters every element of the tiles separately (ten times slower here).
+    Offsets 0-3 of every tile partition the padded rows and 4-5 are offsets 0-1 of the next tile, so both
+    directions are four strided block copies: the backward copies the first block and adds the three others in
+    place, where ``unfold``'s backward scatters every element of the tiles separately (ten times slower here).
     """
 
     @staticmethod
-    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
-        B, H4, W4, C = rows.shape
-        nh, nw = H4 // TILE - 1, W4 // TILE - 1
-        tiles = rows.new_empty(6, 6, B, nh, nw, C)
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        nh, nw = -(-H // TILE), -(-W // TILE)
+        rows = x.new_empty(B, TILE * nh + 4, TILE * nw + 4, C)  # zero only the border, not the whole
+        rows[:, 0].zero_()
+        rows[:, H + 1:].zero_()
+        rows[:, 1:H + 1, 0].zero_()
+        rows[:, 1:H + 1, W + 1:].zero_()
+        rows[:, 1:H + 1, 1:W + 1] = x
+        tiles = x.new_empty(6, 6, B, nh, nw, C)
         for a, b, block in _blocks(rows, nh, nw):
             tiles[a, b].copy_(block)
-        ctx.shape = rows.shape
+        ctx.shape, ctx.size = rows.shape, (H, W)
         return tiles
 
     @staticmethod
@@ -125,7 +124,42 @@ class _Tiles(torch.autograd.Function):
         block.copy_(grad[a, b])
         for a, b, block in overlapping:
             block.add_(grad[a, b])
-        return rows
+        H, W = ctx.size
+        return rows[:, 1:H + 1, 1:W + 1]
+
+
+class _Untile(torch.autograd.Function):
+    """The 4 x 4 output tiles (B, nh, 4, nw, 4, C) (any strides) -> the output (B, H, W, C), contiguous, in one
+    copy: complete tiles as one block, the last partial row and column of tiles as up to three more."""
+
+    @staticmethod
+    def forward(ctx, tiles: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        ctx.shape = tiles.shape
+        out = tiles.new_empty(tiles.shape[0], H, W, tiles.shape[5])
+        for source, target in _untile_blocks(tiles, out):
+            target.copy_(source)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        tiles = grad.new_zeros(ctx.shape)  # the cropped outputs get zero gradient
+        for target, source in _untile_blocks(tiles, grad):
+            target.copy_(source)
+        return tiles, None, None
+
+
+def _untile_blocks(tiles: torch.Tensor, out: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Matching (view of ``tiles``, view of ``out``) pairs of the same shape (B, i, h, j, w, C) for ``_Untile``."""
+    B, H, W, C = out.shape
+    full_h, full_w = H // TILE, W // TILE
+    pairs = []
+    for i0, ni, rows in ((0, full_h, TILE), (full_h, 1, H - TILE * full_h)):  # complete tiles, then the rest
+        for j0, nj, cols in ((0, full_w, TILE), (full_w, 1, W - TILE * full_w)):
+            if ni and nj and rows and cols:
+                target = out[:, TILE * i0:TILE * i0 + ni * rows, TILE * j0:TILE * j0 + nj * cols]
+                pairs.append((tiles[:, i0:i0 + ni, :rows, j0:j0 + nj, :cols],
+                              target.view(B, ni, rows, nj, cols, C)))
+    return pairs
 
 
 _PARTS = ((slice(0, 4), 0, 4), (slice(4, 6), TILE, 2))  # tile offsets, their first row in the tile's block, count
