@@ -78,7 +78,10 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     B, C, H, W = x.shape
     _, transform_in, transform_out = _matrices(x)
     nh, nw = -(-H // TILE), -(-W // TILE)
-    compiling = torch.compiler.is_compiling()  # the compiler makes its own loops of plain padding, tiling, cropping
+    # Compiled inference: plain pad, unfold and crop, which the compiler fuses itself (the hand-made copies below
+    # made the compiled x0.50 model slower than eager). Compiled training keeps the copies: a training step
+    # compiled with the plain ops crashed once inside the generated code (double free), not yet understood.
+    compiling = torch.compiler.is_compiling() and not torch.is_grad_enabled()
     if compiling:
         rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, TILE * nw + 1 - W, 1, TILE * nh + 1 - H))
         d = rows.unfold(1, 6, TILE).unfold(2, 6, TILE).permute(4, 5, 0, 1, 2, 3).reshape(36, -1)
