@@ -200,13 +200,12 @@ class DTDYConv2d(nn.Module):
         return self._forward_folded(x, None)
 
     def forward_bn(self, x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-        """bn(self(x)) for an eval-mode layer and BatchNorm during inference (no autograd): eagerly ``bn`` is folded
-        into the operands as well (under torch.compile the compiler fuses it). Bypasses this module's hooks:
-        callers check that it has none."""
+        """bn(self(x)) for an eval-mode layer and BatchNorm during inference (no autograd): ``bn`` is folded into
+        the operands as well. Bypasses this module's hooks: callers check that it has none."""
         return self._forward_folded(x, bn)
 
     def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
-        """The computation as written (BatchNorms in their current mode): training, and everything compiled."""
+        """The computation as written, BatchNorms in their current mode (training)."""
         pad = self.latent_padded - self.latent
         q = _pad_rows(self.q, pad)
         u = winograd_kernel(torch.cat([self.w0, q])) if self._winograd_for(x) else None
