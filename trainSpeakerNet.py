@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 import checkpoint as ckpt
 import distributed
 import plugins
+from allocator import tune_cpu_allocator
 from augment import Augmenter, spec_augment
 from config import Config, UserError, parse_args, save_config
 from DatasetLoader import SpeakerBalancedSampler, TrainDataset, read_train_list, read_trial_list
@@ -289,6 +290,7 @@ def _worker(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     setup_logging()
+    tune_cpu_allocator()
     env = distributed.from_environment()
     try:
         cfg = parse_args(argv)

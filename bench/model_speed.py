@@ -11,7 +11,8 @@ processes hits them alike; times are medians, speed-ups the median of the per-it
 CPU-time (process time, less sensitive to other processes) speed-ups are both printed.
 fp32 on CPU; on CUDA (when available) with autocast. ``--compile`` also times our DTDY models compiled with
 torch.compile (as ``trainSpeakerNet.py --compile`` runs them) against the same eager reference, and reports the
-one-time compilation separately (minutes on CPU).
+one-time compilation separately (minutes on CPU). The process's malloc is tuned as trainSpeakerNet.py tunes it
+(allocator.py: freed memory is reused, not faulted in again), for both contenders alike.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from allocator import tune_cpu_allocator  # noqa: E402
 from bench._reference_dtdy import ReferenceDTDYConv2d, ReferenceResNet  # noqa: E402
 from models._dtdy import DTDYConv2d  # noqa: E402
 from models._frontend import crop_samples  # noqa: E402
@@ -251,6 +253,7 @@ def main() -> None:
     parser.add_argument("--no-layers", dest="layers", action="store_false", help="skip the per-layer table")
     parser.add_argument("--compile", action="store_true", help="also time our DTDY models under torch.compile")
     args = parser.parse_args()
+    tune_cpu_allocator()  # as trainSpeakerNet.py does; the same process runs both contenders
     torch.set_num_threads(args.threads)
     devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else ["cpu", "cuda"]
     for device in devices:
