@@ -232,9 +232,11 @@ class DTDYConv2d(nn.Module):
     def _folded(self, bn: nn.BatchNorm2d | None, winograd: bool) -> _Folded:
         """``_fold(bn, winograd)``, cached until a parameter or BatchNorm statistic changes (in place or by
         replacement)."""
-        tensors = [*self.parameters(), *_statistics(self.bn_latent), *_statistics(self.bn_mix)]
+        phi = self.phi  # every parameter and statistic by name: self.parameters() costs more than the check
+        tensors = [self.w0, self.q, self.p, *_bn_tensors(self.bn_latent), *_bn_tensors(self.bn_mix),
+                   phi.conv_in.weight, phi.conv_in.bias, phi.gate.weight, phi.conv_out.weight, phi.conv_out.bias]
         if bn is not None:
-            tensors += [bn.weight, bn.bias, *_statistics(bn)]
+            tensors += _bn_tensors(bn)
         key = (winograd, *((t.data_ptr(), t._version) for t in tensors))
         if getattr(self, "_fold_key", None) != key:
             self._fold_cache, self._fold_key = self._fold(bn, winograd), key
@@ -308,8 +310,8 @@ def _channels_last(weight: torch.Tensor) -> torch.Tensor:
     return weight.contiguous(memory_format=torch.channels_last)
 
 
-def _statistics(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    return bn.running_mean, bn.running_var
+def _bn_tensors(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, ...]:
+    return bn.weight, bn.bias, bn.running_mean, bn.running_var
 
 
 class _Folded(NamedTuple):

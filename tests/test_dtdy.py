@@ -203,6 +203,24 @@ def test_inference_operands_follow_every_change_of_the_weights(c_in):
     torch.testing.assert_close(check(), third)  # ... leaves no bf16 operands behind
 
 
+@pytest.mark.parametrize("c_in", [8, 128])
+def test_inference_operands_follow_an_in_place_change_of_any_tensor(c_in):
+    """The cache key names the layer's tensors one by one: changing any parameter or statistic in place, alone,
+    must show in the next inference output (a tensor left out of the key would serve stale operands)."""
+    conv = DTDYConv2d(c_in, 16, 3, 1, 10).eval()
+    randomise(conv, seed=6)
+    x = torch.randn(2, c_in, 12, 10)
+    for name, tensor in conv.state_dict(keep_vars=True).items():
+        if not tensor.is_floating_point():
+            continue
+        with torch.no_grad():
+            before = conv(x)
+            tensor.mul_(1.5)  # keeps running variances positive
+            after = conv(x)
+        torch.testing.assert_close(after, conv(x).detach(), msg=f"stale inference operands after changing {name}")
+        assert not torch.equal(before, after), name
+
+
 def test_block_batchnorm_is_folded_only_where_nobody_looks():
     """forward_bn (inference) equals bn(conv(x)); a hook on the conv still sees the conv's own output."""
     from models._resnet import BasicBlock
