@@ -18,8 +18,9 @@ later step read and write strided rows), except where a Winograd convolution com
 precision, the stride-1 3 x 3 layers with at least ``WINOGRAD_MIN_CHANNELS`` input channels, whose direct
 convolutions are FLOP-bound, run [W0; Q] as one Winograd F(4x4, 3x3) convolution (models/_winograd.py: a
 quarter of the multiplications; in narrower layers its transforms cost more than they save). The latent path
-runs ``Lp = ceil(L / 8) * 8`` wide: the extra channels have zero Q rows, zero BatchNorm weight and bias and zero P
-columns, so they stay exactly zero, but small channel counts like 11 make CPU kernels several times slower than 16.
+runs ``Lp = ceil(L / 8) * 8`` wide (at least 16 when training): the extra channels have zero Q rows, zero
+BatchNorm weight and bias and zero P columns, so they stay exactly zero, but small channel counts like 11 make CPU
+kernels several times slower than 16 (and in training, backward, 8 is slower than 16: x0.25's first stage).
 The Phi branch's three convolutions over time are matmuls over time-major rows. Kernels are stored in (time,
 frequency) orientation.
 
@@ -44,7 +45,8 @@ from models._winograd import winograd_conv3x3, winograd_kernel
 
 log = logging.getLogger(__name__)
 
-LANE = 8  # the latent size is padded with exact zeros to a multiple of 8 (AVX2 width)
+LANE = 8  # the latent size is padded with exact zeros to a multiple of 8 (AVX2 width) ...
+TRAIN_MIN_LATENT = 16  # ... and to at least 16 in training (8-channel convolutions and BatchNorm backward are slower)
 WINOGRAD_MIN_CHANNELS = 128  # stride-1 3 x 3 layers this wide run W0 and Q as one Winograd convolution on CPU
 
 
@@ -163,6 +165,7 @@ class DTDYConv2d(nn.Module):
         latent = latent_size(in_channels, out_channels)
         self.in_channels, self.out_channels, self.latent = in_channels, out_channels, latent
         self.latent_padded = latent + (-latent % LANE)  # Lp, the width of the latent path in computation
+        self.latent_padded_train = max(self.latent_padded, TRAIN_MIN_LATENT)  # the same in training
         self.kernel_size, self.stride, self.padding = kernel_size, stride, (kernel_size - 1) // 2
         self.freq_size = freq_size
         self.winograd = kernel_size == 3 and stride == 1 and in_channels >= WINOGRAD_MIN_CHANNELS
@@ -206,7 +209,7 @@ class DTDYConv2d(nn.Module):
 
     def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
         """The computation as written, BatchNorms in their current mode (training)."""
-        pad = self.latent_padded - self.latent
+        pad = self.latent_padded_train - self.latent
         q = _pad_rows(self.q, pad)
         u = winograd_kernel(torch.cat([self.w0, q])) if self._winograd_for(x) else None
         r, z = self._convs(x, self.w0, None, q, None, u)  # W0 x, Q x
@@ -291,7 +294,7 @@ class DTDYConv2d(nn.Module):
         if u is None:
             return self._conv(x, w0, b0), self._conv(x, q, b_q)
         bias = None if b0 is None else torch.cat([b0, b_q])
-        r, z = winograd_conv3x3(x, u, bias, (self.out_channels, self.latent_padded))
+        r, z = winograd_conv3x3(x, u, bias, (self.out_channels, q.shape[0]))
         return r, z
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
