@@ -4,8 +4,9 @@ A. Lavin, S. Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 201
 comes from the 6 x 6 block of inputs around it: ``Y = A^T [(G g G^T) * (B^T d B)] A``, summed over the input
 channels. With the tiles' 36 transformed values as a leading axis, the sum over channels is one batched matmul,
 ``(36, tiles, C_in) @ (36, C_in, C_out)``, against 9 multiplications per output of the direct algorithm; the
-transforms are matmuls with 36 x 36 and 16 x 36 constant matrices. All of it is plain differentiable ops: autograd
-gives the backward, with the same saving.
+transforms are matmuls with 36 x 36 and 16 x 36 constant matrices. The backward is the same steps transposed, with
+the same saving, written out (``_backward``); under torch.compile the training graph calls forward and backward as
+two opaque operators (``torch.ops.dtdy``), tested against F.conv2d in tests/test_winograd.py.
 
 Interpolation points 0, 1, -1, 1/2, -2 (and infinity): in fp32 the error is a few times that of a direct
 convolution (about 5e-6 relative, measured against fp64), 2-3x smaller than with the textbook points 0, +-1, +-2.
@@ -74,93 +75,189 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
 
     x (B, C_in, H, W) (channels-last memory is read in place), u (36, C_in, C_out), bias (C_out,) or None, sizes
     summing to C_out -> tensors (B, size, H, W) in channels-last memory.
+
+    Eagerly, without autograd: the computation itself; with autograd: ``_WinogradConv``, whose backward is written
+    out (the same steps transposed). Under torch.compile the training graph calls it as one opaque operator
+    (``torch.ops.dtdy``, forward and backward), which runs as eagerly: the compiler's code for the tile copies and
+    transforms was slower than these (compiled x0.50 training ran at 0.7x its eager speed); compiled inference
+    uses plain pad, unfold and crop, which the compiler fuses well.
     """
+    sizes = list(sizes)
+    if torch.compiler.is_compiling():
+        if torch.is_grad_enabled():
+            return list(torch.ops.dtdy.winograd_conv3x3(x, u, bias, sizes)[:-1])
+        return _compiled_inference(x, u, bias, sizes)
+    if torch.is_grad_enabled():
+        return list(_WinogradConv.apply(x, u, bias, sizes))
+    return _forward(x, u, bias, sizes)[0]
+
+
+def _forward(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, sizes: list[int],
+             ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The output parts and the transformed input tiles ``v`` (36, tiles, C_in), which the backward needs."""
     B, C, H, W = x.shape
     _, transform_in, transform_out = _matrices(x)
     nh, nw = -(-H // TILE), -(-W // TILE)
-    # Compiled inference: plain pad, unfold and crop, which the compiler fuses itself (the hand-made copies below
-    # made the compiled x0.50 model slower than eager). Compiled training keeps the copies: a training step
-    # compiled with the plain ops crashed once inside the generated code (double free), not yet understood.
-    compiling = torch.compiler.is_compiling() and not torch.is_grad_enabled()
-    if compiling:
-        rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, TILE * nw + 1 - W, 1, TILE * nh + 1 - H))
-        d = rows.unfold(1, 6, TILE).unfold(2, 6, TILE).permute(4, 5, 0, 1, 2, 3).reshape(36, -1)
-    else:
-        d = _Tiles.apply(x.permute(0, 2, 3, 1)).view(36, -1)  # (36, B nh nw C)
-    m = torch.bmm((transform_in @ d).view(36, -1, C), u)  # (36, tiles, C_out)
+    v = (transform_in @ _tiles(x.permute(0, 2, 3, 1)).view(36, -1)).view(36, -1, C)
+    m = torch.bmm(v, u)  # (36, tiles, C_out)
     if bias is not None:
-        if torch.is_grad_enabled():
-            m = m + F.pad(bias.view(1, 1, -1), (0, 0, 0, 0, BIAS_CELL, 35 - BIAS_CELL))
-        else:
-            m[BIAS_CELL] += bias
+        m[BIAS_CELL] += bias
     y = (transform_out @ m.view(36, -1)).view(TILE, TILE, B, nh, nw, -1).permute(2, 3, 0, 4, 1, 5)
-    if compiling:
-        return [part.reshape(B, TILE * nh, TILE * nw, -1)[:, :H, :W].permute(0, 3, 1, 2)
-                for part in y.split(list(sizes), dim=5)]
-    return [_Untile.apply(part, H, W).permute(0, 3, 1, 2) for part in y.split(list(sizes), dim=5)]
+    return [_untile(part, H, W).permute(0, 3, 1, 2) for part in y.split(sizes, dim=5)], v
 
 
-class _Tiles(torch.autograd.Function):
+def _backward(grads: Sequence[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x_size: Sequence[int],
+              sizes: Sequence[int], has_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(grad x, grad u, grad bias) from the gradients of the output parts (B, size, H, W)."""
+    B, C, H, W = x_size
+    _, transform_in, transform_out = _matrices(v)
+    nh, nw = -(-H // TILE), -(-W // TILE)
+    grad_y = v.new_zeros(TILE, TILE, B, nh, nw, u.shape[2])  # the cropped outputs get zero gradient
+    tiles = grad_y.permute(2, 3, 0, 4, 1, 5)  # (B, nh, 4, nw, 4, C_out), as in the forward
+    start = 0
+    for grad, size in zip(grads, sizes, strict=True):
+        for target, source in _untile_blocks(tiles[..., start:start + size], grad.permute(0, 2, 3, 1).contiguous()):
+            target.copy_(source)
+        start += size
+    grad_m = (transform_out.t() @ grad_y.view(TILE * TILE, -1)).view(36, -1, u.shape[2])
+    grad_bias = grad_m[BIAS_CELL].sum(0) if has_bias else None
+    grad_u = torch.bmm(v.transpose(1, 2), grad_m)
+    grad_v = torch.bmm(grad_m, u.transpose(1, 2))
+    grad_tiles = (transform_in.t() @ grad_v.view(36, -1)).view(6, 6, B, nh, nw, C)
+    return _tiles_backward(grad_tiles, H, W).permute(0, 3, 1, 2), grad_u, grad_bias
+
+
+class _WinogradConv(torch.autograd.Function):
+    """``_forward`` with its backward written out: the output tiles' gradient assembled in one buffer, two
+    batched matmuls, the tile copies reversed (four strided block adds, where ``unfold``'s backward scatters
+    every element separately, ten times slower here)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
+                sizes: list[int]) -> tuple[torch.Tensor, ...]:
+        parts, v = _forward(x, u, bias, sizes)
+        ctx.save_for_backward(v, u)
+        ctx.x_size, ctx.sizes, ctx.has_bias = x.shape, sizes, bias is not None
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        v, u = ctx.saved_tensors
+        grads = [g if g is not None else v.new_zeros(ctx.x_size[0], size, *ctx.x_size[2:])
+                 for g, size in zip(grads, ctx.sizes, strict=True)]
+        return (*_backward(grads, v, u, ctx.x_size, ctx.sizes, ctx.has_bias), None)
+
+
+def _compiled_inference(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
+                        sizes: list[int]) -> list[torch.Tensor]:
+    """The forward with plain pad, unfold and crop, for the compiler to fuse (compiled inference)."""
+    B, C, H, W = x.shape
+    _, transform_in, transform_out = _matrices(x)
+    nh, nw = -(-H // TILE), -(-W // TILE)
+    rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, TILE * nw + 1 - W, 1, TILE * nh + 1 - H))
+    d = rows.unfold(1, 6, TILE).unfold(2, 6, TILE).permute(4, 5, 0, 1, 2, 3).reshape(36, -1)
+    m = torch.bmm((transform_in @ d).view(36, -1, C), u)
+    if bias is not None:
+        m = m + F.pad(bias.view(1, 1, -1), (0, 0, 0, 0, BIAS_CELL, 35 - BIAS_CELL))
+    y = (transform_out @ m.view(36, -1)).view(TILE, TILE, B, nh, nw, -1).permute(2, 3, 0, 4, 1, 5)
+    return [part.reshape(B, TILE * nh, TILE * nw, -1)[:, :H, :W].permute(0, 3, 1, 2)
+            for part in y.split(sizes, dim=5)]
+
+
+@torch.library.custom_op("dtdy::winograd_conv3x3", mutates_args=())
+def _op(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, sizes: list[int]) -> list[torch.Tensor]:
+    """``_forward`` as one operator for compiled training: the output parts, then ``v``."""
+    parts, v = _forward(x, u, bias, sizes)
+    return [*parts, v]
+
+
+@_op.register_fake
+def _(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, sizes: list[int]) -> list[torch.Tensor]:
+    B, C, H, W = x.shape
+    tiles = B * -(-H // TILE) * -(-W // TILE)
+    return [*(x.new_empty(B, H, W, size).permute(0, 3, 1, 2) for size in sizes), x.new_empty(36, tiles, C)]
+
+
+@torch.library.custom_op("dtdy::winograd_conv3x3_backward", mutates_args=())
+def _op_backward(grads: list[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x_size: list[int],
+                 sizes: list[int], has_bias: bool) -> list[torch.Tensor]:
+    """``_backward`` as one operator: [grad x, grad u] and grad bias when there is a bias."""
+    grad_x, grad_u, grad_bias = _backward(grads, v, u, x_size, sizes, has_bias)
+    return [grad_x, grad_u] if grad_bias is None else [grad_x, grad_u, grad_bias]
+
+
+@_op_backward.register_fake
+def _(grads: list[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x_size: list[int], sizes: list[int],
+      has_bias: bool) -> list[torch.Tensor]:
+    B, C, H, W = x_size
+    rows = v.new_empty(B, TILE * -(-H // TILE) + 4, TILE * -(-W // TILE) + 4, C)
+    grad_x = rows[:, 1:H + 1, 1:W + 1].permute(0, 3, 1, 2)  # a view of the padded rows, as _tiles_backward's
+    return [grad_x, torch.empty_like(u)] + ([u.new_empty(u.shape[2])] if has_bias else [])
+
+
+def _op_setup_context(ctx, inputs: tuple, output: list[torch.Tensor]) -> None:
+    x, u, bias, sizes = inputs
+    ctx.save_for_backward(output[-1], u)
+    ctx.x_size, ctx.sizes, ctx.has_bias = list(x.shape), sizes, bias is not None
+
+
+def _op_autograd(ctx, grads: list[torch.Tensor | None]) -> tuple[torch.Tensor | None, ...]:
+    v, u = ctx.saved_tensors
+    grads = [g if g is not None else v.new_zeros(ctx.x_size[0], size, *ctx.x_size[2:])
+             for g, size in zip(grads[:-1], ctx.sizes, strict=True)]
+    result = torch.ops.dtdy.winograd_conv3x3_backward(grads, v, u, ctx.x_size, ctx.sizes, ctx.has_bias)
+    return result[0], result[1], result[2] if ctx.has_bias else None, None
+
+
+_op.register_autograd(_op_autograd, setup_context=_op_setup_context)
+
+
+def _tiles(x: torch.Tensor) -> torch.Tensor:
     """The overlapping 6 x 6 tiles, stride 4, of the input padded by one zero row and column on every side:
     x (B, H, W, C) -> (6, 6, B, nh, nw, C), ``tiles[a, b, n, i, j] = padded[n, 4 i + a, 4 j + b]``.
 
     Offsets 0-3 of every tile partition the padded rows and 4-5 are offsets 0-1 of the next tile, so both
-    directions are four strided block copies: the backward copies the first block and adds the three others in
-    place, where ``unfold``'s backward scatters every element of the tiles separately (ten times slower here).
+    directions are four strided block copies (``_tiles_backward``).
     """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        nh, nw = -(-H // TILE), -(-W // TILE)
-        rows = x.new_empty(B, TILE * nh + 4, TILE * nw + 4, C)  # zero only the border, not the whole
-        rows[:, 0].zero_()
-        rows[:, H + 1:].zero_()
-        rows[:, 1:H + 1, 0].zero_()
-        rows[:, 1:H + 1, W + 1:].zero_()
-        rows[:, 1:H + 1, 1:W + 1] = x
-        tiles = x.new_empty(6, 6, B, nh, nw, C)
-        for a, b, block in _blocks(rows, nh, nw):
-            tiles[a, b].copy_(block)
-        ctx.shape, ctx.size = rows.shape, (H, W)
-        return tiles
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        rows = grad.new_empty(ctx.shape)
-        nh, nw = grad.shape[3], grad.shape[4]
-        rows[:, TILE * nh:].zero_()  # the strips outside the first block, which covers the rest exactly
-        rows[:, :, TILE * nw:].zero_()
-        (a, b, block), *overlapping = _blocks(rows, nh, nw)
-        block.copy_(grad[a, b])
-        for a, b, block in overlapping:
-            block.add_(grad[a, b])
-        H, W = ctx.size
-        return rows[:, 1:H + 1, 1:W + 1]
+    B, H, W, C = x.shape
+    nh, nw = -(-H // TILE), -(-W // TILE)
+    rows = x.new_empty(B, TILE * nh + 4, TILE * nw + 4, C)  # zero only the border, not the whole
+    rows[:, 0].zero_()
+    rows[:, H + 1:].zero_()
+    rows[:, 1:H + 1, 0].zero_()
+    rows[:, 1:H + 1, W + 1:].zero_()
+    rows[:, 1:H + 1, 1:W + 1] = x
+    tiles = x.new_empty(6, 6, B, nh, nw, C)
+    for a, b, block in _blocks(rows, nh, nw):
+        tiles[a, b].copy_(block)
+    return tiles
 
 
-class _Untile(torch.autograd.Function):
+def _tiles_backward(grad: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """The gradient of ``_tiles``: (6, 6, B, nh, nw, C) -> (B, H, W, C), a view of a padded buffer: the first
+    block copied, the three others added in place."""
+    _, _, B, nh, nw, C = grad.shape
+    rows = grad.new_empty(B, TILE * nh + 4, TILE * nw + 4, C)
+    rows[:, TILE * nh:].zero_()  # the strips outside the first block, which covers the rest exactly
+    rows[:, :, TILE * nw:].zero_()
+    (a, b, block), *overlapping = _blocks(rows, nh, nw)
+    block.copy_(grad[a, b])
+    for a, b, block in overlapping:
+        block.add_(grad[a, b])
+    return rows[:, 1:H + 1, 1:W + 1]
+
+
+def _untile(tiles: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """The 4 x 4 output tiles (B, nh, 4, nw, 4, C) (any strides) -> the output (B, H, W, C), contiguous, in one
     copy: complete tiles as one block, the last partial row and column of tiles as up to three more."""
-
-    @staticmethod
-    def forward(ctx, tiles: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        ctx.shape = tiles.shape
-        out = tiles.new_empty(tiles.shape[0], H, W, tiles.shape[5])
-        for source, target in _untile_blocks(tiles, out):
-            target.copy_(source)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        tiles = grad.new_zeros(ctx.shape)  # the cropped outputs get zero gradient
-        for target, source in _untile_blocks(tiles, grad):
-            target.copy_(source)
-        return tiles, None, None
+    out = tiles.new_empty(tiles.shape[0], H, W, tiles.shape[5])
+    for source, target in _untile_blocks(tiles, out):
+        target.copy_(source)
+    return out
 
 
 def _untile_blocks(tiles: torch.Tensor, out: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Matching (view of ``tiles``, view of ``out``) pairs of the same shape (B, i, h, j, w, C) for ``_Untile``."""
+    """Matching (view of ``tiles``, view of ``out``) pairs of the same shape (B, i, h, j, w, C) for ``_untile``."""
     B, H, W, C = out.shape
     full_h, full_w = H // TILE, W // TILE
     pairs = []
@@ -177,7 +274,7 @@ _PARTS = ((slice(0, 4), 0, 4), (slice(4, 6), TILE, 2))  # tile offsets, their fi
 
 
 def _blocks(rows: torch.Tensor, nh: int, nw: int) -> list[tuple[slice, slice, torch.Tensor]]:
-    """The four blocks of ``_Tiles``: (offsets a, offsets b, view of ``rows`` as (a, b, B, nh, nw, C))."""
+    """The four blocks of ``_tiles``: (offsets a, offsets b, view of ``rows`` as (a, b, B, nh, nw, C))."""
     B, C = rows.shape[0], rows.shape[3]
     blocks = []
     for a, h0, h_size in _PARTS:

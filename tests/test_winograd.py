@@ -66,3 +66,47 @@ def test_dtdy_layers_use_it_where_it_pays(monkeypatch):
         assert direct_calls(wide, x, autocast=True) == 2
     assert direct_calls(DTDYConv2d(WINOGRAD_MIN_CHANNELS, 16, 3, 2, 10), x) == 2
     assert direct_calls(DTDYConv2d(WINOGRAD_MIN_CHANNELS // 2, 16, 3, 1, 10), x[:, ::2]) == 2
+
+
+def _case(bias: bool, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 6, 9, 7, generator=gen, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(5, 6, 3, 3, generator=gen, dtype=dtype)
+    return x, w, torch.randn(5, generator=gen, dtype=dtype) if bias else None
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_operators_for_compiled_graphs_pass_opcheck(bias):
+    """The forward and backward operators that compiled training graphs call: schema, fake (meta) outputs with
+    the real ones' shapes and strides, autograd registration (torch.library.opcheck)."""
+    x, w, b = _case(bias)
+    u = winograd_kernel(w)
+    x.requires_grad_(), u.requires_grad_()
+    if b is not None:
+        b.requires_grad_()
+    torch.library.opcheck(torch.ops.dtdy.winograd_conv3x3.default, (x, u, b, [3, 2]))
+    outputs = torch.ops.dtdy.winograd_conv3x3(x, u, b, [3, 2])
+    grads = [torch.randn_like(part) for part in outputs[:-1]]
+    torch.library.opcheck(torch.ops.dtdy.winograd_conv3x3_backward.default,
+                          (grads, outputs[-1].detach(), u.detach(), list(x.shape), [3, 2], bias))
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_traced_for_compile_equals_conv2d(grad):
+    """Traced as torch.compile traces it (the aot_eager backend: the same graphs, without code generation):
+    training through the opaque operators, inference through plain pad, unfold and crop."""
+    x, w, b = _case(True)
+    expected = F.conv2d(x, w, b, 1, 1)
+    compiled = torch.compile(lambda x, w, b: torch.cat(winograd_conv3x3(x, winograd_kernel(w), b, [3, 2]), 1),
+                             backend="aot_eager", fullgraph=True)
+    inputs = [t.clone().requires_grad_(grad) for t in (x, w, b)]
+    with torch.set_grad_enabled(grad):
+        y = compiled(*inputs)
+    torch.testing.assert_close(y, expected, rtol=1e-11, atol=1e-11)
+    if grad:
+        g = torch.randn_like(y)
+        leaves = [t.requires_grad_() for t in (x, w, b)]
+        ours = torch.autograd.grad(y, inputs, g)
+        theirs = torch.autograd.grad(F.conv2d(*leaves, 1, 1), leaves, g)
+        for a, e in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-11, atol=1e-11)
