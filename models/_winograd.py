@@ -107,8 +107,10 @@ def _forward(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, sizes:
 
 
 def _backward(grads: Sequence[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x_size: Sequence[int],
-              sizes: Sequence[int], has_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(grad x, grad u, grad bias) from the gradients of the output parts (B, size, H, W)."""
+              sizes: Sequence[int], has_bias: bool, need_x: bool,
+              ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """(grad x, grad u, grad bias) from the gradients of the output parts (B, size, H, W); grad x only when
+    ``need_x`` (a first layer's input needs none), grad bias when there is a bias."""
     B, C, H, W = x_size
     _, transform_in, transform_out = _matrices(v)
     nh, nw = -(-H // TILE), -(-W // TILE)
@@ -122,6 +124,8 @@ def _backward(grads: Sequence[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x
     grad_m = (transform_out.t() @ grad_y.view(TILE * TILE, -1)).view(36, -1, u.shape[2])
     grad_bias = grad_m[BIAS_CELL].sum(0) if has_bias else None
     grad_u = torch.bmm(v.transpose(1, 2), grad_m)
+    if not need_x:
+        return None, grad_u, grad_bias
     grad_v = torch.bmm(grad_m, u.transpose(1, 2))
     grad_tiles = (transform_in.t() @ grad_v.view(36, -1)).view(6, 6, B, nh, nw, C)
     return _tiles_backward(grad_tiles, H, W).permute(0, 3, 1, 2), grad_u, grad_bias
@@ -145,7 +149,7 @@ class _WinogradConv(torch.autograd.Function):
         v, u = ctx.saved_tensors
         grads = [g if g is not None else v.new_zeros(ctx.x_size[0], size, *ctx.x_size[2:])
                  for g, size in zip(grads, ctx.sizes, strict=True)]
-        return (*_backward(grads, v, u, ctx.x_size, ctx.sizes, ctx.has_bias), None)
+        return (*_backward(grads, v, u, ctx.x_size, ctx.sizes, ctx.has_bias, ctx.needs_input_grad[0]), None)
 
 
 def _compiled_inference(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
@@ -180,19 +184,19 @@ def _(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, sizes: list[i
 
 @torch.library.custom_op("dtdy::winograd_conv3x3_backward", mutates_args=())
 def _op_backward(grads: list[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x_size: list[int],
-                 sizes: list[int], has_bias: bool) -> list[torch.Tensor]:
-    """``_backward`` as one operator: [grad x, grad u] and grad bias when there is a bias."""
-    grad_x, grad_u, grad_bias = _backward(grads, v, u, x_size, sizes, has_bias)
-    return [grad_x, grad_u] if grad_bias is None else [grad_x, grad_u, grad_bias]
+                 sizes: list[int], has_bias: bool, need_x: bool) -> list[torch.Tensor]:
+    """``_backward`` as one operator: [grad u], then grad bias when there is a bias, then grad x if needed."""
+    grad_x, grad_u, grad_bias = _backward(grads, v, u, x_size, sizes, has_bias, need_x)
+    return [t for t in (grad_u, grad_bias, grad_x) if t is not None]
 
 
 @_op_backward.register_fake
 def _(grads: list[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x_size: list[int], sizes: list[int],
-      has_bias: bool) -> list[torch.Tensor]:
+      has_bias: bool, need_x: bool) -> list[torch.Tensor]:
     B, C, H, W = x_size
     rows = v.new_empty(B, TILE * -(-H // TILE) + 4, TILE * -(-W // TILE) + 4, C)
     grad_x = rows[:, 1:H + 1, 1:W + 1].permute(0, 3, 1, 2)  # a view of the padded rows, as _tiles_backward's
-    return [grad_x, torch.empty_like(u)] + ([u.new_empty(u.shape[2])] if has_bias else [])
+    return [torch.empty_like(u)] + ([u.new_empty(u.shape[2])] if has_bias else []) + ([grad_x] if need_x else [])
 
 
 def _op_setup_context(ctx, inputs: tuple, output: list[torch.Tensor]) -> None:
@@ -205,8 +209,11 @@ def _op_autograd(ctx, grads: list[torch.Tensor | None]) -> tuple[torch.Tensor | 
     v, u = ctx.saved_tensors
     grads = [g if g is not None else v.new_zeros(ctx.x_size[0], size, *ctx.x_size[2:])
              for g, size in zip(grads[:-1], ctx.sizes, strict=True)]
-    result = torch.ops.dtdy.winograd_conv3x3_backward(grads, v, u, ctx.x_size, ctx.sizes, ctx.has_bias)
-    return result[0], result[1], result[2] if ctx.has_bias else None, None
+    need_x = ctx.needs_input_grad[0]
+    grad_u, *rest = torch.ops.dtdy.winograd_conv3x3_backward(grads, v, u, ctx.x_size, ctx.sizes, ctx.has_bias,
+                                                             need_x)
+    grad_bias = rest.pop(0) if ctx.has_bias else None
+    return rest[0] if need_x else None, grad_u, grad_bias, None
 
 
 _op.register_autograd(_op_autograd, setup_context=_op_setup_context)

@@ -88,7 +88,7 @@ def test_operators_for_compiled_graphs_pass_opcheck(bias):
     outputs = torch.ops.dtdy.winograd_conv3x3(x, u, b, [3, 2])
     grads = [torch.randn_like(part) for part in outputs[:-1]]
     torch.library.opcheck(torch.ops.dtdy.winograd_conv3x3_backward.default,
-                          (grads, outputs[-1].detach(), u.detach(), list(x.shape), [3, 2], bias))
+                          (grads, outputs[-1].detach(), u.detach(), list(x.shape), [3, 2], bias, True))
 
 
 @pytest.mark.parametrize("grad", [True, False])
@@ -110,3 +110,21 @@ def test_traced_for_compile_equals_conv2d(grad):
         theirs = torch.autograd.grad(F.conv2d(*leaves, 1, 1), leaves, g)
         for a, e in zip(ours, theirs, strict=True):
             torch.testing.assert_close(a, e, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_input_without_gradient(traced):
+    """A first layer's input needs no gradient: the kernel and bias gradients are still those of F.conv2d, and
+    no input gradient is made, eagerly or in a traced graph."""
+    x, w, b = _case(True)
+    w.requires_grad_(), b.requires_grad_()
+
+    def conv(x, w, b):
+        return torch.cat(winograd_conv3x3(x, winograd_kernel(w), b, [3, 2]), 1)
+    fn = torch.compile(conv, backend="aot_eager", fullgraph=True) if traced else conv
+    y = fn(x, w, b)
+    g = torch.randn_like(y)
+    for ours, theirs in zip(torch.autograd.grad(y, (w, b), g), torch.autograd.grad(F.conv2d(x, w, b, 1, 1), (w, b), g),
+                            strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-11, atol=1e-11)
+    assert x.grad is None
