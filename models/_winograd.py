@@ -92,12 +92,17 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     return _forward(x, u, bias, sizes)[0]
 
 
+def _tile_counts(H: int, W: int) -> tuple[int, int]:
+    """Output tiles per column and per row: ceil(H / 4), ceil(W / 4)."""
+    return -(-H // TILE), -(-W // TILE)
+
+
 def _forward(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, sizes: list[int],
              ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The output parts and the transformed input tiles ``v`` (36, tiles, C_in), which the backward needs."""
     B, C, H, W = x.shape
     _, transform_in, transform_out = _matrices(x)
-    nh, nw = -(-H // TILE), -(-W // TILE)
+    nh, nw = _tile_counts(H, W)
     v = (transform_in @ _tiles(x.permute(0, 2, 3, 1)).view(36, -1)).view(36, -1, C)
     m = torch.bmm(v, u)  # (36, tiles, C_out)
     if bias is not None:
@@ -113,7 +118,7 @@ def _backward(grads: Sequence[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x
     ``need_x`` (a first layer's input needs none), grad bias when there is a bias."""
     B, C, H, W = x_size
     _, transform_in, transform_out = _matrices(v)
-    nh, nw = -(-H // TILE), -(-W // TILE)
+    nh, nw = _tile_counts(H, W)
     grad_y = v.new_zeros(TILE, TILE, B, nh, nw, u.shape[2])  # the cropped outputs get zero gradient
     tiles = grad_y.permute(2, 3, 0, 4, 1, 5)  # (B, nh, 4, nw, 4, C_out), as in the forward
     start = 0
@@ -147,8 +152,6 @@ class _WinogradConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         v, u = ctx.saved_tensors
-        grads = [g if g is not None else v.new_zeros(ctx.x_size[0], size, *ctx.x_size[2:])
-                 for g, size in zip(grads, ctx.sizes, strict=True)]
         return (*_backward(grads, v, u, ctx.x_size, ctx.sizes, ctx.has_bias, ctx.needs_input_grad[0]), None)
 
 
@@ -157,7 +160,7 @@ def _compiled_inference(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | N
     """The forward with plain pad, unfold and crop, for the compiler to fuse (compiled inference)."""
     B, C, H, W = x.shape
     _, transform_in, transform_out = _matrices(x)
-    nh, nw = -(-H // TILE), -(-W // TILE)
+    nh, nw = _tile_counts(H, W)
     rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, TILE * nw + 1 - W, 1, TILE * nh + 1 - H))
     d = rows.unfold(1, 6, TILE).unfold(2, 6, TILE).permute(4, 5, 0, 1, 2, 3).reshape(36, -1)
     m = torch.bmm((transform_in @ d).view(36, -1, C), u)
@@ -178,8 +181,8 @@ def _op(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, sizes: list
 @_op.register_fake
 def _(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, sizes: list[int]) -> list[torch.Tensor]:
     B, C, H, W = x.shape
-    tiles = B * -(-H // TILE) * -(-W // TILE)
-    return [*(x.new_empty(B, H, W, size).permute(0, 3, 1, 2) for size in sizes), x.new_empty(36, tiles, C)]
+    nh, nw = _tile_counts(H, W)
+    return [*(x.new_empty(B, H, W, size).permute(0, 3, 1, 2) for size in sizes), x.new_empty(36, B * nh * nw, C)]
 
 
 @torch.library.custom_op("dtdy::winograd_conv3x3_backward", mutates_args=())
@@ -194,7 +197,8 @@ def _op_backward(grads: list[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x_
 def _(grads: list[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x_size: list[int], sizes: list[int],
       has_bias: bool, need_x: bool) -> list[torch.Tensor]:
     B, C, H, W = x_size
-    rows = v.new_empty(B, TILE * -(-H // TILE) + 4, TILE * -(-W // TILE) + 4, C)
+    nh, nw = _tile_counts(H, W)
+    rows = v.new_empty(B, TILE * nh + 4, TILE * nw + 4, C)
     grad_x = rows[:, 1:H + 1, 1:W + 1].permute(0, 3, 1, 2)  # a view of the padded rows, as _tiles_backward's
     return [torch.empty_like(u)] + ([u.new_empty(u.shape[2])] if has_bias else []) + ([grad_x] if need_x else [])
 
@@ -205,13 +209,12 @@ def _op_setup_context(ctx, inputs: tuple, output: list[torch.Tensor]) -> None:
     ctx.x_size, ctx.sizes, ctx.has_bias = list(x.shape), sizes, bias is not None
 
 
-def _op_autograd(ctx, grads: list[torch.Tensor | None]) -> tuple[torch.Tensor | None, ...]:
+def _op_autograd(ctx, grads: list[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+    """Autograd gives every output a gradient, zeros for an unused one."""
     v, u = ctx.saved_tensors
-    grads = [g if g is not None else v.new_zeros(ctx.x_size[0], size, *ctx.x_size[2:])
-             for g, size in zip(grads[:-1], ctx.sizes, strict=True)]
     need_x = ctx.needs_input_grad[0]
-    grad_u, *rest = torch.ops.dtdy.winograd_conv3x3_backward(grads, v, u, ctx.x_size, ctx.sizes, ctx.has_bias,
-                                                             need_x)
+    grad_u, *rest = torch.ops.dtdy.winograd_conv3x3_backward(list(grads[:-1]), v, u, ctx.x_size, ctx.sizes,
+                                                             ctx.has_bias, need_x)  # not v's
     grad_bias = rest.pop(0) if ctx.has_bias else None
     return rest[0] if need_x else None, grad_u, grad_bias, None
 
@@ -227,7 +230,7 @@ def _tiles(x: torch.Tensor) -> torch.Tensor:
     directions are four strided block copies (``_tiles_backward``).
     """
     B, H, W, C = x.shape
-    nh, nw = -(-H // TILE), -(-W // TILE)
+    nh, nw = _tile_counts(H, W)
     rows = x.new_empty(B, TILE * nh + 4, TILE * nw + 4, C)  # zero only the border, not the whole
     rows[:, 0].zero_()
     rows[:, H + 1:].zero_()

@@ -128,3 +128,20 @@ def test_input_without_gradient(traced):
                             strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-11, atol=1e-11)
     assert x.grad is None
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_an_unused_output_part_gets_zero_gradient(traced):
+    """Only the first part feeds the loss: the second contributes nothing to the gradients."""
+    x, w, b = _case(True)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+
+    def first_part(x, w, b):
+        return winograd_conv3x3(x, winograd_kernel(w), b, [3, 2])[0]
+    fn = torch.compile(first_part, backend="aot_eager", fullgraph=True) if traced else first_part
+    y = fn(x, w, b)
+    g = torch.randn_like(y)
+    expected = F.conv2d(x, w, b, 1, 1)[:, :3]
+    for ours, theirs in zip(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(expected, (x, w, b), g),
+                            strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-11, atol=1e-11)
