@@ -118,8 +118,8 @@ class Config:
     mixedprec_dtype: str = opt("fp16", "Autocast type on CUDA: fp16 (with a gradient scaler) or bf16; CPU: bf16.",
                                "runtime", ("fp16", "bf16"))
     compile: bool = opt(False, "torch.compile the embedding model for training and embedding: the first steps wait "
-                        "for the compiler (minutes on CPU), later ones may run faster (README, Benchmarks); "
-                        "weights and checkpoints are unchanged.", "runtime")
+                        "for the compiler (minutes on CPU), later ones run faster (DTDY models on CPU: README, "
+                        "Benchmarks); weights and checkpoints are unchanged.", "runtime")
     checkpoint_minutes: float = opt(0.0, "Also checkpoint inside an epoch every this many minutes (0: off).",
                                     "runtime")
     tensorboard: bool = opt(True, "TensorBoard scalars under <save_path>/tensorboard (rank 0).", "runtime")
