@@ -1,5 +1,5 @@
 """Speed of the model zoo: training step and inference on 2-s crops, and our DTDY implementation against the
-straightforward formulation of the official code (bench/_reference_dtdy.py), side by side with the same weights.
+straightforward formulation of the official code (tests/reference_dtdy.py), side by side with the same weights.
 
     python bench/model_speed.py --compile      # CPU, then the GPU when there is one; --help for the options
 
@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from allocator import tune_cpu_allocator  # noqa: E402
-from bench._reference_dtdy import ReferenceDTDYConv2d, ReferenceResNet  # noqa: E402
+from tests.reference_dtdy import ReferenceDTDYConv2d, ReferenceResNet  # noqa: E402
 from models._dtdy import DTDYConv2d  # noqa: E402
 from models._frontend import crop_samples  # noqa: E402
 from models._official import convert_official_checkpoint  # noqa: E402

@@ -27,7 +27,7 @@ frequency) orientation.
 In eval mode BN_a is folded into Q, BN_b and the identity residual into M(t) = diag(s_b) Phi(t) + I, and
 ``P c_b`` into the static conv's bias; during inference (no autograd) these operands are computed once per set
 of weights, a following BatchNorm (``forward_bn``) is folded in as well, and P adds in place into the static
-path's output. All folds are exact. ``bench/_reference_dtdy.py`` holds the straightforward formulation (official
+path's output. All folds are exact. ``tests/reference_dtdy.py`` holds the straightforward formulation (official
 layout) that tests/test_dtdy.py checks this module against, outputs and gradients.
 """
 

@@ -1,11 +1,11 @@
 """The DTDY convolution: the decomposition W(t) = W0 + P Phi(t) Q^T, the formulas for L and H, and agreement
-with the straightforward formulation of bench/_reference_dtdy.py in train and eval mode."""
+with the straightforward formulation of tests/reference_dtdy.py in train and eval mode."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench._reference_dtdy import ReferenceDTDYConv2d, reference_conv_from
+from tests.reference_dtdy import ReferenceDTDYConv2d, reference_conv_from
 from models._dtdy import DTDYConv2d, _conv1d_rows, _rows_kernel, latent_size, phi_hidden_size
 
 # (C_in, C_out, k, stride, F, T): latent padding (L=5, 6, 13), no padding (L=8), strides 1 and 2, 1 x 1 shortcut,

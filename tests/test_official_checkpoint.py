@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench._reference_dtdy import ReferenceResNet
+from tests.reference_dtdy import ReferenceResNet
 from models._official import convert_official_checkpoint, is_official_checkpoint, map_official_key
 from models._resnet import RESNET34_DEPTHS, WIDTHS_HALF
 from models.DTDY_ResNet34_half import MainModel as DTDYHalf

@@ -1,0 +1,42 @@
+"""Atomic file writes: a reader, or a rerun after a crash, sees the old file or the new one, never half of one.
+
+    with atomic_path(out) as tmp:      # a temporary name beside ``out``
+        write_something(tmp)
+    # renamed over ``out`` here; on an exception ``out`` is left as it was and the temporary removed
+
+Temporaries are named ``.<name>.tmp<pid><suffix>`` (``suffix`` keeps an extension that a writer needs, e.g.
+``.png`` for matplotlib), so a process killed while writing leaves only dot-files that
+:func:`remove_temporaries` clears.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder (created if needed); rename it over ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def remove_temporaries(folder: str | Path) -> None:
+    """Delete the temporaries of :func:`atomic_path` left in ``folder`` by a killed process."""
+    for tmp in Path(folder).glob(".*.tmp*"):
+        tmp.unlink(missing_ok=True)
