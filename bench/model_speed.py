@@ -32,12 +32,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from allocator import tune_cpu_allocator  # noqa: E402
-from tests.reference_dtdy import ReferenceDTDYConv2d, ReferenceResNet  # noqa: E402
 from models._dtdy import DTDYConv2d  # noqa: E402
 from models._frontend import crop_samples  # noqa: E402
 from models._official import convert_official_checkpoint  # noqa: E402
 from models._resnet import RESNET34_DEPTHS, WIDTHS_HALF, WIDTHS_QUARTER  # noqa: E402
 from optimizer.adam import Optimizer as FrameworkAdam  # noqa: E402
+from tests.reference_dtdy import ReferenceDTDYConv2d, ReferenceResNet  # noqa: E402
 
 MODELS = {"ResNet34_quarter": None, "ResNet34_half": None,
           "DTDY_ResNet34_quarter": WIDTHS_QUARTER, "DTDY_ResNet34_half": WIDTHS_HALF}

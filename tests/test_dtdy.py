@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.reference_dtdy import ReferenceDTDYConv2d, reference_conv_from
 from models._dtdy import DTDYConv2d, _conv1d_rows, _rows_kernel, latent_size, phi_hidden_size
+from tests.reference_dtdy import ReferenceDTDYConv2d, reference_conv_from
 
 # (C_in, C_out, k, stride, F, T): latent padding (L=5, 6, 13), no padding (L=8), strides 1 and 2, 1 x 1 shortcut,
 # and a layer wide enough for the Winograd convolution (L=22, sizes not multiples of its 4 x 4 tiles)
