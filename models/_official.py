@@ -4,8 +4,15 @@ An official training checkpoint is a dict with ``model_state_dict`` (encoder key
 keys prefixed ``__L__.``) and ``optimizer_state_dict``. The encoder is a DTDY-ResNet with modules named
 ``conv1, bn1, layer1..4, attention, fc``; each DTDY conv holds ``conv`` (W0), ``q``, ``p``, ``bn1`` (BN_a),
 ``bn2`` (BN_b) and ``fc_phi.{fc1, semodule.fc.0, fc2}``. Its kernels are (frequency, time); ours are
-(time, frequency), so every 2D kernel is transposed. ``torchfb.*`` buffers may be present or not; missing
-ones are taken from the target model (they are fixed functions of n_mels).
+(time, frequency), so every 2D kernel is transposed.
+
+The front-end: the official model wraps torchaudio's MelSpectrogram in an ``nn.Sequential`` named ``torchfb``,
+so its two buffers are ``torchfb.0.spectrogram.window`` (the Hamming window, 400) and ``torchfb.0.mel_scale.fb``
+(the mel filterbank, 257 x n_mels). Other forks write ``torchfb.spectrogram.window`` and some checkpoints carry no
+front-end buffers at all; all three are accepted. The buffers are fixed functions of the feature settings, so they
+are not loaded but checked against the model's own: a filterbank of another size or values (another ``n_mels``)
+or another window is an error that says which setting to change. voxceleb_trainer's pre-emphasis front-end
+(``torchfb.0.flipped_filter``) computes other features and is refused.
 
 Every key is mapped by an explicit rule; a key that no rule places, a mapped name the model does not have, a
 wrong shape, or a model key left unfilled is a ValueError naming it.
@@ -24,6 +31,8 @@ log = logging.getLogger(__name__)
 ENCODER_PREFIX = "__S__."
 LOSS_PREFIX = "__L__."
 FRONTEND_PREFIX = "torchfb."
+# tolerance of the front-end check: filterbanks computed by other torchaudio versions differ by rounding only
+FRONTEND_RTOL, FRONTEND_ATOL = 1e-4, 1e-6
 
 _DTDY = r"(?P<conv>layer\d+\.\d+\.(?:conv[12]|downsample\.0))\."
 
@@ -42,7 +51,7 @@ def _same(t: torch.Tensor) -> torch.Tensor:
 
 # (official key pattern, our key template, tensor transform); the first match wins, patterns are anchored.
 RULES: list[tuple[str, str, Callable[[torch.Tensor], torch.Tensor]]] = [
-    (r"torchfb\.(?P<rest>spectrogram\.window|mel_scale\.fb)", "torchfb.{rest}", _same),
+    (r"torchfb\.(?:0\.)?(?P<rest>spectrogram\.window|mel_scale\.fb)", "torchfb.{rest}", _same),
     (r"conv1\.weight", "conv1.weight", _transpose_kernel),
     (r"bn1\.(?P<rest>weight|bias|running_mean|running_var|num_batches_tracked)", "bn1.{rest}", _same),
     (_DTDY + r"conv\.weight", "{conv}.w0", _transpose_kernel),
@@ -78,8 +87,35 @@ def map_official_key(key: str) -> tuple[str, Callable[[torch.Tensor], torch.Tens
         match = pattern.fullmatch(key)
         if match:
             return target.format(**match.groupdict()), transform
+    if key.startswith(FRONTEND_PREFIX) and key.endswith("flipped_filter"):
+        raise ValueError(f"Official checkpoint key '{ENCODER_PREFIX}{key}' is the pre-emphasis filter of "
+                         f"voxceleb_trainer's front-end; the DTDY models compute log-mels without pre-emphasis, so "
+                         f"this checkpoint's features differ from theirs.")
     raise ValueError(f"Official checkpoint key '{ENCODER_PREFIX}{key}' has no place in this model "
                      f"(no conversion rule matches it).")
+
+
+def check_frontend(name: str, theirs: torch.Tensor, ours: torch.Tensor, key: str) -> None:
+    """Raise ValueError unless the checkpoint's front-end buffer ``theirs`` equals the model's ``ours``.
+
+    ``name`` is our key (``torchfb.mel_scale.fb`` or ``torchfb.spectrogram.window``), ``key`` the checkpoint's.
+    """
+    if name.endswith("mel_scale.fb"):
+        what, setting = "mel filterbank", "n_mels"
+        if theirs.dim() == 2 and ours.dim() == 2 and theirs.shape[1] != ours.shape[1]:
+            raise ValueError(f"Official key '{key}' is a filterbank of {theirs.shape[1]} mel bins; this model has "
+                             f"{ours.shape[1]}: set --n_mels {theirs.shape[1]} (n_mels in the YAML config).")
+    else:
+        what, setting = "analysis window", "the front-end (a Hamming window of 400 samples, 25 ms)"
+    if theirs.shape != ours.shape:
+        raise ValueError(f"Official key '{key}' ({what}) has shape {tuple(theirs.shape)}; this model's is "
+                         f"{tuple(ours.shape)}: the checkpoint was trained with other features than {setting}.")
+    if not torch.allclose(theirs.to(ours.dtype), ours, rtol=FRONTEND_RTOL, atol=FRONTEND_ATOL):
+        worst = float((theirs.to(ours.dtype) - ours).abs().max())
+        raise ValueError(f"Official key '{key}' ({what}) differs from this model's by up to {worst:.3g}: the "
+                         f"checkpoint was trained with other features (sample rate, n_fft, f_min/f_max, mel scale "
+                         f"or window) than this model's front-end (16 kHz, n_fft 512, 0-8 kHz, HTK mel scale, "
+                         f"Hamming window of 400 samples).")
 
 
 def convert_official_checkpoint(obj: Mapping[str, object], model_state: Mapping[str, torch.Tensor],
@@ -87,9 +123,9 @@ def convert_official_checkpoint(obj: Mapping[str, object], model_state: Mapping[
                                                                          dict[str, torch.Tensor]]:
     """Official checkpoint -> (model state_dict for ``load_state_dict(strict=True)``, loss-head state_dict).
 
-    ``model_state`` is the target model's ``state_dict()`` (names and shapes; its ``torchfb.*`` buffers fill
-    those the checkpoint lacks). The loss-head dict has the ``__L__.`` prefix stripped. ``source`` names the
-    file in error messages.
+    ``model_state`` is the target model's ``state_dict()`` (names and shapes; the checkpoint's front-end buffers
+    are checked against its ``torchfb.*`` buffers, which the result keeps). The loss-head dict has the ``__L__.``
+    prefix stripped. ``source`` names the file in error messages.
     """
     if not is_official_checkpoint(obj):
         raise ValueError(f"{source} is not an official DTDY-CNN checkpoint (expected a dict with "
@@ -109,6 +145,9 @@ def convert_official_checkpoint(obj: Mapping[str, object], model_state: Mapping[
             raise ValueError(f"Official key '{key}' maps to '{name}', which this model does not have "
                              f"(another architecture, depth or pooling?).")
         value = transform(tensor)
+        if name.startswith(FRONTEND_PREFIX):
+            check_frontend(name, value, model_state[name], key)
+            continue  # the model keeps its own buffers (filled below)
         if tuple(value.shape) != tuple(model_state[name].shape):
             raise ValueError(f"Official key '{key}' has shape {tuple(tensor.shape)}; as '{name}' this model "
                              f"needs {tuple(model_state[name].shape)} (another width, n_mels, nOut or "

@@ -99,7 +99,7 @@ class ReferenceResNet(nn.Module):
         if encoder_type not in ("SAP", "ASP", "AVG"):
             raise ValueError(f"The reference model has SAP, ASP and AVG pooling, got '{encoder_type}'.")
         self.encoder_type, self.log_input = encoder_type, log_input
-        self.torchfb = make_mel_spectrogram(n_mels)
+        self.torchfb = nn.Sequential(make_mel_spectrogram(n_mels))  # keys torchfb.0.*, as the official model's
         self.conv1 = nn.Conv2d(1, widths[0], 7, stride=(2, 1), padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)

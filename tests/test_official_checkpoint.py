@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reference_dtdy import ReferenceResNet
+from models._frontend import make_mel_spectrogram
 from models._official import convert_official_checkpoint, is_official_checkpoint, map_official_key
 from models._resnet import RESNET34_DEPTHS, WIDTHS_HALF
 from models.DTDY_ResNet34_half import MainModel as DTDYHalf
+from tests.reference_dtdy import ReferenceResNet
 
 KEY_LIST_NAME = "official_DTDY_ResNet34_half_ASP_n_mels64_nOut512.state_dict.txt"
 KEY_LIST_PLACES = [
@@ -30,11 +31,21 @@ def official_key_list() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def random_official_checkpoint(shapes: dict[str, tuple[int, ...]], with_frontend: bool = True) -> dict:
+FRONTEND_LAYOUTS = ["torchfb.0.", "torchfb.", None]  # the official Sequential, other forks, no buffers
+
+
+def random_official_checkpoint(shapes: dict[str, tuple[int, ...]], frontend: str | None = "torchfb.0.",
+                               n_mels: int = 64) -> dict:
+    """An official training checkpoint with random weights; the front-end buffers (under the prefix ``frontend``,
+    or none) are those of a real ``n_mels`` front-end, as a trained checkpoint carries them."""
     gen = torch.Generator().manual_seed(0)
+    buffers = make_mel_spectrogram(n_mels).state_dict()  # spectrogram.window, mel_scale.fb
     state = {}
     for name, shape in shapes.items():
-        if name.startswith("torchfb.") and not with_frontend:
+        if name.startswith("torchfb."):
+            if frontend is not None:
+                rest = name[len("torchfb.0."):]
+                state["__S__." + frontend + rest] = buffers[rest].clone()
             continue
         if name.endswith("num_batches_tracked"):
             state["__S__." + name] = torch.tensor(123)
@@ -56,10 +67,16 @@ def test_the_reference_model_has_the_official_names_and_shapes():
     assert {k: tuple(v.shape) for k, v in ref.state_dict().items()} == official
 
 
-@pytest.mark.parametrize("with_frontend", [True, False])
-def test_key_list_checkpoint_converts_and_loads_strictly(with_frontend):
+def test_the_key_list_has_the_official_front_end_buffers():
     official = official_key_list()
-    ckpt = random_official_checkpoint(official, with_frontend)
+    assert official["torchfb.0.spectrogram.window"] == (400,)
+    assert official["torchfb.0.mel_scale.fb"] == (257, 64)
+
+
+@pytest.mark.parametrize("frontend", FRONTEND_LAYOUTS)
+def test_key_list_checkpoint_converts_and_loads_strictly(frontend):
+    official = official_key_list()
+    ckpt = random_official_checkpoint(official, frontend)
     assert is_official_checkpoint(ckpt)
     model = half_asp()
     state, loss = convert_official_checkpoint(ckpt, model.state_dict())
@@ -73,10 +90,38 @@ def test_key_list_checkpoint_converts_and_loads_strictly(with_frontend):
                        src["__S__.layer1.2.conv2.fc_phi.semodule.fc.0.weight"])
     assert torch.equal(model.pooling.attention[1].running_var, src["__S__.attention.1.running_var"])
     assert int(model.layer3[1].conv1.bn_mix.num_batches_tracked) == 123
-    if with_frontend:
-        assert torch.equal(model.torchfb.mel_scale.fb, src["__S__.torchfb.mel_scale.fb"])
-    else:
-        assert torch.equal(model.torchfb.spectrogram.window, torch.hamming_window(400))
+    assert torch.equal(model.torchfb.spectrogram.window, torch.hamming_window(400))
+    assert torch.equal(model.torchfb.mel_scale.fb, make_mel_spectrogram(64).mel_scale.fb)
+
+
+def test_front_end_of_another_n_mels_names_the_setting():
+    ckpt = random_official_checkpoint(official_key_list(), n_mels=80)
+    with pytest.raises(ValueError, match=r"torchfb\.0\.mel_scale\.fb.*80 mel bins.*64.*--n_mels 80"):
+        convert_official_checkpoint(ckpt, half_asp().state_dict())
+
+
+@pytest.mark.parametrize("frontend", ["torchfb.0.", "torchfb."])
+def test_front_end_of_other_features_is_refused(frontend):
+    official = official_key_list()
+    ckpt = random_official_checkpoint(official, frontend)
+    state = ckpt["model_state_dict"]
+    state[f"__S__.{frontend}spectrogram.window"] = torch.hann_window(400)  # a Hann window instead of Hamming
+    with pytest.raises(ValueError, match=r"spectrogram\.window.*analysis window.*Hamming"):
+        convert_official_checkpoint(ckpt, half_asp().state_dict())
+    state[f"__S__.{frontend}spectrogram.window"] = torch.hamming_window(400)
+    fb = state[f"__S__.{frontend}mel_scale.fb"]
+    state[f"__S__.{frontend}mel_scale.fb"] = fb * 1.01  # same size, other values (another mel scale, say)
+    with pytest.raises(ValueError, match=r"mel_scale\.fb.*mel filterbank.*differs"):
+        convert_official_checkpoint(ckpt, half_asp().state_dict())
+    state[f"__S__.{frontend}mel_scale.fb"] = fb + 1e-7  # rounding of another torchaudio version is accepted
+    convert_official_checkpoint(ckpt, half_asp().state_dict())
+
+
+def test_pre_emphasis_front_end_is_refused():
+    ckpt = random_official_checkpoint(official_key_list())
+    ckpt["model_state_dict"]["__S__.torchfb.0.flipped_filter"] = torch.tensor([[[-0.97, 1.0]]])
+    with pytest.raises(ValueError, match=r"flipped_filter.*pre-emphasis"):
+        convert_official_checkpoint(ckpt, half_asp().state_dict())
 
 
 def test_converted_model_computes_what_the_official_formulation_computes():
@@ -180,3 +225,16 @@ def test_official_checkpoint_of_another_configuration_is_refused(corpus, tmp_pat
                      "--encoder_type", "SAP", "--n_mels", "64", "--nOut", "512")
     assert trainSpeakerNet.main(args) == 2
     assert "does not fit the configured model" in caplog.text
+
+
+def test_official_checkpoint_of_another_n_mels_names_the_flag(corpus, tmp_path, caplog):
+    import trainSpeakerNet
+    from conftest import tiny_argv
+
+    path = tmp_path / "official.model"
+    torch.save(random_official_checkpoint(official_key_list(), n_mels=80), path)
+    args = tiny_argv(corpus, tmp_path / "x", "--eval", "--initial_model", str(path), "--model", "DTDY_ResNet34_half",
+                     "--encoder_type", "ASP", "--n_mels", "64", "--nOut", "512")
+    assert trainSpeakerNet.main(args) == 2
+    assert "set --n_mels 80" in caplog.text
+    assert path.exists()  # the checkpoint is left as it was
