@@ -129,6 +129,11 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# The built-in defaults, one instance: plugins take the defaults of their parameters from it
+# (``nOut: int = DEFAULTS.nOut``), so ``MainModel()`` in a notebook builds the paper's model and no default is
+# written twice.
+DEFAULTS = Config()
+
 # Options that define the network's shape and input features: a checkpoint must agree on them.
 MODEL_KEYS = ("model", "encoder_type", "n_mels", "log_input", "nOut")
 

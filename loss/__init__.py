@@ -4,7 +4,8 @@ Contract of a loss plugin (checked by ``tests/test_losses.py`` for every module 
 
 - ``class LossFunction(nn.Module)`` with explicit keyword parameters taken from the config options of the same
   name: ``nOut: int, nClasses: int`` and, where needed, ``margin: float, scale: float, hard_rank: int,
-  hard_prob: float, subcenters: int``. No defaults for config options (the config owns them), no ``**kwargs``.
+  hard_prob: float, subcenters: int``, each defaulting to ``config.DEFAULTS.<name>`` (the config owns the
+  value; ``LossFunction()`` builds the default head), no ``**kwargs``.
 - Class attributes ``test_normalize: bool`` (L2-normalise test embeddings before scoring) and
   ``min_per_speaker: int`` (the smallest ``nPerSpeaker`` the loss works with).
 - ``forward(x, label)``: ``x`` float (B, nPerSpeaker, nOut), utterance ``n`` of row ``b`` belongs to speaker

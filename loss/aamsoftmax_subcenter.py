@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from config import DEFAULTS
 from loss._common import accuracy, check_input, flatten_utterances, fp32
 from loss._margin import additive_angular_margin
 
@@ -21,7 +22,8 @@ class LossFunction(nn.Module):
     test_normalize = True
     min_per_speaker = 1
 
-    def __init__(self, nOut: int, nClasses: int, margin: float, scale: float, subcenters: int) -> None:
+    def __init__(self, nOut: int = DEFAULTS.nOut, nClasses: int = DEFAULTS.nClasses, margin: float = DEFAULTS.margin,
+                 scale: float = DEFAULTS.scale, subcenters: int = DEFAULTS.subcenters) -> None:
         super().__init__()
         if margin < 0 or scale <= 0:
             raise ValueError(f"aamsoftmax_subcenter needs --margin >= 0 and --scale > 0, got margin {margin}, "

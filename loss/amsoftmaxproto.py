@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from config import DEFAULTS
 from loss import amsoftmax, angleproto
 from loss._common import check_input
 
@@ -20,7 +21,8 @@ class LossFunction(nn.Module):
     test_normalize = True
     min_per_speaker = 2
 
-    def __init__(self, nOut: int, nClasses: int, margin: float, scale: float) -> None:
+    def __init__(self, nOut: int = DEFAULTS.nOut, nClasses: int = DEFAULTS.nClasses, margin: float = DEFAULTS.margin,
+                 scale: float = DEFAULTS.scale) -> None:
         super().__init__()
         self.amsoftmax = amsoftmax.LossFunction(nOut=nOut, nClasses=nClasses, margin=margin, scale=scale)
         self.angleproto = angleproto.LossFunction()

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from config import DEFAULTS
 from loss._common import accuracy, check_input, flatten_utterances, fp32
 
 
@@ -19,7 +20,7 @@ class LossFunction(nn.Module):
     test_normalize = True
     min_per_speaker = 1
 
-    def __init__(self, nOut: int, nClasses: int) -> None:
+    def __init__(self, nOut: int = DEFAULTS.nOut, nClasses: int = DEFAULTS.nClasses) -> None:
         super().__init__()
         self.fc = nn.Linear(nOut, nClasses)  # voxceleb_trainer's name: checkpoint key __L__.fc.weight
 

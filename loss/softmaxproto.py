@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from config import DEFAULTS
 from loss import angleproto, softmax
 from loss._common import check_input
 
@@ -21,7 +22,7 @@ class LossFunction(nn.Module):
     test_normalize = True
     min_per_speaker = 2
 
-    def __init__(self, nOut: int, nClasses: int) -> None:
+    def __init__(self, nOut: int = DEFAULTS.nOut, nClasses: int = DEFAULTS.nClasses) -> None:
         super().__init__()
         self.softmax = softmax.LossFunction(nOut=nOut, nClasses=nClasses)
         self.angleproto = angleproto.LossFunction()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from config import DEFAULTS
 from loss._common import accuracy, check_input, cosine_matrix, fp32
 
 
@@ -28,7 +29,8 @@ class LossFunction(nn.Module):
     test_normalize = True
     min_per_speaker = 2
 
-    def __init__(self, margin: float, hard_rank: int, hard_prob: float) -> None:
+    def __init__(self, margin: float = DEFAULTS.margin, hard_rank: int = DEFAULTS.hard_rank,
+                 hard_prob: float = DEFAULTS.hard_prob) -> None:
         super().__init__()
         if margin < 0:
             raise ValueError(f"triplet needs --margin >= 0, got {margin}")

@@ -2,9 +2,10 @@
 
 Contract of a model plugin (checked for every plugin by tests/test_models.py):
 
-- ``class MainModel(nn.Module)`` with ``__init__(self, nOut: int, encoder_type: str, n_mels: int,
-  log_input: bool)``; these are config options, so the plugin gives them no defaults. An unknown
-  ``encoder_type`` raises ValueError listing the valid ones (SAP, ASP, AVG, STP).
+- ``class MainModel(nn.Module)`` with ``__init__(self, nOut: int = DEFAULTS.nOut, encoder_type: str =
+  DEFAULTS.encoder_type, n_mels: int = DEFAULTS.n_mels, log_input: bool = DEFAULTS.log_input)``: config
+  options, whose defaults come from ``config.DEFAULTS`` (never written twice), so ``MainModel()`` builds the
+  paper's model. An unknown ``encoder_type`` raises ValueError listing the valid ones.
 - ``forward(wave)``: wave (B, samples) float at 16 kHz -> embedding (B, nOut). The mel front-end is inside the
   model (attribute ``torchfb``, fp32, autocast off, no gradient), so checkpoints carry its buffers.
 - Models construct and run on CPU and never choose a device; the entry point moves them.

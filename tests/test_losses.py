@@ -76,7 +76,7 @@ def test_contract(name: str) -> None:
     for p in inspect.signature(cls).parameters.values():
         assert p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL), f"{name} takes *args/**kwargs"
         assert p.name in config_keys, f"{name} parameter {p.name} is not a config option"
-        assert p.default is p.empty, f"{name} parameter {p.name} has a default (the config owns it)"
+        assert p.default == getattr(config.DEFAULTS, p.name), f"{name}: {p.name}'s default is not the config's"
     module = make(name)
     x = torch.randn(6, max(2, cls.min_per_speaker), N_OUT)
     value, prec1 = module(x, LABELS)

@@ -53,3 +53,36 @@ def test_build_refuses_an_undeclarable_parameter(monkeypatch):
     monkeypatch.setattr(plugins, "load", lambda kind, name: factory)
     with pytest.raises(plugins.PluginError, match="needs a parameter 'mystery'"):
         plugins.build("loss", "x", Config())
+
+
+@pytest.mark.parametrize("kind", ["model", "loss"])
+def test_plugin_defaults_are_the_config_defaults(kind):
+    """A plugin's parameters that are config options default to the config's value (one definition of each)."""
+    import inspect
+
+    from config import DEFAULTS
+
+    for name in plugins.available(kind):
+        for param in inspect.signature(plugins.load(kind, name)).parameters.values():
+            if hasattr(DEFAULTS, param.name):
+                assert param.default == getattr(DEFAULTS, param.name), f"{kind} {name}: {param.name}"
+
+
+def test_models_build_with_the_paper_defaults_as_in_a_notebook():
+    from models.DTDY_ResNet34_half import MainModel
+
+    model = MainModel()  # the DTDY code's defaults: ASP, 64 mels, nOut 512: the paper's 13.6M row
+    assert sum(p.numel() for p in model.parameters()) == 13_566_528
+    assert model.torchfb.mel_scale.fb.shape == (257, 64)
+    sap = MainModel(nOut=256, encoder_type="SAP", n_mels=40)
+    assert sap.fc.out_features == 256 and sap.torchfb.mel_scale.fb.shape == (257, 40)
+
+
+def test_losses_build_with_the_defaults():
+    from loss.aamsoftmax import LossFunction as AAM
+    from loss.softmaxproto import LossFunction as SoftmaxProto
+
+    head = SoftmaxProto()
+    assert head.softmax.fc.weight.shape == (5994, 512)  # VoxCeleb2's speakers, the paper's embedding size
+    aam = AAM(margin=0.2, scale=32.0)
+    assert (aam.margin, aam.scale) == (0.2, 32.0)
