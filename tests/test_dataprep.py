@@ -250,3 +250,19 @@ def test_steps_need_their_output_folder(tmp_path: Path) -> None:
     for argv in (["--extract", "a.zip"], ["--convert", "src"], ["--split_musan", "m"], ["--prepare_rir", "r"]):
         with pytest.raises(SystemExit):
             dataprep.main(argv)
+
+
+def test_split_musan_failure_leaves_no_partial_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    musan, _ = make_musan_and_rirs(tmp_path / "src")
+    split = tmp_path / "musan_split"
+
+    def failing_write(path: Path, audio: np.ndarray) -> None:  # the disk is full at the noise file's second chunk
+        if "noise-0000" in path.parent.name and path.name == "00003.wav":
+            raise OSError("No space left on device")
+        soundfile.write(path, audio, 16000, subtype="PCM_16", format="WAV")
+
+    monkeypatch.setattr(audioprep, "write_wav", failing_write)
+    with pytest.raises(AudioPrepError, match=r"1 MUSAN files could not be split:\n  .*noise-0000.wav: No space left"):
+        audioprep.split_musan(musan, split, workers=1)
+    assert not any((split / "noise" / "set").iterdir())  # its first chunk is not left, nor a temporary folder
+    assert (split / "music/set/music-0000/00000.wav").is_file() and (split / "speech/set/speech-0000").is_dir()
