@@ -4,12 +4,9 @@ voxceleb_trainer's recipe (REFERENCE.md section 5): every training crop is left 
 reverberation, music (5-15 dB SNR), babble (3-7 speakers, each at 13-20 dB) or noise (0-15 dB), the five choices
 equally likely. Sources: MUSAN (D. Snyder, G. Chen, D. Povey, arXiv 1510.08484) split into 5-s chunks,
 ``musan_path/<noise|speech|music>/**.wav``; the simulated room impulse responses of T. Ko et al. (ICASSP 2017),
-``rir_path/{smallroom,mediumroom}/**.wav``. SpecAugment (D. S. Park et al., arXiv 1904.08779) with WeSpeaker's
-setting masks the training log-mels inside the model.
-
-The mixing maths exists twice: per crop in NumPy (``add_noise``, ``reverberate``: what the DataLoader workers run)
-and batched in torch on any device (``add_noise_batch``, ``reverberate_batch``, ``Augmenter.augment_batch``). Given
-the same generator, ``augment_batch`` equals the per-crop path; ``bench/data_speed.py`` compares their speed.
+``rir_path/{smallroom,mediumroom}/**.wav``. The mixing runs per crop in NumPy, in the DataLoader workers.
+SpecAugment (D. S. Park et al., arXiv 1904.08779) masks the training log-mels inside the model (``--spec_*``
+options; their defaults are WeSpeaker's setting).
 """
 
 from __future__ import annotations
@@ -20,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.fft import next_fast_len
 from scipy.signal import fftconvolve
-from torch import nn
 
+from audio import read_audio, read_segment
 from config import UserError
-from DatasetLoader import read_audio, read_segment
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +60,6 @@ def reverberate(clean: np.ndarray, rir: np.ndarray) -> np.ndarray:
     """clean (S,) convolved with the unit-energy ``rir`` (L,), cut to the first S samples -> (S,) float32."""
     rir = rir / np.sqrt(np.sum(np.square(rir, dtype=np.float64)) + POWER_EPS)
     return fftconvolve(clean, rir)[:len(clean)].astype(np.float32)
-
-
-def add_noise_batch(clean: torch.Tensor, noises: torch.Tensor, snr_db: torch.Tensor,
-                    owner: torch.Tensor) -> torch.Tensor:
-    """clean (B, S) + noises (N, S): source n, at ``snr_db[n]`` dB below the clean power of row ``owner[n]``, is
-    added to that row (any number of sources per row, no padding) -> (B, S)."""
-    def level(x: torch.Tensor) -> torch.Tensor:  # mean power in dB over the last axis
-        return 10 * torch.log10((x * x).mean(-1) + POWER_EPS)
-
-    gains = 10 ** ((level(clean)[owner] - level(noises) - snr_db.to(clean.dtype)) / 20)  # (N,)
-    return clean.index_add(0, owner, noises * gains[:, None].to(noises.dtype))
-
-
-def reverberate_batch(clean: torch.Tensor, rirs: torch.Tensor) -> torch.Tensor:
-    """clean (B, S) convolved with ``rirs`` (B, L) (each scaled to unit energy; zero-padded at the end) by FFT,
-    cut to S samples -> (B, S)."""
-    samples = clean.shape[-1]
-    rirs = rirs / torch.sqrt((rirs * rirs).sum(-1, keepdim=True) + POWER_EPS)
-    n_fft = next_fast_len(samples + rirs.shape[-1] - 1, real=True)  # >= S + L - 1: linear, not circular
-    spectrum = torch.fft.rfft(clean, n=n_fft) * torch.fft.rfft(rirs, n=n_fft)
-    return torch.fft.irfft(spectrum, n=n_fft)[:, :samples]
 
 
 def _scan(root: Path, folders: tuple[str, ...]) -> tuple[dict[str, list[str]], list[str]]:
@@ -163,39 +137,6 @@ class Augmenter:
         plan = self.draw(rng)
         return self.apply(audio, plan, self.load(plan, len(audio), rng))
 
-    def augment_batch(self, batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Every row of ``batch`` (B, S) augmented on ``batch.device`` with batched torch maths -> (B, S).
-
-        Draws and reads exactly as B calls of the per-crop path would (same result for the same generator); only
-        the mixing and the convolutions run batched.
-        """
-        plans, sources = [], []
-        for _ in range(len(batch)):  # the per-crop path's order of draws
-            plans.append(self.draw(rng))
-            sources.append(self.load(plans[-1], batch.shape[-1], rng))
-        return self.apply_batch(batch, plans, sources)
-
-    @staticmethod
-    def apply_batch(batch: torch.Tensor, plans: list[Plan], sources: list[np.ndarray]) -> torch.Tensor:
-        """Rows of ``batch`` (B, S) augmented as ``plans`` say with their loaded ``sources``, batched on
-        ``batch.device`` -> (B, S)."""
-        out = batch.clone()
-        noisy = [i for i, p in enumerate(plans) if p.kind in NOISE_TYPES]
-        if noisy:
-            index = torch.tensor(noisy, device=batch.device)
-            owner = torch.tensor([row for row, i in enumerate(noisy) for _ in plans[i].files], device=batch.device)
-            noises = torch.from_numpy(np.concatenate([sources[i] for i in noisy])).to(batch.device)  # (N, S)
-            snr = torch.tensor([s for i in noisy for s in plans[i].snr_db], device=batch.device)
-            out[index] = add_noise_batch(batch[index], noises, snr, owner).to(batch.dtype)
-        reverb = [i for i, p in enumerate(plans) if p.kind == "reverb"]
-        if reverb:
-            rirs = np.zeros((len(reverb), max(len(sources[i]) for i in reverb)), dtype=np.float32)
-            for row, i in enumerate(reverb):
-                rirs[row, :len(sources[i])] = sources[i]
-            index = torch.tensor(reverb, device=batch.device)
-            out[index] = reverberate_batch(batch[index], torch.from_numpy(rirs).to(batch.device)).to(batch.dtype)
-        return out
-
 
 def spec_augment(feats: torch.Tensor, freq_masks: int, freq_width: int, time_masks: int, time_width: int,
                  prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -203,8 +144,12 @@ def spec_augment(feats: torch.Tensor, freq_masks: int, freq_width: int, time_mas
 
     With probability ``prob`` per utterance, ``freq_masks`` bands of 1..``freq_width`` bins and ``time_masks`` bands
     of 1..``time_width`` frames, each starting anywhere (cut at the edge), are set to 0, the mean of normalised
-    features (WeSpeaker's ``spec_aug``).
+    features (WeSpeaker's ``spec_aug``). The settings are the ``--spec_*`` options; bad ones are an AugmentError.
     """
+    if min(freq_masks, time_masks) < 0 or min(freq_width, time_width) < 1 or not 0.0 <= prob <= 1.0:
+        raise AugmentError(f"SpecAugment needs --spec_freq_masks and --spec_time_masks >= 0, --spec_freq_width and "
+                           f"--spec_time_width >= 1 and --spec_prob in [0, 1]; got masks {freq_masks}, {time_masks}, "
+                           f"widths {freq_width}, {time_width}, prob {prob}.")
     batch, n_freq, n_time = feats.shape
     device = feats.device
 
@@ -220,25 +165,3 @@ def spec_augment(feats: torch.Tensor, freq_masks: int, freq_width: int, time_mas
     freq = bands(freq_masks, freq_width, n_freq) & apply[:, None]  # (B, F)
     time = bands(time_masks, time_width, n_time) & apply[:, None]  # (B, T)
     return feats.masked_fill(freq[:, :, None] | time[:, None, :], 0.0)
-
-
-class SpecAugment(nn.Module):
-    """SpecAugment of (B, n_mels, T) normalised log-mels in training mode; the identity in eval mode.
-
-    Defaults are WeSpeaker's: one frequency mask of up to 8 bins, one time mask of up to 10 frames, probability 0.6.
-    """
-
-    def __init__(self, freq_masks: int = 1, freq_width: int = 8, time_masks: int = 1, time_width: int = 10,
-                 prob: float = 0.6) -> None:
-        super().__init__()
-        if min(freq_masks, time_masks) < 0 or min(freq_width, time_width) < 1 or not 0.0 <= prob <= 1.0:
-            raise ValueError(f"SpecAugment needs mask counts >= 0, widths >= 1 and a probability in [0, 1], got "
-                             f"counts {freq_masks}, {time_masks}, widths {freq_width}, {time_width}, prob {prob}.")
-        self.freq_masks, self.freq_width = freq_masks, freq_width
-        self.time_masks, self.time_width = time_masks, time_width
-        self.prob = prob
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return feats
-        return spec_augment(feats, self.freq_masks, self.freq_width, self.time_masks, self.time_width, self.prob)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from config import MODEL_KEYS, Config, UserError, diff_model_settings
+from fileio import atomic_path, remove_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +44,16 @@ def latest_checkpoint(save_path: str | Path) -> Path | None:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save to a temporary file beside ``path``, fsync, then rename over ``path`` (fileio.atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def remove_stale_temporaries(save_path: str | Path) -> None:
-    """Delete temporary files left by a process killed while writing a checkpoint."""
-    for tmp in (Path(save_path) / "model").glob(".*.tmp*"):
-        tmp.unlink(missing_ok=True)
+    """Delete temporary files left in ``<save_path>/model/`` by a process killed while writing a checkpoint."""
+    remove_temporaries(Path(save_path) / "model")
 
 
 def rng_state() -> dict[str, Any]:

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from fileio import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -48,8 +50,13 @@ class Config:
     augment: bool = opt(False, "MUSAN noise and RIR reverberation augmentation.", "data")
     speed_perturb: bool = opt(False, "Speed perturbation 0.9/1.0/1.1 of training crops, each speed its own class "
                                      "(WeSpeaker): --nClasses must cover 3x the speakers.", "data")
-    spec_augment: bool = opt(False, "SpecAugment of the training log-mels: one mask of up to 8 mel bins and one of "
-                             "up to 10 frames, with probability 0.6 (WeSpeaker).", "data")
+    spec_augment: bool = opt(False, "SpecAugment of the training log-mels (--spec_* set its masks; the defaults are "
+                             "WeSpeaker's).", "data")
+    spec_freq_masks: int = opt(1, "--spec_augment: frequency masks per utterance.", "data")
+    spec_freq_width: int = opt(8, "--spec_augment: a frequency mask covers 1 to this many mel bins.", "data")
+    spec_time_masks: int = opt(1, "--spec_augment: time masks per utterance.", "data")
+    spec_time_width: int = opt(10, "--spec_augment: a time mask covers 1 to this many frames.", "data")
+    spec_prob: float = opt(0.6, "--spec_augment: probability that an utterance is masked at all.", "data")
     resample: bool = opt(False, "Resample audio that is not 16 kHz and average the channels of multichannel files "
                                 "while reading (off: such files are an error).", "data")
     seed: int = opt(2021, "Seed of every random number generator (sampler: seed + epoch).", "data")
@@ -272,11 +279,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (readable back with ``--config``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def diff_model_settings(stored: dict[str, Any], cfg: Config) -> list[str]:

@@ -48,8 +48,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import checkpoint as ckpt
+from audio import crop_samples
 from config import MODEL_KEYS, Config, UserError
-from DatasetLoader import DataError, TestDataset, TrialList, frames_to_samples, read_train_list
+from DatasetLoader import DataError, TestDataset, TrialList, read_train_list
 from scoring import cohort_statistics, norm_with_statistics, score_trial_list
 from SpeakerNet import ModelTrainer
 from tuneThreshold import compute_metrics, det_curve, rates_at
@@ -57,7 +58,7 @@ from tuneThreshold import compute_metrics, det_curve, rates_at
 log = logging.getLogger(__name__)
 
 CROPS_PER_BATCH = 64  # paper protocol: test crops embedded together
-WHOLE_BATCH_SAMPLES = CROPS_PER_BATCH * frames_to_samples(400)  # whole utterances: samples per batch at most
+WHOLE_BATCH_SAMPLES = CROPS_PER_BATCH * crop_samples(400)  # whole utterances: samples per batch at most
 CACHE_FILE, COHORT_FILE = "embeddings.npz", "cohort.npz"
 CACHE_FORMAT = "dtdy-sv-embeddings"
 NORMS = ("asnorm", "snorm")

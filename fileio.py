@@ -6,12 +6,13 @@
 
 Temporaries are named ``.<name>.tmp<pid><suffix>`` (``suffix`` keeps an extension that a writer needs, e.g.
 ``.png`` for matplotlib), so a process killed while writing leaves only dot-files that
-:func:`remove_temporaries` clears.
+:func:`remove_temporaries` clears. The temporary may also be made a folder (filled, then renamed as a whole).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -39,4 +40,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def remove_temporaries(folder: str | Path) -> None:
     """Delete the temporaries of :func:`atomic_path` left in ``folder`` by a killed process."""
     for tmp in Path(folder).glob(".*.tmp*"):
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -8,10 +8,9 @@ RIR folder into a temporary folder, then times, in one run:
 
 - whole-file read + crop: voxceleb_trainer's ``loadWAV`` (``soundfile.read`` of the whole file as float64, then a
   random crop), and its ``AugmentWAV`` (whole-file noise reads, ``scipy.signal.convolve``);
-- ours: ``DatasetLoader.load_crop`` (a partial read of only the crop's samples), with ``augment.Augmenter`` (partial
+- ours: ``audio.load_crop`` (a partial read of only the crop's samples), with ``augment.Augmenter`` (partial
   noise reads, FFT convolution) and with speed perturbation;
-- the augmentation maths alone on loaded sources: per crop in NumPy (what a worker runs) against the batched torch
-  version on the CPU (one thread, as in a DataLoader worker) and, when there is one, on the GPU.
+- the augmentation maths alone on loaded sources, per crop in NumPy (what a worker runs).
 
 The files are in the page cache, so reading costs decoding and copying, not disk time (on a disk the gap grows).
 """
@@ -28,15 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-import torch
 from scipy import signal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from audio import SAMPLE_RATE, crop_samples, load_crop  # noqa: E402
 from augment import KINDS, SNR_DB, SOURCES, Augmenter  # noqa: E402
-from DatasetLoader import SPEEDS, frames_to_samples, load_crop  # noqa: E402
-
-RATE = 16000
+from DatasetLoader import SPEEDS  # noqa: E402
 
 
 def make_data(root: Path, n_files: int, seconds: float, rir_seconds: float) -> list[str]:
@@ -46,24 +43,25 @@ def make_data(root: Path, n_files: int, seconds: float, rir_seconds: float) -> l
     for i in range(n_files):
         files.append(str(root / "wav" / f"{i:03d}.wav"))
         Path(files[-1]).parent.mkdir(parents=True, exist_ok=True)
-        soundfile.write(files[-1], rng.normal(0, 0.1, int(seconds * RATE)).clip(-1, 1), RATE, subtype="PCM_16")
+        audio = rng.normal(0, 0.1, int(seconds * SAMPLE_RATE)).clip(-1, 1)
+        soundfile.write(files[-1], audio, SAMPLE_RATE, subtype="PCM_16")
     for kind in ("noise", "speech", "music"):
         for i in range(10):
             path = root / "musan_split" / kind / "src" / f"{kind}-{i:04d}" / "00000.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
-            soundfile.write(path, rng.normal(0, 0.05, 5 * RATE), RATE, subtype="PCM_16")
-    decay = np.exp(-np.arange(int(rir_seconds * RATE)) / (0.05 * RATE))
+            soundfile.write(path, rng.normal(0, 0.05, 5 * SAMPLE_RATE), SAMPLE_RATE, subtype="PCM_16")
+    decay = np.exp(-np.arange(int(rir_seconds * SAMPLE_RATE)) / (0.05 * SAMPLE_RATE))
     for room in ("smallroom", "mediumroom"):
         for i in range(8):
             path = root / "simulated_rirs" / room / "Room001" / f"Room001-{i:05d}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
-            soundfile.write(path, (rng.normal(0, 0.3, len(decay)) * decay).clip(-1, 1), RATE, subtype="PCM_16")
+            soundfile.write(path, (rng.normal(0, 0.3, len(decay)) * decay).clip(-1, 1), SAMPLE_RATE, subtype="PCM_16")
     return files
 
 
 def vt_load_wav(path: str, max_frames: int) -> np.ndarray:
     """voxceleb_trainer's loadWAV(evalmode=False): whole-file read, wrap-pad, random crop -> (1, samples) float64."""
-    max_audio = frames_to_samples(max_frames)
+    max_audio = crop_samples(max_frames)
     audio, _ = soundfile.read(path)
     if audio.shape[0] <= max_audio:
         audio = np.pad(audio, (0, max_audio - audio.shape[0] + 1), "wrap")
@@ -113,12 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_frames", type=int, default=200, help="crop length in frames (200: 2 s)")
     parser.add_argument("--rir_seconds", type=float, default=0.5, help="length of the generated RIRs (s)")
     parser.add_argument("--min_time", type=float, default=2.0, help="seconds each measurement runs at least")
-    parser.add_argument("--batch", type=int, default=128, help="crops per batch for the batched augmentation maths")
+    parser.add_argument("--batch", type=int, default=128, help="crops timed together for the augmentation maths")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # what a DataLoader worker gets
     random.seed(0)
     rng = np.random.default_rng(0)
-    need = frames_to_samples(args.max_frames)
+    need = crop_samples(args.max_frames)
     rows: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -141,34 +138,19 @@ def main(argv: list[str] | None = None) -> None:
                                       rng), args.min_time)))
 
         # The augmentation maths alone, on one batch of crops with their sources loaded.
-        batch = np.stack([load_crop(pick(), args.max_frames, rng) for _ in range(args.batch)])
+        batch = [load_crop(pick(), args.max_frames, rng) for _ in range(args.batch)]
         plans = [aug.draw(rng) for _ in range(args.batch)]
         sources = [aug.load(plan, need, rng) for plan in plans]
         per_crop = rate(lambda: [aug.apply(row, p, s) for row, p, s in zip(batch, plans, sources, strict=True)],
                         args.min_time, 3) * args.batch
-        cpu = torch.from_numpy(batch)
-        batched = rate(lambda: aug.apply_batch(cpu, plans, sources), args.min_time, 3) * args.batch
-        maths = [("augmentation maths, NumPy per crop", per_crop), ("augmentation maths, torch batched, CPU", batched)]
-        if torch.cuda.is_available():
-            gpu = cpu.cuda()
-
-            def on_gpu() -> None:
-                aug.apply_batch(gpu, plans, sources)
-                torch.cuda.synchronize()
-
-            maths.append(("augmentation maths, torch batched, CUDA", rate(on_gpu, args.min_time, 3) * args.batch))
 
     base = rows[0][1]
     print(f"{args.files} files of {args.seconds:g} s, crops of {args.max_frames} frames ({need} samples), "
-          f"RIRs of {args.rir_seconds:g} s, one process, torch threads {torch.get_num_threads()}")
+          f"RIRs of {args.rir_seconds:g} s, one process")
     print(f"{'reading (one worker)':<52}{'crops/s':>10}{'ms/crop':>10}{'vs whole-file':>15}")
     for name, value in rows:
         print(f"{name:<52}{value:>10.0f}{1000 / value:>10.3f}{value / base:>14.1f}x")
-    print(f"{'augmentation maths only (batch ' + str(args.batch) + ')':<52}{'crops/s':>10}{'ms/crop':>10}"
-          f"{'vs NumPy':>15}")
-    for name, value in maths:
-        print(f"{name:<52}{value:>10.0f}{1000 / value:>10.3f}{value / per_crop:>14.1f}x")
-
+    print(f"{'augmentation maths only, NumPy per crop':<52}{per_crop:>10.0f}{1000 / per_crop:>10.3f}")
 
 if __name__ == "__main__":
     main()

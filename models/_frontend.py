@@ -13,19 +13,13 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, WIN_LENGTH
+from audio import crop_samples as crop_samples  # speakerActivationMap.py, tests and bench import it from here
+
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-N_FFT = 512
-WIN_LENGTH = 400  # 25 ms
-HOP_LENGTH = 160  # 10 ms
 LOG_OFFSET = 1e-6
 INSTANCE_NORM_EPS = 1e-5  # nn.InstanceNorm1d's default
-
-
-def crop_samples(frames: int) -> int:
-    """Samples of a crop of ``frames`` frames: 200 frames -> 32,240 samples (2 s)."""
-    return frames * HOP_LENGTH + WIN_LENGTH - HOP_LENGTH
 
 
 def make_mel_spectrogram(n_mels: int) -> torchaudio.transforms.MelSpectrogram:

@@ -65,6 +65,22 @@ def test_wrong_types_are_refused(argv, expected):
         parse_args(argv)
 
 
+def test_spec_augment_settings_are_typed_options(tmp_path):
+    cfg = parse_args([])
+    assert (cfg.spec_augment, cfg.spec_freq_masks, cfg.spec_freq_width, cfg.spec_time_masks, cfg.spec_time_width,
+            cfg.spec_prob) == (False, 1, 8, 1, 10, 0.6)  # WeSpeaker's setting
+    path = write_yaml(tmp_path, {"spec_augment": "yes", "spec_freq_width": "12", "spec_time_masks": 2.0,
+                                 "spec_prob": "5e-01"})
+    cfg = parse_args(["--config", path, "--spec_time_width", "20", "--spec_freq_masks", "0"])
+    assert cfg.spec_augment is True and cfg.spec_prob == 0.5 and isinstance(cfg.spec_prob, float)
+    assert (cfg.spec_freq_masks, cfg.spec_freq_width, cfg.spec_time_masks, cfg.spec_time_width) == (0, 12, 2, 20)
+    assert all(isinstance(v, int) for v in (cfg.spec_freq_width, cfg.spec_time_masks, cfg.spec_time_width))
+    with pytest.raises(ConfigError, match="'spec_freq_width' in the command line expects int, got '2.5'"):
+        parse_args(["--spec_freq_width", "2.5"])
+    with pytest.raises(ConfigError, match="did you mean '--spec_time_width'"):
+        parse_args(["--spec_time_widht", "3"])
+
+
 def test_integral_floats_become_ints(tmp_path):
     assert parse_args(["--config", write_yaml(tmp_path, {"max_epoch": 1e2})]).max_epoch == 100
 
@@ -82,6 +98,7 @@ def test_saved_config_reads_back_identically(tmp_path):
     cfg = parse_args(["--lr", "0.01", "--no-log_input", "--model", "ResNet34_quarter"])
     save_config(cfg, tmp_path / "config.yaml")
     assert parse_args(["--config", str(tmp_path / "config.yaml")]) == cfg
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # written atomically: no temporary left
 
 
 def test_every_shipped_config_is_valid():

@@ -1,4 +1,5 @@
-"""dataprep.py: conversion, lists, safe extraction, MUSAN split and RIR preparation on generated mini trees."""
+"""dataprep.py and its steps: conversion, lists, safe extraction, MUSAN split and RIR preparation (audioprep.py,
+archives.py, datalists.py) on generated mini trees."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import numpy as np
 import pytest
 import soundfile
 
+import archives
+import audioprep
 import dataprep
+from archives import ArchiveError
+from audioprep import AudioPrepError
 from augment import Augmenter
-from dataprep import DataPrepError
 
 
 def sine(freq: float, seconds: float, rate: int) -> np.ndarray:
@@ -41,7 +45,7 @@ def make_tree(src: Path) -> None:
 def test_convert_lists_and_rerun_does_nothing(tmp_path: Path) -> None:
     src, out = tmp_path / "src", tmp_path / "wav"
     make_tree(src)
-    assert dataprep.convert_tree(src, out, workers=2) == {"converted": 3, "skipped": 0}
+    assert audioprep.convert_tree(src, out, workers=2) == {"converted": 3, "skipped": 0}
     lengths = {}
     for rel in ("id001/vidA/00001.wav", "id002/vidB/00001.wav", "id003/vidC/00001.wav"):
         info = soundfile.info(out / rel)
@@ -58,7 +62,7 @@ def test_convert_lists_and_rerun_does_nothing(tmp_path: Path) -> None:
                                   "id003 id003/vidC/00001.wav\n")
     before = mtimes(out)
     assert dataprep.main(["--convert", str(src), "--convert_to", str(out), "--workers", "2"]) == 0
-    assert dataprep.convert_tree(src, out, workers=1) == {"converted": 0, "skipped": 3}
+    assert audioprep.convert_tree(src, out, workers=1) == {"converted": 0, "skipped": 3}
     assert mtimes(out) == before  # nothing rewritten
 
 
@@ -67,12 +71,13 @@ def test_convert_reports_bad_files_together_and_keeps_the_rest(tmp_path: Path) -
     make_tree(src)
     (src / "id002/vidB/00002.wav").write_bytes(b"RIFF broken")
     (src / "id002/vidB/00003.flac").write_bytes(b"")
-    with pytest.raises(DataPrepError, match=r"2 files could not be converted \(the other 3 were\):\n  .*00002.wav: "
+    with pytest.raises(AudioPrepError, match=r"2 files could not be converted \(the other 3 were\):\n  .*00002.wav: "
                                             r"(.|\n)*00003.flac: (.|\n)*rerun"):
-        dataprep.convert_tree(src, out, workers=1)
+        audioprep.convert_tree(src, out, workers=1)
     assert len(list(out.rglob("*.wav"))) == 3
-    with pytest.raises(DataPrepError, match="must not contain one another"):
-        dataprep.convert_tree(src, src / "wav", workers=1)
+    assert not list(out.rglob(".*"))  # the failed files left no temporaries
+    with pytest.raises(AudioPrepError, match="must not contain one another"):
+        audioprep.convert_tree(src, src / "wav", workers=1)
 
 
 def test_m4a_needs_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,10 +85,10 @@ def test_m4a_needs_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     (src / "id001/vid").mkdir(parents=True)
     for name in ("00001.m4a", "00002.m4a"):
         (src / "id001/vid" / name).write_bytes(b"\x00\x00\x00\x20ftypM4A ")
-    monkeypatch.setattr(dataprep.shutil, "which", lambda name: None)
-    with pytest.raises(DataPrepError, match=r"^2 \.m4a/\.aac files under .*aac need ffmpeg to decode, and there is "
+    monkeypatch.setattr(audioprep.shutil, "which", lambda name: None)
+    with pytest.raises(AudioPrepError, match=r"^2 \.m4a/\.aac files under .*aac need ffmpeg to decode, and there is "
                                             r"no `ffmpeg` on PATH: install it"):
-        dataprep.convert_tree(src, tmp_path / "wav", workers=1)
+        audioprep.convert_tree(src, tmp_path / "wav", workers=1)
     assert not (tmp_path / "wav").exists()
 
 
@@ -100,7 +105,7 @@ def test_m4a_goes_through_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "args.txt"}\nfor last; do :; done\ncp {canned} "$last"\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    assert dataprep.convert_tree(src, tmp_path / "wav", workers=1) == {"converted": 1, "skipped": 0}
+    assert audioprep.convert_tree(src, tmp_path / "wav", workers=1) == {"converted": 1, "skipped": 0}
     args = (tmp_path / "args.txt").read_text().split()
     assert args[args.index("-i") + 1] == str(src / "id001/vid/00001.m4a")
     assert args[args.index("-ar") + 1] == "16000" and args[args.index("-ac") + 1] == "1"
@@ -133,9 +138,9 @@ def test_extract_and_rerun(tmp_path: Path, kind: str) -> None:
     out = tmp_path / "out"
     assert dataprep.main(["--extract", str(archive), "--extract_to", str(out)]) == 0
     assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()} == members
-    assert dataprep.extract_archive(archive, out) == 0  # rerun: everything is there already
+    assert archives.extract_archive(archive, out) == 0  # rerun: everything is there already
     (out / "vox/id2/b.wav").write_bytes(b"b")  # a truncated file is redone
-    assert dataprep.extract_archive(archive, out) == 1 and (out / "vox/id2/b.wav").read_bytes() == b"bb"
+    assert archives.extract_archive(archive, out) == 1 and (out / "vox/id2/b.wav").read_bytes() == b"bb"
 
 
 @pytest.mark.parametrize("kind, bad, reason", [
@@ -158,8 +163,8 @@ def test_extract_rejects_traversal(tmp_path: Path, kind: str, bad: str, reason: 
         write_tar(archive, {"good.txt": b"x", bad: b"pwned"})
         expected = f"Unsafe member '{bad}' in '{archive}': {reason}"
     out = tmp_path / "deep" / "out"
-    with pytest.raises(DataPrepError, match=expected):
-        dataprep.extract_archive(archive, out)
+    with pytest.raises(ArchiveError, match=expected):
+        archives.extract_archive(archive, out)
     assert not (tmp_path / "deep" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
     assert not (out / "link").exists()
 
@@ -167,7 +172,7 @@ def test_extract_rejects_traversal(tmp_path: Path, kind: str, bad: str, reason: 
 @pytest.mark.parametrize("seconds, starts", [(13.0, [0, 3, 6]), (11.0, [0, 3, 6]), (10.9, [0, 3]), (5.0, [0]),
                                              (4.0, [0])])
 def test_musan_chunk_starts(seconds: float, starts: list[int]) -> None:
-    assert dataprep.musan_chunk_starts(int(seconds * 16000)) == [s * 16000 for s in starts]
+    assert audioprep.musan_chunk_starts(int(seconds * 16000)) == [s * 16000 for s in starts]
 
 
 def make_musan_and_rirs(root: Path) -> tuple[Path, Path]:
@@ -187,6 +192,9 @@ def make_musan_and_rirs(root: Path) -> tuple[Path, Path]:
 def test_split_musan_and_prepare_rir_feed_the_augmenter(tmp_path: Path) -> None:
     musan, rirs = make_musan_and_rirs(tmp_path / "src")
     split, rir_out = tmp_path / "musan_split", tmp_path / "rirs"
+    stale = split / "noise/set/.noise-0000.tmp99999"  # the temporary folder of a killed run
+    stale.mkdir(parents=True)
+    soundfile.write(stale / "00000.wav", np.zeros(100), 16000)
     assert dataprep.main(["--split_musan", str(musan.parent), "--musan_split_to", str(split),
                           "--prepare_rir", str(tmp_path / "src" / "RIRS_NOISES"), "--rir_to", str(rir_out)]) == 0
     chunks = {p.relative_to(split).as_posix(): soundfile.info(p).frames for p in sorted(split.rglob("*.wav"))}
@@ -201,44 +209,60 @@ def test_split_musan_and_prepare_rir_feed_the_augmenter(tmp_path: Path) -> None:
     aug = Augmenter(split, rir_out)
     assert len(aug.rirs) == 4 and [len(aug.noise[k]) for k in ("noise", "speech", "music")] == [3, 2, 1]
     before = mtimes(split)
-    assert dataprep.split_musan(musan, split, workers=1) == {"split": 0, "skipped": 3}
+    assert audioprep.split_musan(musan, split, workers=1) == {"split": 0, "skipped": 3}
     assert mtimes(split) == before
-    assert dataprep.prepare_rir(rirs, rir_out) == {"smallroom": 2, "mediumroom": 2}
+    assert audioprep.prepare_rir(rirs, rir_out) == {"smallroom": 2, "mediumroom": 2}
 
 
 def test_prepare_rir_checks_every_file(tmp_path: Path) -> None:
     _, rirs = make_musan_and_rirs(tmp_path / "src")
     soundfile.write(rirs / "mediumroom/Room001/Room001-00009.wav", np.zeros((100, 2)), 8000)
     copy = tmp_path / "copy"
-    with pytest.raises(DataPrepError, match=r"1 problems in the RIRs under .*copy:\n  .*Room001-00009.wav: 8000 Hz, "
-                                            r"2 channel\(s\), 100 samples"):
-        dataprep.prepare_rir(rirs, copy, copy=True)
+    with pytest.raises(AudioPrepError, match=r"1 problems in the RIRs under .*copy:\n  Audio file "
+                                              r"'.*Room001-00009.wav' is 8000 Hz with 2 channel\(s\); expected 16000"):
+        audioprep.prepare_rir(rirs, copy, copy=True)
     assert not (copy / "smallroom").is_symlink() and len(list((copy / "smallroom").rglob("*.wav"))) == 2
-    with pytest.raises(DataPrepError, match="no simulated_rirs with smallroom and mediumroom found"):
-        dataprep.prepare_rir(tmp_path, tmp_path / "x")
+    with pytest.raises(AudioPrepError, match="no simulated_rirs with smallroom and mediumroom found"):
+        audioprep.prepare_rir(tmp_path, tmp_path / "x")
 
 
 def test_join_parts_url_list_and_credentials(tmp_path: Path) -> None:
     for part, data in (("vox1_dev_wav_partab", b"world"), ("vox1_dev_wav_partaa", b"hello "),
                        ("vox2_test_aac.zip", b"whole")):
         (tmp_path / part).write_bytes(data)
-    assert dataprep.join_parts(tmp_path) == [tmp_path / "vox1_dev_wav.zip"]
+    assert archives.join_parts(tmp_path) == [tmp_path / "vox1_dev_wav.zip"]
     assert (tmp_path / "vox1_dev_wav.zip").read_bytes() == b"hello world"
     urls = tmp_path / "urls.txt"
     urls.write_text("# mirror\nvoxceleb1 https://example.org/a_partaa\nvoxceleb1 https://example.org/a_partab\n")
-    assert dataprep.read_url_list(urls) == {"voxceleb1": ["https://example.org/a_partaa",
+    assert archives.read_url_list(urls) == {"voxceleb1": ["https://example.org/a_partaa",
                                                           "https://example.org/a_partab"]}
     urls.write_text("voxceleb1\n")
-    with pytest.raises(DataPrepError, match=r"line 1: expected '<dataset> <url>'"):
-        dataprep.read_url_list(urls)
-    assert set(dataprep.DOWNLOADS) == {"voxceleb1", "voxceleb2", "trials", "musan", "rirs"}
-    with pytest.raises(DataPrepError, match="VoxCeleb downloads need the username and password"):
-        dataprep.download(tmp_path, ["voxceleb2"], None, None)  # refused before any connection
-    with pytest.raises(DataPrepError, match="unknown; choose from voxceleb1, voxceleb2"):
-        dataprep.download(tmp_path, ["vox3"], "u", "p")
+    with pytest.raises(ArchiveError, match=r"line 1: expected '<dataset> <url>'"):
+        archives.read_url_list(urls)
+    assert set(archives.DOWNLOADS) == {"voxceleb1", "voxceleb2", "trials", "musan", "rirs"}
+    with pytest.raises(ArchiveError, match="VoxCeleb downloads need the username and password"):
+        archives.download(tmp_path, ["voxceleb2"], None, None)  # refused before any connection
+    with pytest.raises(ArchiveError, match="unknown; choose from voxceleb1, voxceleb2"):
+        archives.download(tmp_path, ["vox3"], "u", "p")
 
 
 def test_steps_need_their_output_folder(tmp_path: Path) -> None:
     for argv in (["--extract", "a.zip"], ["--convert", "src"], ["--split_musan", "m"], ["--prepare_rir", "r"]):
         with pytest.raises(SystemExit):
             dataprep.main(argv)
+
+
+def test_split_musan_failure_leaves_no_partial_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    musan, _ = make_musan_and_rirs(tmp_path / "src")
+    split = tmp_path / "musan_split"
+
+    def failing_write(path: Path, audio: np.ndarray) -> None:  # the disk is full at the noise file's second chunk
+        if "noise-0000" in path.parent.name and path.name == "00003.wav":
+            raise OSError("No space left on device")
+        soundfile.write(path, audio, 16000, subtype="PCM_16", format="WAV")
+
+    monkeypatch.setattr(audioprep, "write_wav", failing_write)
+    with pytest.raises(AudioPrepError, match=r"1 MUSAN files could not be split:\n  .*noise-0000.wav: No space left"):
+        audioprep.split_musan(musan, split, workers=1)
+    assert not any((split / "noise" / "set").iterdir())  # its first chunk is not left, nor a temporary folder
+    assert (split / "music/set/music-0000/00000.wav").is_file() and (split / "speech/set/speech-0000").is_dir()

@@ -1,4 +1,4 @@
-"""The demo corpus (demodata.py) and the data-preparation CLI (dataprep.py), on tiny corpora."""
+"""The demo corpus (demodata.py, speechsynth.py) and the data-preparation CLI (dataprep.py), on tiny corpora."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import soundfile
 
+import datalists
 import dataprep
 import demodata
+import speechsynth
 
 SMALL = {"n_train_speakers": 3, "n_test_speakers": 3, "utts_per_speaker": 4, "test_utts_per_speaker": 4,
          "videos_per_speaker": 2, "n_trials": 20, "min_seconds": 1.0, "max_seconds": 1.2}
@@ -119,7 +121,7 @@ def test_deterministic_and_seeded(corpus: tuple[Path, dict], tmp_path: Path) -> 
 
 def test_speakers_and_utterances_differ(corpus: tuple[Path, dict]) -> None:
     out, _ = corpus
-    voices = [demodata._draw_voice(np.random.default_rng([0, 0, s, 0])) for s in range(3)]
+    voices = [speechsynth.draw_voice(np.random.default_rng([0, 0, s, 0])) for s in range(3)]
     assert len({round(v.f0_hz, 3) for v in voices}) == 3
     audio = [soundfile.read(out / "train" / "wav" / rel, dtype="int16")[0] for _, rel in read_train_list(out)]
     assert all(not np.array_equal(a, b) for a, b in itertools.combinations(audio, 2) if a.size == b.size)
@@ -172,13 +174,13 @@ def test_make_list(corpus: tuple[Path, dict], tmp_path: Path) -> None:
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         (source / rel).write_bytes(b"")
     (source / "idA" / "notes.txt").write_text("ignored")
-    assert dataprep.write_train_list(source, listed) == 4
+    assert datalists.write_train_list(source, listed) == 4
     assert listed.read_text() == ("idA idA/vid9/00001.wav\nidB idB/vid1/00003.wav\n"
                                   "idB idB/vid2/00001.wav\nidB idB/vid2/00002.wav\n")
 
     (source / "idA" / "stray.wav").write_bytes(b"")
-    with pytest.raises(dataprep.DataPrepError, match="idA/stray.wav"):
-        dataprep.write_train_list(source, listed)
+    with pytest.raises(datalists.DataError, match="idA/stray.wav"):
+        datalists.write_train_list(source, listed)
     assert dataprep.main(["--make_list", "--source", str(tmp_path / "missing"), "--out", str(listed)]) == 2
     with pytest.raises(SystemExit):
         dataprep.main(["--make_list", "--source", str(source)])  # no --out

@@ -1,0 +1,137 @@
+"""Audio constants and audio I/O: 16 kHz mono, read with partial reads, written as 16-bit wav.
+
+A crop of ``frames`` mel frames (hop 10 ms, window 25 ms) is ``frames * 160 + 240`` samples. Files that are not
+16 kHz mono are an error naming the file (and its list line, ``where``), or with ``resample`` are resampled
+(polyphase, reading only the crop and a little context) and downmixed. Speed perturbation resamples the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from scipy.signal import resample_poly
+
+from config import UserError
+from fileio import atomic_path
+
+SAMPLE_RATE = 16000
+N_FFT = 512
+WIN_LENGTH = 400  # 25 ms
+HOP_LENGTH = 160  # 10 ms
+RESAMPLE_PAD = 64  # file samples read beyond a resampled crop on each side: no filter transient at its edges
+
+
+class AudioError(UserError):
+    pass
+
+
+def crop_samples(frames: int) -> int:
+    """Samples of a crop of ``frames`` frames: 200 frames -> 32,240 samples (2 s)."""
+    return frames * HOP_LENGTH + WIN_LENGTH - HOP_LENGTH
+
+
+def _describe(path: str | Path, where: str) -> str:
+    return f"'{path}' ({where})" if where else f"'{path}'"
+
+
+def open_audio(path: str | Path, resample: bool = False, where: str = "") -> soundfile.SoundFile:
+    """An open audio file; refuses files that are undecodable, empty, or (unless ``resample``) not 16 kHz mono.
+    ``where`` ('line N of <list>') is added to the error messages."""
+    try:
+        f = soundfile.SoundFile(path)
+    except (RuntimeError, soundfile.LibsndfileError) as err:
+        raise AudioError(f"Cannot decode audio file {_describe(path, where)}: {err}") from None
+    problem = ""
+    if f.frames <= 0:
+        problem = "is empty."
+    elif not resample and (f.samplerate != SAMPLE_RATE or f.channels != 1):
+        problem = (f"is {f.samplerate} Hz with {f.channels} channel(s); expected {SAMPLE_RATE} Hz mono: convert it "
+                   f"with `dataprep.py --convert`, or set --resample to resample and downmix while reading.")
+    if problem:
+        f.close()
+        raise AudioError(f"Audio file {_describe(path, where)} {problem}")
+    return f
+
+
+def _read(f: soundfile.SoundFile, start: int = 0, frames: int = -1, where: str = "") -> np.ndarray:
+    """Samples [start, start + frames) of the open file ``f``, (n,) float32, channels averaged."""
+    try:
+        f.seek(start)
+        audio = f.read(frames, dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as err:
+        raise AudioError(f"Cannot decode audio file {_describe(f.name, where)}: {err}") from None
+    if len(audio) == 0:
+        raise AudioError(f"Audio file {_describe(f.name, where)} has no samples from sample {start} on, although "
+                         f"its header promises more: it is truncated.")
+    return audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1, dtype=np.float32)
+
+
+def _resample(audio: np.ndarray, up: int, down: int) -> np.ndarray:
+    if up == down:
+        return audio
+    return resample_poly(audio, up, down).astype(np.float32, copy=False)
+
+
+def read_segment(path: str, samples: int, rng: np.random.Generator, resample: bool = False,
+                 speed: Fraction = Fraction(1), where: str = "") -> np.ndarray:
+    """A random segment of ``samples`` samples at 16 kHz, (samples,) float32, read with a partial file read.
+
+    Files shorter than the segment are repeated to length. With ``resample`` other rates are resampled (polyphase)
+    and channels averaged. ``speed`` > 1 plays faster (the segment spans ``speed`` times as much of the file).
+    """
+    with open_audio(path, resample, where) as f:
+        ratio = Fraction(f.samplerate) * Fraction(speed) / SAMPLE_RATE  # file samples per output sample
+        if ratio == 1:
+            if f.frames <= samples:
+                return np.resize(_read(f, where=where), samples)  # wrap-around repeat, as voxceleb_trainer pads
+            start = int(rng.integers(0, f.frames - samples + 1))
+            return np.resize(_read(f, start, samples, where), samples)
+        up, down = ratio.denominator, ratio.numerator  # output rate / file rate = up / down
+        span = math.ceil(samples * ratio)  # file samples under the segment
+        if f.frames <= span:
+            return np.resize(_resample(_read(f, where=where), up, down), samples)
+        start = int(rng.integers(0, f.frames - span + 1))
+        periods = min(math.ceil(RESAMPLE_PAD / down), start // down)  # context before the segment, whole periods
+        first = start - periods * down
+        last = min(f.frames, start + span + RESAMPLE_PAD)
+        out = _resample(_read(f, first, last - first, where), up, down)
+    return np.resize(out[periods * up:periods * up + samples], samples)
+
+
+def load_crop(path: str, max_frames: int, rng: np.random.Generator, resample: bool = False,
+              speed: Fraction = Fraction(1), where: str = "") -> np.ndarray:
+    """A random crop of ``max_frames`` frames, (samples,) float32; short files are repeated to length."""
+    return read_segment(path, crop_samples(max_frames), rng, resample, speed, where)
+
+
+def read_audio(path: str | Path, resample: bool = False, where: str = "") -> np.ndarray:
+    """A whole file at 16 kHz, (samples,) float32 (resampled and downmixed when ``resample``)."""
+    with open_audio(path, resample, where) as f:
+        rate = Fraction(SAMPLE_RATE, f.samplerate)
+        audio = _read(f, where=where)
+    return _resample(audio, rate.numerator, rate.denominator)
+
+
+def load_eval(path: str, eval_frames: int, num_eval: int, resample: bool = False, where: str = "") -> np.ndarray:
+    """(num_eval, samples) evenly spaced crops of ``eval_frames`` frames, or (1, whole file) if eval_frames is 0."""
+    audio = read_audio(path, resample, where)
+    if eval_frames <= 0:
+        return audio[None, :]
+    need = crop_samples(eval_frames)
+    if len(audio) < need:
+        audio = np.resize(audio, need)
+    starts = np.linspace(0, len(audio) - need, num=num_eval).astype(np.int64)
+    return np.stack([audio[s:s + need] for s in starts])
+
+
+def write_wav(path: str | Path, audio: np.ndarray) -> None:
+    """Write (samples,) audio as a 16 kHz 16-bit wav, atomically. Floats are clipped to [-1, 1); int16 is written
+    as it is."""
+    if audio.dtype.kind == "f":
+        audio = np.clip(audio, -1.0, 32767 / 32768)
+    with atomic_path(path) as tmp:
+        soundfile.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
