@@ -1,8 +1,9 @@
 """Training-data augmentation: MUSAN noise, music and babble, RIR reverberation, and SpecAugment.
 
-voxceleb_trainer's recipe (REFERENCE.md section 5): every training crop is left clean or gets exactly one of
-reverberation, music (5-15 dB SNR), babble (3-7 speakers, each at 13-20 dB) or noise (0-15 dB), the five choices
-equally likely. Sources: MUSAN (D. Snyder, G. Chen, D. Povey, arXiv 1510.08484) split into 5-s chunks,
+voxceleb_trainer's recipe: a training crop is augmented with probability ``aug_prob`` and then gets exactly one
+of reverberation, music (5-15 dB SNR), babble (3-7 speakers, each at 13-20 dB) or noise (0-15 dB), equally
+likely; voxceleb_trainer draws among the four and "none" uniformly, which is ``aug_prob`` 0.8 (WeSpeaker: 0.6).
+Sources: MUSAN (D. Snyder, G. Chen, D. Povey, arXiv 1510.08484) split into 5-s chunks,
 ``musan_path/<noise|speech|music>/**.wav``; the simulated room impulse responses of T. Ko et al. (ICASSP 2017),
 ``rir_path/{smallroom,mediumroom}/**.wav``. The mixing runs per crop in NumPy, in the DataLoader workers.
 SpecAugment (D. S. Park et al., arXiv 1904.08779) masks the training log-mels inside the model (``--spec_*``
@@ -24,7 +25,7 @@ from config import UserError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("none", "reverb", "music", "speech", "noise")  # one per crop, equally likely (voxceleb_trainer)
+KINDS = ("none", "reverb", "music", "speech", "noise")  # one per crop; all but "none" equally likely
 NOISE_TYPES = ("noise", "speech", "music")  # the folders of musan_path
 SNR_DB = {"noise": (0.0, 15.0), "speech": (13.0, 20.0), "music": (5.0, 15.0)}  # uniform, per source
 SOURCES = {"noise": (1, 1), "speech": (3, 7), "music": (1, 1)}  # sources mixed in, inclusive range
@@ -80,8 +81,11 @@ class Augmenter:
     All randomness comes from the generator passed to each call (the DataLoader item's), so it is reproducible.
     """
 
-    def __init__(self, musan_path: str | Path, rir_path: str | Path, resample: bool = False) -> None:
-        self.resample = resample
+    def __init__(self, musan_path: str | Path, rir_path: str | Path, resample: bool = False,
+                 aug_prob: float = 0.8) -> None:
+        if not 0.0 <= aug_prob <= 1.0:
+            raise AugmentError(f"--aug_prob is a probability in [0, 1], got {aug_prob}.")
+        self.resample, self.aug_prob = resample, aug_prob
         self.noise, musan_missing = _scan(Path(musan_path), NOISE_TYPES)
         rooms, rir_missing = _scan(Path(rir_path), RIR_ROOMS)
         problems = []
@@ -103,9 +107,9 @@ class Augmenter:
 
     def draw(self, rng: np.random.Generator) -> Plan:
         """Choose the augmentation of one crop."""
-        kind = KINDS[int(rng.integers(len(KINDS)))]
-        if kind == "none":
-            return Plan(kind, [], [])
+        if rng.random() >= self.aug_prob:
+            return Plan("none", [], [])
+        kind = KINDS[1 + int(rng.integers(len(KINDS) - 1))]
         if kind == "reverb":
             return Plan(kind, [self.rirs[int(rng.integers(len(self.rirs)))]], [])
         low, high = SOURCES[kind]

@@ -48,6 +48,9 @@ class Config:
     max_seg_per_spk: int = opt(500, "Maximum utterances per speaker per epoch.", "data")
     nDataLoaderThread: int = opt(5, "DataLoader worker processes.", "data")
     augment: bool = opt(False, "MUSAN noise and RIR reverberation augmentation.", "data")
+    aug_prob: float = opt(0.8, "--augment: probability that a crop is augmented (with one of reverberation, music, "
+                          "babble, noise, equally likely); 0.8 is voxceleb_trainer's draw, WeSpeaker uses 0.6.",
+                          "data")
     speed_perturb: bool = opt(False, "Speed perturbation 0.9/1.0/1.1 of training crops, each speed its own class "
                                      "(WeSpeaker): --nClasses must cover 3x the speakers.", "data")
     spec_augment: bool = opt(False, "SpecAugment of the training log-mels (--spec_* set its masks; the defaults are "

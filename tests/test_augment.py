@@ -99,6 +99,22 @@ def test_draws_follow_the_recipe(sources: tuple[Path, Path]) -> None:
     assert {Path(p.files[0]).parts[-3] for p in plans if p.kind == "reverb"} == {"smallroom", "mediumroom"}
 
 
+@pytest.mark.parametrize("aug_prob", [0.0, 0.6, 1.0])
+def test_aug_prob_is_the_share_of_augmented_crops(sources: tuple[Path, Path], aug_prob: float) -> None:
+    aug = Augmenter(*sources, aug_prob=aug_prob)
+    rng = np.random.default_rng(6)
+    kinds = Counter(aug.draw(rng).kind for _ in range(2000))
+    assert abs(1 - kinds["none"] / 2000 - aug_prob) < 0.04
+    if aug_prob > 0:  # the four augmentations equally likely among the augmented crops
+        augmented = 2000 - kinds["none"]
+        assert all(abs(kinds[k] / augmented - 0.25) < 0.05 for k in augment.KINDS[1:])
+
+
+def test_aug_prob_outside_zero_one_is_refused(sources: tuple[Path, Path]) -> None:
+    with pytest.raises(augment.AugmentError, match="--aug_prob"):
+        Augmenter(*sources, aug_prob=1.5)
+
+
 def test_augmenter_realises_the_planned_snr(sources: tuple[Path, Path]) -> None:
     aug = Augmenter(*sources)
     clean = tone(6000, 6)
