@@ -82,7 +82,7 @@ def norm_stage(embeddings_file: Path, cohort_file: Path, trial_lists: Sequence[T
                method: str, top_n: int, device: torch.device) -> dict[str, dict]:
     """Normalise the cosine scores of every list (``method`` asnorm with the ``top_n`` highest cohort scores, or
     snorm with the whole cohort) into ``<result_dir>/<stem>.<method>.txt``; returns each list's description
-    (method, score, top_n, cohort_speakers, cohort_utts_per_speaker, scores_file)."""
+    (method, score, top_n, cohort_speakers, cohort_utts_per_speaker, n_trials, scores_file)."""
     if method not in NORMS:
         raise EvalError(f"Unknown score normalisation {method!r}; valid: {', '.join(NORMS)}.")
     files = {"embeddings": load_npz(embeddings_file), "cohort": load_npz(cohort_file)}
@@ -110,6 +110,6 @@ def norm_stage(embeddings_file: Path, cohort_file: Path, trial_lists: Sequence[T
         check_finite(normed, trials)
         write_scores(result_dir / f"{stem}.{method}.txt", normed, trials)
         entries[name] = {"method": method, "score": NORM_SCORE, "top_n": top_n, "cohort_speakers": cohort.shape[0],
-                         "cohort_utts_per_speaker": cohort_meta.get("norm_cohort_utts"),
+                         "cohort_utts_per_speaker": cohort_meta.get("norm_cohort_utts"), "n_trials": len(normed),
                          "scores_file": f"{stem}.{method}.txt"}
     return entries

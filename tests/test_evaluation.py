@@ -1,6 +1,7 @@
 """The evaluation back end: protocols, embedding cache, several lists, score norm wiring, DET, extraction, and the
 real VoxCeleb1-O list end to end. Metrics and scoring maths against independent references."""
 
+import io
 import json
 import struct
 from pathlib import Path
@@ -417,3 +418,62 @@ def test_eval_on_the_real_voxceleb1_o_list(tmp_path):
     metrics = json.loads((tmp_path / "exp" / "result" / "metrics.json").read_text())
     assert (metrics["n_trials"], metrics["n_files"], metrics["n_target"]) == (37611, 4708, 18802)
     assert 0 <= metrics["eer_percent"] <= 100 and metrics["protocol"] == "paper"
+
+
+# ---- every stage reruns from its input files alone -------------------------------------------------------------
+
+
+def test_every_stage_reruns_from_its_input_files(corpus, tmp_path, caplog):
+    from detplot import plot_stage
+    from metrics import rerun_metrics
+    from scoring import read_scores, score_stage
+
+    cfg = make_cfg(corpus, tmp_path, score_norm="asnorm", norm_cohort_utts=2,
+                   test_list=[str(corpus / "list1.txt"), str(corpus / "other" / "list1.txt")])
+    embedder, normalize = make_embedder(cfg)
+    out = result(cfg)
+    ev.evaluate(embedder, lists(cfg), cfg, out, normalize, show_progress=False, checkpoint="ckpt.model")
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"scores.asnorm.txt", "scores_list1_2.asnorm.txt", "cohort.npz", "det.png"} <= set(first)
+
+    # score and normalise stages: from embeddings.npz (and cohort.npz) alone, no model, no audio
+    for name in first:
+        if name.endswith(".txt"):
+            (out / name).unlink()
+    entries = score_stage(out / "embeddings.npz", lists(cfg), out, torch.device("cpu"))
+    norms = normalisation.norm_stage(out / "embeddings.npz", out / "cohort.npz", lists(cfg), out, "asnorm", 2,
+                                     torch.device("cpu"))
+    assert {p.name: p.read_bytes() for p in out.glob("*.txt")} == {k: v for k, v in first.items()
+                                                                  if k.endswith(".txt")}
+    saved = json.loads(first["metrics.json"])
+    assert entries["list1"]["scores_file"] == saved["scores_file"] and norms["list1"]["top_n"] == 2
+
+    # metrics stage: metrics.json again from the score files it names
+    rerun_metrics(out, ev.p_targets_of(cfg), cfg.dcf_c_miss, cfg.dcf_c_fa, cfg.dcf_p_target)
+    assert (out / "metrics.json").read_bytes() == first["metrics.json"]
+    # ... and it reads them: a score file with its scores negated gives that file's metrics
+    lines = [line.split() for line in (out / "scores.txt").read_text().splitlines()]
+    (out / "scores.txt").write_text("".join(f"{-float(s):.6f} {lab} {e} {t}\n" for s, lab, e, t in lines))
+    changed = rerun_metrics(out, ev.p_targets_of(cfg), cfg.dcf_c_miss, cfg.dcf_c_fa, cfg.dcf_p_target)
+    negated = read_scores(out / "scores.txt")
+    assert changed["eer_percent"] == tt.compute_metrics(negated.scores, negated.labels)["eer_percent"]
+    assert changed["lists"]["list1_2"] == saved["lists"]["list1_2"]
+
+    # plot stage: det.png from metrics.json and the score files
+    (out / "scores.txt").write_bytes(first["scores.txt"])
+    rerun_metrics(out, ev.p_targets_of(cfg), cfg.dcf_c_miss, cfg.dcf_c_fa, cfg.dcf_p_target)
+    (out / "det.png").unlink()
+    assert plot_stage(out) == out / "det.png"
+    assert (out / "det.png").read_bytes() == first["det.png"]
+
+    # embed stage: a deleted embeddings file is embedded again, to the same embeddings
+    (out / "embeddings.npz").unlink()
+    with caplog.at_level("INFO"):
+        embedding.embed_stage(embedder, list(dict.fromkeys(f for t in lists(cfg) for f in t.files)), cfg,
+                              out / "embeddings.npz", embedding.weights_fingerprint(embedder.model.state_dict()),
+                              normalize, "ckpt.model", show_progress=False)
+    assert "embedded 7 test files" in caplog.text
+    again = embedding.load_npz(out / "embeddings.npz")
+    before = np.load(io.BytesIO(first["embeddings.npz"]))
+    assert again[1]["names"].tolist() == before["names"].tolist()
+    np.testing.assert_allclose(again[1]["embeddings"], before["embeddings"], rtol=1e-5, atol=1e-6)
