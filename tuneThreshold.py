@@ -25,8 +25,8 @@ class _Curve(NamedTuple):
     """The error curve: K distinct scores ascending, then +inf (reject all); K + 1 points."""
 
     thresholds: np.ndarray  # (K+1,) float64
-    tar_below: np.ndarray  # (K+1,) int64, targets with score < threshold (rejected targets)
-    non_below: np.ndarray  # (K+1,) int64, non-targets with score < threshold (rejected non-targets)
+    tar_below: np.ndarray  # (K+1,) float64 counts (exact integers): targets with score < threshold (rejected)
+    non_below: np.ndarray  # (K+1,) float64 counts: non-targets with score < threshold (rejected)
     fnr: np.ndarray  # (K+1,) tar_below / n_target, from 0 to 1
     fpr: np.ndarray  # (K+1,) 1 - non_below / n_nontarget, from 1 to 0
     n_target: int
@@ -76,7 +76,8 @@ def _curve(scores: ArrayLike, labels: ArrayLike) -> _Curve:
     The target and the non-target scores are sorted apart (``np.compress`` is several times faster than boolean
     indexing, and two sorts of halves cost less than one of the whole), then merged as complex numbers
     ``score + 1j * label`` by a stable sort (timsort merges two sorted runs in one linear pass); the labels'
-    cumulative sum counts the targets below each tie group. No argsort, no binary search."""
+    cumulative sum counts the targets below each tie group. No argsort, no binary search; without ties (the usual
+    case for real-valued scores) no gather either."""
     s, is_target = _check_inputs(scores, labels)
     tar = np.compress(is_target, s)
     tar.sort()
@@ -89,18 +90,30 @@ def _curve(scores: ArrayLike, labels: ArrayLike) -> _Curve:
     merged.real[n_target:] = non
     merged.imag[n_target:] = 0.0
     merged.sort(kind="stable")
-    values, target = merged.real, merged.imag
-    cum_target = np.cumsum(target)  # targets among the first i + 1 sorted trials (exact below 2**53)
-    cum_target -= target  # ... among the first i
+    values = merged.real
+    below = np.empty(n + 1)  # below[i]: targets among the first i sorted trials (exact below 2**53)
+    below[0] = 0.0
+    np.cumsum(merged.imag, out=below[1:])
     new_group = np.empty(n, dtype=bool)
     new_group[0] = True
     np.not_equal(values[1:], values[:-1], out=new_group[1:])
-    starts = np.flatnonzero(new_group)  # first trial of each tie group
-    tar_below = np.append(cum_target[starts].astype(np.int64), n_target)
-    non_below = np.append(starts, n) - tar_below  # trials below a threshold = index of its tie group's first trial
+    if new_group.all():  # every score distinct: trial i is curve point i
+        thresholds = np.empty(n + 1)
+        thresholds[:n] = values
+        tar_below = below
+        non_below = np.arange(n + 1, dtype=np.float64)
+    else:
+        starts = np.append(np.flatnonzero(new_group), n)  # first trial of each tie group, then the end
+        thresholds = values[starts[:-1]]
+        thresholds = np.append(thresholds, 0.0)
+        tar_below = below[starts]
+        non_below = starts.astype(np.float64)
+    thresholds[-1] = np.inf
+    non_below -= tar_below  # trials below a threshold = index of its tie group's first trial, less the targets
     n_non = n - n_target
-    return _Curve(np.append(values[starts], np.inf), tar_below, non_below, tar_below / n_target,
-                  (n_non - non_below) / n_non, n_target, n_non)
+    fpr = n_non - non_below
+    fpr /= n_non
+    return _Curve(thresholds, tar_below, non_below, tar_below / n_target, fpr, n_target, n_non)
 
 
 def _roc_curve(c: _Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,17 +128,21 @@ def _roc_curve(c: _Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         keep = np.flatnonzero(
             np.concatenate(([True], (np.diff(non_below, 2) != 0) | (np.diff(tar_below, 2) != 0), [True]))
         )
-    tps = (c.n_target - tar_below[keep][::-1]).astype(np.float64)  # targets with score >= threshold
-    fps = (c.n_nontarget - non_below[keep][::-1]).astype(np.float64)
+    tps = c.n_target - tar_below[keep][::-1]  # targets with score >= threshold
+    fps = c.n_nontarget - non_below[keep][::-1]
     tps = np.concatenate(([0.0], tps))
     fps = np.concatenate(([0.0], fps))
     return fps / fps[-1], tps / tps[-1], np.concatenate(([np.inf], thresholds[keep][::-1]))
 
 
-def _eer(c: _Curve) -> tuple[float, float]:
-    """(EER fraction, its threshold): see ``compute_eer``. FNR - FPR rises from -1 to 1 along the curve."""
+def _crossing(c: _Curve) -> tuple[np.ndarray, int]:
+    """(d = FNR - FPR (K+1,), k): d rises from -1 to 1 along the curve; k >= 1 is its first point with d >= 0."""
     d = c.fnr - c.fpr
-    k = int(np.argmax(d >= 0))  # >= 1: d[0] = -1
+    return d, int(np.argmax(d >= 0))
+
+
+def _eer(c: _Curve, d: np.ndarray, k: int) -> tuple[float, float]:
+    """(EER fraction, its threshold): see ``compute_eer``; ``d``, ``k`` from ``_crossing``."""
     if d[k] == 0:
         return float(c.fnr[k]), float(c.thresholds[k])
     lo, hi = c.thresholds[k - 1], c.thresholds[k]
@@ -146,13 +163,36 @@ def _min_dcf(c: _Curve, p_target: float, c_miss: float, c_fa: float) -> tuple[fl
     return float(c_det[i] / c_default), float(c.thresholds[i])
 
 
-def _eer_voxceleb_trainer(c: _Curve) -> float:
+def _eer_voxceleb_trainer(c: _Curve, d: np.ndarray, k: int) -> float:
     """voxceleb_trainer's EER (fraction): max(FPR, FNR) at the point of sklearn's ROC curve (intermediate points
-    dropped) where |FNR - FPR| is smallest, the first such point in decreasing threshold order."""
-    fpr, tpr, _ = _roc_curve(c)
-    fnr = 1 - tpr
-    i = int(np.nanargmin(np.absolute(fnr - fpr)))
-    return float(max(fpr[i], fnr[i]))
+    dropped, see ``_roc_curve``) where |FNR - FPR| is smallest, the first such point in decreasing threshold order,
+    in sklearn's arithmetic (fpr = fps / n_non, fnr = 1 - tps / n_tar).
+
+    |d| falls towards the crossing ``k`` from both sides, so the answer lies in a window around it that holds a
+    kept point on each side and ends where |d| exceeds the window's best: the window grows until it does.
+    """
+    last = c.thresholds.size - 1  # the +inf point (the ROC's first, always kept); finite points 0 .. last - 1
+    width = 64
+    while True:
+        lo, hi = max(k - width, 0), min(k + width, last + 1)
+        kept = np.ones(hi - lo, dtype=bool)  # the lowest and highest scores and +inf are kept
+        a, b = max(lo, 1), min(hi, last - 1)  # interior finite points: kept unless collinear with both neighbours
+        if a < b:
+            kept[a - lo:b - lo] = np.any([x[a + 1:b + 1] - 2 * x[a:b] + x[a - 1:b - 1] != 0
+                                          for x in (c.tar_below, c.non_below)], axis=0)
+        points = np.flatnonzero(kept) + lo
+        if points.size == 0 or not points[0] < k <= points[-1]:  # no kept point on one side yet
+            width *= 4
+            continue
+        fpr = (c.n_nontarget - c.non_below[points]) / c.n_nontarget
+        fnr = 1 - (c.n_target - c.tar_below[points]) / c.n_target
+        dist = np.absolute(fnr - fpr)
+        best = dist.min()
+        bounded = (lo == 0 or abs(d[lo]) > best + 1e-12) and (hi == last + 1 or abs(d[hi - 1]) > best + 1e-12)
+        if bounded:
+            i = points.size - 1 - int(np.argmin(dist[::-1]))  # the first minimum in decreasing threshold order
+            return float(max(fpr[i], fnr[i]))
+        width *= 4
 
 
 def error_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -182,7 +222,8 @@ def compute_eer(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     alpha = -d[k-1] / (d[k] - d[k-1]) for d = FNR - FPR, EER = FNR[k-1] + alpha (FNR[k] - FNR[k-1]) (= the FPR
     there). The threshold is interpolated the same way (the lower one when the upper is the +inf end point).
     """
-    eer, threshold = _eer(_curve(scores, labels))
+    c = _curve(scores, labels)
+    eer, threshold = _eer(c, *_crossing(c))
     return 100.0 * eer, threshold
 
 
@@ -213,11 +254,12 @@ def compute_metrics(
     n_target, n_nontarget.
     """
     c = _curve(scores, labels)
-    eer, eer_threshold = _eer(c)
+    d, k = _crossing(c)
+    eer, eer_threshold = _eer(c, d, k)
     metrics: dict[str, float | int] = {
         "eer_percent": 100.0 * eer,
         "eer_threshold": eer_threshold,
-        "eer_vt_percent": 100.0 * _eer_voxceleb_trainer(c),
+        "eer_vt_percent": 100.0 * _eer_voxceleb_trainer(c, d, k),
     }
     for p in p_targets:
         key = f"min_dcf_p{float(p)}"
