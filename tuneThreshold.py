@@ -11,7 +11,8 @@ detection cost over its points, voxceleb_trainer's EER on the ROC points sklearn
 rates at given thresholds (10^7 trials: about 0.5 s on one core, bench/eval_speed.py).
 
 The functions ``tuneThresholdfromScore``, ``ComputeErrorRates`` and ``ComputeMinDcf`` keep voxceleb_trainer's
-names, signatures and numbers (without sklearn at run time), so existing scripts keep working.
+names, signatures and numbers (without sklearn at run time), so existing scripts keep working; they are why the
+file runs past 300 lines: voxceleb_trainer's users import them from here.
 """
 
 from collections.abc import Sequence
