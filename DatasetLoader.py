@@ -22,8 +22,6 @@ from torch.utils.data import Dataset, Sampler
 from audio import AudioError, load_crop, load_eval
 from augment import Augmenter
 from datalists import DataError, TrainList, TrialList
-from datalists import read_train_list as read_train_list  # trainSpeakerNet.py imports the list readers from here
-from datalists import read_trial_list as read_trial_list  # (and speakerActivationMap.py)
 
 SPEEDS = (Fraction(1), Fraction(9, 10), Fraction(11, 10))  # speed perturbation, WeSpeaker's order (class offsets)
 

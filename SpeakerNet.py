@@ -1,4 +1,4 @@
-"""The model + loss wrapper and the training and embedding loops (no argument parsing, no file formats).
+"""The model + loss wrapper and the training loop (no argument parsing, no file formats; embedder.py embeds).
 
 Mixed precision is one code path: ``autocast`` is a no-op and the gradient scaler is disabled when off. On CUDA
 ``--mixedprec`` trains in fp16 with a gradient scaler (or bf16 with ``--mixedprec_dtype bf16``, no scaler needed);
@@ -8,19 +8,15 @@ on CPU in bf16. The models keep their mel front-end in fp32 whatever the autocas
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config import UserError
-from distributed import DistEnv, all_gather, all_true
-
-log = logging.getLogger(__name__)
+from distributed import DistEnv, all_true
 
 
 class NonFiniteLossError(UserError):
@@ -52,10 +48,10 @@ def autocast(device: torch.device, enabled: bool, dtype: torch.dtype) -> context
 
 
 class ModelTrainer:
-    """Runs epochs of training steps and embeds test files; owns optimizer, scheduler and scaler."""
+    """Runs epochs of training steps; owns optimizer, scheduler and scaler."""
 
-    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer | None,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, step_per: str, device: torch.device,
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, step_per: str, device: torch.device,
                  mixedprec: bool, mixedprec_dtype: str = "fp16", env: DistEnv | None = None,
                  on_iteration: Callable[[float], None] | None = None) -> None:
         if step_per not in ("epoch", "iteration"):
@@ -119,29 +115,3 @@ class ModelTrainer:
         count = max(count, 1)
         return {"loss": total_loss / count, "acc": total_acc / count,
                 "utt_per_s": utts * self.env.world_size / (time.perf_counter() - start)}
-
-    @torch.no_grad()
-    def embed(self, loader: DataLoader, n_files: int, show_progress: bool = True) -> list[torch.Tensor]:
-        """Embeddings of every file of a TestDataset loader: list of (crops, nOut) float32 CPU tensors.
-
-        Under DDP each rank embeds every world_size-th file and every rank receives all embeddings.
-        """
-        model = self.speaker_net.model
-        model.eval()
-        if self.env.enabled:  # every rank takes every world_size-th batch of the loader
-            batches = list(loader.batch_sampler)[self.env.rank::self.env.world_size]
-            loader = DataLoader(loader.dataset, batch_sampler=batches, num_workers=loader.num_workers,
-                                pin_memory=loader.pin_memory)
-        out: list[torch.Tensor | None] = [None] * n_files
-        local: list[tuple[int, torch.Tensor]] = []
-        for crops, index in tqdm(loader, total=len(loader), desc="embedding",
-                                 disable=not (show_progress and self.env.is_main), dynamic_ncols=True):
-            batch, n_crops, samples = crops.shape
-            with autocast(self.device, self.mixedprec, self.dtype):
-                emb = model(crops.reshape(batch * n_crops, samples).to(self.device))
-            emb = emb.float().reshape(batch, n_crops, -1).cpu()
-            local += list(zip(index.tolist(), emb, strict=True))
-        for part in all_gather(local, self.env):
-            for i, e in part:
-                out[i] = e
-        return out  # type: ignore[return-value]

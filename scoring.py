@@ -1,4 +1,5 @@
-"""Trial scoring and score normalisation: pure torch maths (no I/O, no model, no device choice).
+"""Trial scoring: the maths (pure torch, no model, no device choice), the score files, and the score stage
+(embeddings file + trial lists -> score files).
 
 Scoring protocols (``PROTOCOLS``):
 - "paper": the score of voxceleb_trainer and of DTDY-CNN (Kim, Nam, Park, "Decomposed Temporal Dynamic CNN",
@@ -12,28 +13,36 @@ differences. ``score_trial_list`` gathers the embeddings of a few hundred trials
 stay in cache, which is what makes scoring fast (VoxCeleb1-O, 37,611 trials x 10 x 10 crops: ~0.5 s on one
 busy CPU core, 17x faster than gathering all trials in float64; bench/eval_speed.py).
 
-Score normalisation: AS-norm (adaptive, top-N cohort) and S-norm (whole cohort), with cosine scores against the
-cohort, as in WeSpeaker. Everything runs on the device of the tensors it is given.
+Score normalisation maths (``cohort_statistics``, ``norm_with_statistics``): AS-norm (adaptive, top-N cohort) and
+S-norm (whole cohort), with cosine scores against the cohort, as in WeSpeaker (normalisation.py runs them). The
+maths runs on the device of the tensors it is given.
+
+A score file has one line per trial, 'score label enroll test' ('score enroll test' for an unlabeled list), the
+score with 6 decimals; the metrics are computed from the files as written, so they can be recomputed from them.
 """
 
+from __future__ import annotations
+
 import logging
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-logger = logging.getLogger(__name__)
+from datalists import TrialList
+from embedding import EvalError, load_npz, protocol_of
+from fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 PROTOCOLS = ("paper", "cosine")
 
 EmbeddingTable = Mapping[str, Tensor] | tuple[Mapping[str, int], Tensor]
-
-
-def normalize_embeddings(emb: Tensor, enabled: bool) -> Tensor:
-    """L2-normalise over the last dim (e.g. (N, C, D) or (N, D)) when ``enabled``, else return ``emb``."""
-    return F.normalize(emb, p=2, dim=-1) if enabled else emb
 
 
 def _check_protocol(protocol: str) -> None:
@@ -61,35 +70,6 @@ def _paper_scores(enroll: Tensor, test: Tensor, sq_e: Tensor | None = None, sq_t
         trial, i, j = near.nonzero(as_tuple=True)
         dist2[trial, i, j] = (enroll[trial, i] - test[trial, j]).pow(2).sum(-1)
     return -dist2.clamp_min_(0.0).sqrt_().mean(dim=(1, 2))  # (n, Ce, Ct) -> (n,)
-
-
-def _cosine_scores(enroll: Tensor, test: Tensor) -> Tensor:
-    """Cosine similarity of the crop means: (n, Ce, D), (n, Ct, D) -> (n,)."""
-    return (F.normalize(enroll.mean(1), dim=-1) * F.normalize(test.mean(1), dim=-1)).sum(-1)
-
-
-@torch.no_grad()
-def score_trials(enroll: Tensor, test: Tensor, protocol: str, chunk_size: int = 4096) -> Tensor:
-    """Score trial pairs: enroll (N, Ce, D), test (N, Ct, D) (usually Ce = Ct = C) -> scores (N,).
-
-    Works on ``chunk_size`` trials at a time, so memory is O(chunk_size * Ce * Ct) beyond the inputs.
-    Embeddings are used as given (normalise them first with ``normalize_embeddings`` where the loss wants it).
-    """
-    _check_protocol(protocol)
-    if enroll.dim() != 3 or test.dim() != 3:
-        raise ValueError(f"enroll and test must be (N, C, D), got shapes {tuple(enroll.shape)}, {tuple(test.shape)}")
-    if enroll.shape[0] != test.shape[0] or enroll.shape[2] != test.shape[2]:
-        raise ValueError(
-            f"enroll {tuple(enroll.shape)} and test {tuple(test.shape)} must agree in trials N and embedding size D"
-        )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    score_fn = _paper_scores if protocol == "paper" else _cosine_scores
-    out = enroll.new_empty(enroll.shape[0])
-    for start in range(0, enroll.shape[0], chunk_size):
-        stop = start + chunk_size
-        out[start:stop] = score_fn(enroll[start:stop], test[start:stop])
-    return out
 
 
 def _as_index_and_stack(embeddings: EmbeddingTable) -> tuple[Mapping[str, int], Tensor]:
@@ -133,7 +113,7 @@ def score_trial_list(
     embeddings: {file: (C, D) or (D,) tensor} or (index {file: row}, stacked (files, C, D) or (files, D)).
     "cosine": the crop means are normalised once per file, then each trial is one dot product. "paper": the crops
     of ``batch_size`` trials at a time are gathered into two reused buffers (small enough to stay in cache) and
-    scored as ``score_trials`` does (squared norms computed once per file); the result does not depend on
+    scored by ``_paper_scores`` (squared norms computed once per file); the result does not depend on
     ``batch_size``.
     """
     _check_protocol(protocol)
@@ -185,63 +165,6 @@ def cohort_statistics(emb: Tensor, cohort: Tensor, top_n: int, chunk_size: int =
     return torch.cat(means), torch.cat(stds)
 
 
-def _unique_rows(emb: Tensor, index: Tensor | None, n_trials: int, side: str) -> tuple[Tensor, Tensor]:
-    """(unique embeddings (U, D), trial -> row (N,)): the given table and index, or deduplicated rows."""
-    if index is None:
-        if emb.dim() != 2 or emb.shape[0] != n_trials:
-            raise ValueError(f"{side}_emb must be (N={n_trials}, D) without {side}_index, got {tuple(emb.shape)}")
-        return torch.unique(emb, dim=0, return_inverse=True)
-    if index.shape != (n_trials,):
-        raise ValueError(f"{side}_index must be (N={n_trials},), got {tuple(index.shape)}")
-    if n_trials and not 0 <= int(index.min()) <= int(index.max()) < emb.shape[0]:
-        raise ValueError(f"{side}_index must index the {emb.shape[0]} rows of {side}_emb")
-    return emb, index
-
-
-def as_norm(
-    scores: Tensor | np.ndarray,
-    enroll_emb: Tensor,
-    test_emb: Tensor,
-    cohort: Tensor,
-    top_n: int,
-    enroll_index: Tensor | None = None,
-    test_index: Tensor | None = None,
-    chunk_size: int = 4096,
-) -> Tensor:
-    """Adaptive symmetric score normalisation -> normalised scores (N,).
-
-    For each trial, 0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t), where mu, sd are the mean and population std
-    of the top_n highest cosine scores of the enrollment (e) / test (t) embedding against the cohort (M, D).
-    scores (N,); enroll_emb, test_emb: (N, D) per trial, or (U, D) tables of unique files with enroll_index,
-    test_index (N,) rows. Cohort statistics are computed once per unique file. The cohort scores are cosines, so
-    the trial scores should be cosines too (protocol "cosine") for the normalisation to be meaningful.
-    """
-    s = torch.as_tensor(scores)
-    if s.dim() != 1:
-        raise ValueError(f"scores must be (N,), got {tuple(s.shape)}")
-    stats = []
-    for emb, index, side in ((enroll_emb, enroll_index, "enroll"), (test_emb, test_index, "test")):
-        table, rows = _unique_rows(emb, index, s.shape[0], side)
-        mean, std = cohort_statistics(table, cohort, top_n, chunk_size)
-        rows = rows.to(mean.device)
-        stats.append((mean[rows].to(s), std[rows].clamp_min(torch.finfo(std.dtype).eps).to(s)))
-    (mean_e, std_e), (mean_t, std_t) = stats
-    return 0.5 * ((s - mean_e) / std_e + (s - mean_t) / std_t)
-
-
-def s_norm(
-    scores: Tensor | np.ndarray,
-    enroll_emb: Tensor,
-    test_emb: Tensor,
-    cohort: Tensor,
-    enroll_index: Tensor | None = None,
-    test_index: Tensor | None = None,
-    chunk_size: int = 4096,
-) -> Tensor:
-    """Symmetric score normalisation: ``as_norm`` with the whole cohort (top_n = M)."""
-    return as_norm(scores, enroll_emb, test_emb, cohort, cohort.shape[0], enroll_index, test_index, chunk_size)
-
-
 def norm_with_statistics(
     scores: Tensor | np.ndarray, mean: Tensor, std: Tensor, enroll_index: Tensor, test_index: Tensor
 ) -> Tensor:
@@ -255,3 +178,91 @@ def norm_with_statistics(
     mean_e, std_e = mean[enroll_index].to(s), std[enroll_index].to(s)
     mean_t, std_t = mean[test_index].to(s), std[test_index].to(s)
     return 0.5 * ((s - mean_e) / std_e + (s - mean_t) / std_t)
+
+
+# ---- score files and the score stage ------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreFile:
+    """The trials of a score file: scores (N,) float64, labels (N,) int64 or None (unlabeled), file names."""
+
+    scores: np.ndarray
+    labels: np.ndarray | None
+    enroll: list[str]
+    test: list[str]
+
+
+def write_scores(path: Path, scores: np.ndarray, trials: TrialList) -> None:
+    """One line per trial: 'score label enroll test' (no label column for an unlabeled list), atomically."""
+    if trials.labels is None:
+        lines = [f"{s:.6f} {e} {t}" for s, e, t in zip(scores, trials.enroll, trials.test, strict=True)]
+    else:
+        lines = [f"{s:.6f} {lab} {e} {t}"
+                 for s, lab, e, t in zip(scores, trials.labels, trials.enroll, trials.test, strict=True)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_scores(path: Path) -> ScoreFile:
+    """A score file of ``write_scores``."""
+    rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
+    width = {len(r) for r in rows}
+    if not rows or len(width) != 1 or width.pop() not in (3, 4):
+        raise EvalError(f"Score file '{path}' must have 'score label enroll test' or 'score enroll test' lines, the "
+                        f"same on every line.")
+    labeled = len(rows[0]) == 4
+    return ScoreFile(np.array([float(r[0]) for r in rows]), np.array([int(r[1]) for r in rows]) if labeled else None,
+                     [r[-2] for r in rows], [r[-1] for r in rows])
+
+
+def list_names(trial_lists: Sequence[TrialList]) -> list[str]:
+    """A distinct name per list: the file stem, with _2, _3 ... for repeats."""
+    names: list[str] = []
+    for trials in trial_lists:
+        base = Path(trials.path).stem or "list"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def score_stems(trial_lists: Sequence[TrialList]) -> dict[str, str]:
+    """List name -> score file stem: 'scores' for the first list, 'scores_<name>' for every further one."""
+    return {name: "scores" if i == 0 else f"scores_{name}" for i, name in enumerate(list_names(trial_lists))}
+
+
+def check_finite(scores: np.ndarray, trials: TrialList) -> None:
+    if not np.isfinite(scores).all():
+        raise EvalError(f"{int((~np.isfinite(scores)).sum())} of {len(scores)} scores of '{trials.path}' are not "
+                        f"finite: the model's embeddings contain NaN or inf (diverged or corrupt weights?).")
+
+
+def score_stage(embeddings_file: Path, trial_lists: Sequence[TrialList], result_dir: Path,
+                device: torch.device) -> dict[str, dict]:
+    """Score every list from the embeddings file (by the protocol it records) into ``<result_dir>/<stem>.txt``.
+
+    Returns each list's description for metrics.json: test_list, protocol, protocol_detail, n_files, n_trials,
+    scores_file. Every file of the lists must be in the embeddings file (``ValueError`` names one that is not).
+    """
+    found = load_npz(embeddings_file)
+    if found is None:
+        raise EvalError(f"There is no embeddings file '{embeddings_file}' to score from; run --eval to write it.")
+    meta, arrays = found
+    proto = protocol_of(int(meta["eval_frames"]), int(meta["num_eval"]))
+    index = {name: i for i, name in enumerate(arrays["names"].tolist())}
+    table = torch.from_numpy(arrays["embeddings"]).to(device)
+    crops = F.normalize(table, dim=-1) if meta.get("test_normalize", True) else table
+    batch = 256 if device.type == "cpu" else 4096
+    entries = {}
+    for trials, (name, stem) in zip(trial_lists, score_stems(trial_lists).items(), strict=True):
+        start = time.perf_counter()
+        scores = score_trial_list((index, crops), list(zip(trials.enroll, trials.test, strict=True)),
+                                  proto["scoring"], batch_size=batch)
+        seconds = time.perf_counter() - start
+        check_finite(scores, trials)
+        write_scores(result_dir / f"{stem}.txt", scores, trials)
+        log.info("%s: %d trials scored in %.2f s -> %s", name, len(scores), seconds, result_dir / f"{stem}.txt")
+        entries[name] = {"test_list": trials.path, "protocol": proto["name"], "protocol_detail": proto["detail"],
+                         "n_files": len(trials.files), "n_trials": len(scores), "scores_file": f"{stem}.txt"}
+    return entries

@@ -12,7 +12,6 @@ every epoch, ``modelNNNNNNNNN.model`` at every evaluation), ``result/train.log``
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import time
 from functools import partial
@@ -30,84 +29,31 @@ import plugins
 from allocator import tune_cpu_allocator
 from augment import Augmenter, spec_augment
 from config import Config, UserError, parse_args, save_config
-from DatasetLoader import SpeakerBalancedSampler, TrainDataset, read_train_list, read_trial_list
+from datalists import read_train_list, read_trial_list
+from DatasetLoader import SpeakerBalancedSampler, TrainDataset
 from distributed import DistEnv, barrier
-from evaluation import check_eval_options, evaluate, run_extract, score_from_cache
+from embedder import Embedder
+from embedding import run_extract
+from evaluation import check_eval_options, evaluate, score_from_cache
 from loss._margin import margin_at
-from SpeakerNet import ModelTrainer, SpeakerNet
+from runtime import (
+    build_embedder,
+    build_net,
+    compile_model,
+    load_weights,
+    loader_workers,
+    pick_device,
+    seed_everything,
+    setup_logging,
+    test_normalize,
+    weights_path,
+)
+from SpeakerNet import ModelTrainer
 
 log = logging.getLogger("trainSpeakerNet")
 
 # Settings a resumed run must share with its checkpoint (besides config.MODEL_KEYS): the states must fit.
 RESUME_KEYS = ("trainfunc", "nClasses", "optimizer", "scheduler")
-
-
-class _RunLog(logging.FileHandler):
-    """The log file of one run (replaced when the same process starts another run)."""
-
-
-def setup_logging(log_file: Path | None = None) -> None:
-    """Console logging at INFO; with ``log_file``, also a copy of the log in that file."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    root.setLevel(logging.INFO)
-    for handler in [h for h in root.handlers if isinstance(h, _RunLog)]:
-        root.removeHandler(handler)
-        handler.close()
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = _RunLog(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto.")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_net(cfg: Config) -> SpeakerNet:
-    """Model and loss head from their plugins, checking the loss's needs against the config."""
-    model = plugins.build("model", cfg.model, cfg)
-    loss = plugins.build("loss", cfg.trainfunc, cfg)
-    need = getattr(loss, "min_per_speaker", 1)
-    if cfg.nPerSpeaker < need:
-        raise UserError(f"--trainfunc {cfg.trainfunc} needs --nPerSpeaker {need} or more (crops of each speaker in "
-                        f"a batch); it is {cfg.nPerSpeaker}.")
-    return SpeakerNet(model, loss)
-
-
-def load_weights(net: SpeakerNet, path: str | Path, cfg: Config, with_loss: bool) -> dict:
-    """Load model (and, when it fits, loss-head) weights from a checkpoint of ours or of the official code."""
-    obj = ckpt.read(path)
-    model_sd, loss_sd, stored = ckpt.split_weights(obj, path, net.model.state_dict())
-    ckpt.check_compatible(stored, cfg, path, ())
-    ckpt.load_into(net.model, model_sd, "model", path)
-    if with_loss:
-        same_head = stored is None or all(stored.get(k) == getattr(cfg, k) for k in ("trainfunc", "nClasses"))
-        if same_head and loss_sd:
-            ckpt.load_into(net.loss, loss_sd, "loss head", path)
-        else:
-            log.info("loss head of '%s' not loaded (another --trainfunc or --nClasses): it starts afresh", path)
-    log.info("loaded weights from %s", path)
-    return obj
-
-
-def compile_model(net: SpeakerNet, cfg: Config) -> None:
-    """--compile: torch.compile the embedding model in place (its state_dict keys do not change)."""
-    if cfg.compile:
-        log.info("compiling %s with torch.compile: the first steps wait for the compiler", cfg.model)
-        net.model.compile()
 
 
 def checkpoint_state(trainer: ModelTrainer, epoch: int, step: int, cfg: Config) -> dict:
@@ -119,27 +65,13 @@ def checkpoint_state(trainer: ModelTrainer, epoch: int, step: int, cfg: Config) 
             "rng": ckpt.rng_state(), "config": cfg.to_dict()}
 
 
-def build_for_inference(cfg: Config, device: torch.device, env: DistEnv) -> tuple[ModelTrainer, str | Path]:
-    """The configured model with the weights of --initial_model (or the latest checkpoint), ready to embed."""
-    path = cfg.initial_model or ckpt.latest_checkpoint(cfg.save_path)
-    if not path:
-        raise UserError(f"--eval, --extract and speakerActivationMap.py need weights: give --initial_model, or "
-                        f"train first so that '{Path(cfg.save_path) / 'model'}' holds a checkpoint.")
-    net = build_net(cfg)
-    load_weights(net, path, cfg, with_loss=False)
-    net.to(device)
-    compile_model(net, cfg)
-    return ModelTrainer(net, None, None, "epoch", device, cfg.mixedprec, cfg.mixedprec_dtype, env), path
-
-
 def run_eval(cfg: Config, device: torch.device, env: DistEnv) -> dict:
     result_dir = Path(cfg.save_path) / "result"
     trials = [read_trial_list(p, cfg.test_path, check_files=not cfg.score_from_cache) for p in cfg.test_list]
     if cfg.score_from_cache:
-        path = cfg.initial_model or ckpt.latest_checkpoint(cfg.save_path)
-        return score_from_cache(cfg, trials, result_dir, checkpoint=path)
-    trainer, path = build_for_inference(cfg, device, env)
-    return evaluate(trainer, trials, cfg, result_dir, trainer.speaker_net.loss, checkpoint=path)
+        return score_from_cache(cfg, trials, result_dir, checkpoint=weights_path(cfg))
+    embedder, net, path = build_embedder(cfg, device, env)
+    return evaluate(embedder, trials, cfg, result_dir, test_normalize(net.loss), checkpoint=path)
 
 
 class _Board:
@@ -172,7 +104,7 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
         ckpt.check_compatible(resume.get("config"), cfg, last, RESUME_KEYS)
     train = read_train_list(cfg.train_list, cfg.train_path)
     trials = [read_trial_list(p, cfg.test_path) for p in cfg.test_list]
-    augmenter = Augmenter(cfg.musan_path, cfg.rir_path, resample=cfg.resample) if cfg.augment else None
+    augmenter = Augmenter(cfg.musan_path, cfg.rir_path, cfg.resample, cfg.aug_prob) if cfg.augment else None
     dataset = TrainDataset(train, cfg.max_frames, augmenter=augmenter, speed_perturb=cfg.speed_perturb,
                            resample=cfg.resample)
     if dataset.num_classes > cfg.nClasses:
@@ -185,8 +117,9 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
     if cfg.spec_augment:
         if not hasattr(net.model, "feature_augment"):
             raise UserError(f"--spec_augment needs a model with a feature_augment hook; '{cfg.model}' has none.")
-        net.model.feature_augment = partial(spec_augment, freq_masks=1, freq_width=8, time_masks=1, time_width=10,
-                                            prob=0.6)
+        net.model.feature_augment = partial(spec_augment, freq_masks=cfg.spec_freq_masks,
+                                            freq_width=cfg.spec_freq_width, time_masks=cfg.spec_time_masks,
+                                            time_width=cfg.spec_time_width, prob=cfg.spec_prob)
     sampler = SpeakerBalancedSampler(train.labels, cfg.nPerSpeaker, cfg.max_seg_per_spk, cfg.batch_size, cfg.seed,
                                      rank=env.rank, world_size=env.world_size)
     steps = sampler.batches_per_epoch()
@@ -195,9 +128,9 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
                         f"{cfg.nPerSpeaker} crops per process ({env.world_size} processes); lower --batch_size or "
                         f"--nPerSpeaker.")
     # Crop positions come from the sampler's seeds; the generator only keeps DataLoader off the global RNG.
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                        num_workers=cfg.nDataLoaderThread, drop_last=True, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.nDataLoaderThread > 0,
+    workers = loader_workers(cfg.nDataLoaderThread)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         generator=torch.Generator().manual_seed(cfg.seed))
     optimizer = plugins.build("optimizer", cfg.optimizer, cfg, named_parameters=list(net.named_parameters()))
     scheduler, step_per = plugins.build("scheduler", cfg.scheduler, cfg, optimizer=optimizer, iters_per_epoch=steps)
@@ -243,6 +176,7 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
              "%.2fM parameters", len(train.files), len(train.speakers), steps, env.world_size, cfg.batch_size,
              cfg.nPerSpeaker, sum(p.numel() for p in net.model.parameters()) / 1e6)
     board = _Board(save / "tensorboard", cfg.tensorboard and env.is_main)
+    embedder = Embedder(net.model, device, env, cfg.mixedprec, cfg.mixedprec_dtype)
     last_save = time.monotonic()
 
     def timed_checkpoint(epoch: int, done: int) -> None:
@@ -272,7 +206,7 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
         if epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch:
             if env.is_main:
                 ckpt.atomic_save(state, ckpt.checkpoint_path(save, epoch))
-            metrics = evaluate(trainer, trials, cfg, save / "result", net.loss,
+            metrics = evaluate(embedder, trials, cfg, save / "result", test_normalize(net.loss),
                                checkpoint=ckpt.checkpoint_path(save, epoch))
             board.add({f"eval/{k}": v for k, v in metrics.items() if k.startswith(("eer", "min_dcf"))}, epoch)
         barrier(env)
@@ -290,7 +224,6 @@ def _worker(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     setup_logging()
-    tune_cpu_allocator()
     env = distributed.from_environment()
     try:
         cfg = parse_args(argv)
@@ -311,10 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         if not env.is_main:
             logging.getLogger().setLevel(logging.WARNING)
         device = distributed.init(env, device.type) if env.enabled else device
+        if device.type == "cpu":
+            tune_cpu_allocator()
         seed_everything(cfg.seed)
         if cfg.extract:
-            trainer, path = build_for_inference(cfg, device, env)
-            run_extract(cfg, trainer, checkpoint=path)
+            embedder, _, path = build_embedder(cfg, device, env)
+            run_extract(cfg, embedder, checkpoint=path)
         elif cfg.eval:
             run_eval(cfg, device, env)
         else:

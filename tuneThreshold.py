@@ -1,43 +1,35 @@
-"""Speaker-verification metrics: EER, minDCF and the DET curve, as pure vectorised NumPy.
+"""Speaker-verification metrics: EER, minDCF and the DET curve, as pure vectorised NumPy (arrays in, numbers out).
 
 Convention: a trial is accepted when ``score >= threshold``; label 1 is a target (same speaker) trial, label 0 a
 non-target. FNR (miss, false rejection) is the fraction of targets rejected, FPR (false alarm, false acceptance)
 the fraction of non-targets accepted. The error curve has one point per distinct score (tied trials form one
 point) plus a final point at +inf (reject all).
 
-Everything starts from one sort of the target and one of the non-target scores (``_split_sorted``); the rates at
-any threshold are then two binary searches. The metrics never build the whole curve: the EER is found by
-bisection, minDCF from the few candidate thresholds that can be optimal, voxceleb_trainer's EER from the ROC
-points next to the crossing. The whole curve (``error_curve``, ``det_curve``, ``tuneThresholdfromScore``) is a
-linear merge of the two sorted arrays.
+One routine, ``_curve``, builds that curve from one sort of the target and one of the non-target scores merged in a
+linear pass; every metric is read off it: the EER where FNR - FPR changes sign, minDCF as the minimum of the
+detection cost over its points, voxceleb_trainer's EER on the ROC points sklearn keeps, the DET curve and the
+rates at given thresholds (10^7 trials: about 0.5 s on one core, bench/eval_speed.py).
 
 The functions ``tuneThresholdfromScore``, ``ComputeErrorRates`` and ``ComputeMinDcf`` keep voxceleb_trainer's
-names, signatures and numbers (without sklearn at run time), so existing scripts keep working.
+names, signatures and numbers (without sklearn at run time), so existing scripts keep working; they are why the
+file runs past 300 lines: voxceleb_trainer's users import them from here.
 """
 
-import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-logger = logging.getLogger(__name__)
 
+class _Curve(NamedTuple):
+    """The error curve: K distinct scores ascending, then +inf (reject all); K + 1 points."""
 
-class _Sorted(NamedTuple):
-    """The scores of each class, ascending (float64)."""
-
-    tar: np.ndarray  # (n_target,)
-    non: np.ndarray  # (n_nontarget,)
-
-
-class _Counts(NamedTuple):
-    """Error counts at every distinct score."""
-
-    thresholds: np.ndarray  # (K,) distinct scores, ascending, float64
-    tar_below: np.ndarray  # (K,) int64, target trials with score < threshold (rejected targets)
-    non_below: np.ndarray  # (K,) int64, non-target trials with score < threshold (rejected non-targets)
+    thresholds: np.ndarray  # (K+1,) float64
+    tar_below: np.ndarray  # (K+1,) float64 counts (exact integers): targets with score < threshold (rejected)
+    non_below: np.ndarray  # (K+1,) float64 counts: non-targets with score < threshold (rejected)
+    fnr: np.ndarray  # (K+1,) tar_below / n_target, from 0 to 1
+    fpr: np.ndarray  # (K+1,) 1 - non_below / n_nontarget, from 1 to 0
     n_target: int
     n_nontarget: int
 
@@ -79,189 +71,129 @@ def _check_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.
     return s, is_target
 
 
-def _split_sorted(s: np.ndarray, is_target: np.ndarray) -> _Sorted:
-    """Target and non-target scores, each sorted (validated inputs). ``np.compress`` is several times faster
-    than boolean indexing, and two sorts of halves cost less than one of the whole."""
+def _curve(scores: ArrayLike, labels: ArrayLike) -> _Curve:
+    """The error curve of validated ``scores`` (N,) and ``labels`` (N,).
+
+    The target and the non-target scores are sorted apart (``np.compress`` is several times faster than boolean
+    indexing, and two sorts of halves cost less than one of the whole), then merged as complex numbers
+    ``score + 1j * label`` by a stable sort (timsort merges two sorted runs in one linear pass); the labels'
+    cumulative sum counts the targets below each tie group. No argsort, no binary search; without ties (the usual
+    case for real-valued scores) no gather either."""
+    s, is_target = _check_inputs(scores, labels)
     tar = np.compress(is_target, s)
     tar.sort()
     non = np.compress(~is_target, s)
     non.sort()
-    return _Sorted(tar, non)
-
-
-def _rates(sc: _Sorted, threshold: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fnr, fpr) when accepting ``score >= threshold``; scalar or array thresholds (+inf rejects all)."""
-    fnr = np.searchsorted(sc.tar, threshold, side="left") / sc.tar.size
-    fpr = (sc.non.size - np.searchsorted(sc.non, threshold, side="left")) / sc.non.size
-    return fnr, fpr
-
-
-def _sorted_counts(sc: _Sorted) -> _Counts:
-    """Counts at every distinct score: the two sorted arrays merged as complex numbers ``score + 1j * label`` by
-    a stable sort (timsort merges two sorted runs in one linear pass); the labels' cumulative sum counts the
-    targets. No argsort, no binary search."""
-    n_target, n = sc.tar.size, sc.tar.size + sc.non.size
+    n_target, n = tar.size, s.size
     merged = np.empty(n, dtype=np.complex128)  # real: score, imag: 1.0 for a target
-    merged.real[:n_target] = sc.tar
+    merged.real[:n_target] = tar
     merged.imag[:n_target] = 1.0
-    merged.real[n_target:] = sc.non
+    merged.real[n_target:] = non
     merged.imag[n_target:] = 0.0
     merged.sort(kind="stable")
-    values, target = merged.real, merged.imag
-    cum_target = np.cumsum(target)  # targets among the first i + 1 sorted trials (exact below 2**53)
-    cum_target -= target  # ... among the first i
+    values = merged.real
+    below = np.empty(n + 1)  # below[i]: targets among the first i sorted trials (exact below 2**53)
+    below[0] = 0.0
+    np.cumsum(merged.imag, out=below[1:])
     new_group = np.empty(n, dtype=bool)
     new_group[0] = True
     np.not_equal(values[1:], values[:-1], out=new_group[1:])
-    starts = np.flatnonzero(new_group)  # first trial of each tie group
-    tar_below = cum_target[starts].astype(np.int64)
-    non_below = starts - tar_below  # trials strictly below a threshold = index of its tie group's first trial
-    return _Counts(values[starts], tar_below, non_below, n_target, n - n_target)
+    if new_group.all():  # every score distinct: trial i is curve point i
+        thresholds = np.empty(n + 1)
+        thresholds[:n] = values
+        tar_below = below
+        non_below = np.arange(n + 1, dtype=np.float64)
+    else:
+        starts = np.append(np.flatnonzero(new_group), n)  # first trial of each tie group, then the end
+        thresholds = values[starts[:-1]]
+        thresholds = np.append(thresholds, 0.0)
+        tar_below = below[starts]
+        non_below = starts.astype(np.float64)
+    thresholds[-1] = np.inf
+    non_below -= tar_below  # trials below a threshold = index of its tie group's first trial, less the targets
+    n_non = n - n_target
+    fpr = n_non - non_below
+    fpr /= n_non
+    return _Curve(thresholds, tar_below, non_below, tar_below / n_target, fpr, n_target, n_non)
 
 
-def _error_curve(c: _Counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fnr, fpr, thresholds), thresholds ascending with a final +inf (reject all)."""
-    fnr = np.append(c.tar_below, c.n_target) / c.n_target
-    fpr = (c.n_nontarget - np.append(c.non_below, c.n_nontarget)) / c.n_nontarget
-    return fnr, fpr, np.append(c.thresholds, np.inf)
-
-
-def _roc_curve(c: _Counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _roc_curve(c: _Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """sklearn.metrics.roc_curve(labels, scores, pos_label=1) with drop_intermediate=True, bit for bit.
 
     Points in decreasing threshold order; a point is dropped when it is collinear with its two neighbours
     (zero second difference of both the false- and the true-positive counts); then (0, 0) at +inf is prepended.
     """
+    tar_below, non_below, thresholds = c.tar_below[:-1], c.non_below[:-1], c.thresholds[:-1]
     keep = slice(None)
-    if c.thresholds.size > 2:  # a second difference is zero on the reversed curve iff it is on this one
+    if thresholds.size > 2:  # a second difference is zero on the reversed curve iff it is on this one
         keep = np.flatnonzero(
-            np.concatenate(([True], (np.diff(c.non_below, 2) != 0) | (np.diff(c.tar_below, 2) != 0), [True]))
+            np.concatenate(([True], (np.diff(non_below, 2) != 0) | (np.diff(tar_below, 2) != 0), [True]))
         )
-    tps = (c.n_target - c.tar_below[keep][::-1]).astype(np.float64)  # targets with score >= threshold
-    fps = (c.n_nontarget - c.non_below[keep][::-1]).astype(np.float64)
-    thresholds = c.thresholds[keep][::-1]
+    tps = c.n_target - tar_below[keep][::-1]  # targets with score >= threshold
+    fps = c.n_nontarget - non_below[keep][::-1]
     tps = np.concatenate(([0.0], tps))
     fps = np.concatenate(([0.0], fps))
-    thresholds = np.concatenate(([np.inf], thresholds))
-    return fps / fps[-1], tps / tps[-1], thresholds
+    return fps / fps[-1], tps / tps[-1], np.concatenate(([np.inf], thresholds[keep][::-1]))
 
 
-def _first_above(values: np.ndarray, sc: _Sorted) -> float:
-    """The smallest of the sorted ``values`` where FNR - FPR >= 0 (+inf if none), by bisection: FNR - FPR is
-    non-decreasing in the threshold."""
-    lo, hi = 0, values.size
-    while lo < hi:
-        mid = (lo + hi) // 2
-        fnr, fpr = _rates(sc, values[mid])
-        if fnr - fpr >= 0:
-            hi = mid
-        else:
-            lo = mid + 1
-    return float(values[lo]) if lo < values.size else np.inf
+def _crossing(c: _Curve) -> tuple[np.ndarray, int]:
+    """(d = FNR - FPR (K+1,), k): d rises from -1 to 1 along the curve; k >= 1 is its first point with d >= 0."""
+    d = c.fnr - c.fpr
+    return d, int(np.argmax(d >= 0))
 
 
-def _point_below(sc: _Sorted, threshold: float) -> float:
-    """The largest score below ``threshold`` (the curve's previous point); -inf if none."""
-    below = [a[i - 1] for a in sc if (i := int(np.searchsorted(a, threshold, side="left"))) > 0]
-    return float(max(below)) if below else -np.inf
-
-
-def _eer(sc: _Sorted) -> tuple[float, float, float, float]:
-    """(EER fraction, its threshold, the thresholds of the curve points before and at/after the crossing).
-
-    The first point with FNR - FPR >= 0 is the smaller of the first such target score and non-target score
-    (bisection of each); the point before it is the next smaller score. The curve is taken as linear between the
-    two (see ``compute_eer``)."""
-    hi = min(_first_above(sc.tar, sc), _first_above(sc.non, sc))
-    lo = _point_below(sc, hi)  # exists: at the lowest score FNR - FPR = -1
-    (fnr0, fnr1), (fpr0, fpr1) = _rates(sc, np.array([lo, hi]))
-    d0, d1 = fnr0 - fpr0, fnr1 - fpr1
-    if d1 == 0:
-        return float(fnr1), hi, lo, hi
-    alpha = -d0 / (d1 - d0)  # in (0, 1]: fraction of the way from the point before to the point after
+def _eer(c: _Curve, d: np.ndarray, k: int) -> tuple[float, float]:
+    """(EER fraction, its threshold): see ``compute_eer``; ``d``, ``k`` from ``_crossing``."""
+    if d[k] == 0:
+        return float(c.fnr[k]), float(c.thresholds[k])
+    lo, hi = c.thresholds[k - 1], c.thresholds[k]
+    alpha = -d[k - 1] / (d[k] - d[k - 1])  # in (0, 1]: fraction of the way from point k - 1 to point k
     threshold = lo + alpha * (hi - lo) if np.isfinite(hi) else lo
-    return float(fnr0 + alpha * (fnr1 - fnr0)), float(threshold), lo, hi
+    return float(c.fnr[k - 1] + alpha * (c.fnr[k] - c.fnr[k - 1])), float(threshold)
 
 
-def _min_dcf(sc: _Sorted, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float]:
-    """Normalised minDCF and its threshold (the lowest optimal one), from the candidate thresholds only.
-
-    Raising the threshold past non-targets only lowers the cost, so an optimum is the +inf point or a target
-    score; between two consecutive non-target scores FPR is fixed and the lowest target score is best. A
-    threshold with m or more non-targets above costs at least c_fa (1 - p) m / n_non, more than rejecting all
-    (c_miss p) once m > c_miss p n_non / (c_fa (1 - p)). So the candidates are the lowest target score, the
-    lowest target score above each of the top m non-target scores, and +inf.
-    """
+def _min_dcf(c: _Curve, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float]:
+    """Normalised minDCF over the curve's points and its threshold (the lowest optimal one)."""
     if not 0.0 < p_target < 1.0:
         raise ValueError(f"p_target must be in (0, 1), got {p_target}")
     if c_miss <= 0 or c_fa <= 0:
         raise ValueError(f"c_miss and c_fa must be > 0, got c_miss={c_miss}, c_fa={c_fa}")
-    n_tar, n_non = sc.tar.size, sc.non.size
-    m = int(min(n_non, np.floor(c_miss * p_target * n_non / (c_fa * (1.0 - p_target))) + 2))
-    first = np.searchsorted(sc.tar, sc.non[n_non - m :], side="right")  # first target above each
-    first = np.concatenate(([0], first[first < n_tar]))
-    first = first[np.concatenate(([True], first[1:] != first[:-1]))]  # ascending, distinct
-    thresholds = np.append(sc.tar[first], np.inf)
-    fnr, fpr = _rates(sc, thresholds)
-    c_det = c_miss * p_target * fnr + c_fa * (1.0 - p_target) * fpr
+    c_det = c_miss * p_target * c.fnr + c_fa * (1.0 - p_target) * c.fpr
     i = int(np.argmin(c_det))
     c_default = min(c_miss * p_target, c_fa * (1.0 - p_target))
-    return float(c_det[i] / c_default), float(thresholds[i])
+    return float(c_det[i] / c_default), float(c.thresholds[i])
 
 
-def _window(sc: _Sorted, center: float, width: int) -> tuple[np.ndarray, bool]:
-    """The distinct scores around ``center`` (up to ``width`` of each class on each side) that form a complete
-    run of the curve's thresholds, and whether that run reaches the highest score."""
-    parts, lo, hi = [], -np.inf, np.inf
-    for a in sc:
-        i = int(np.searchsorted(a, center, side="left"))
-        start, stop = max(i - width, 0), min(i + width, a.size)
-        parts.append(a[start:stop])
-        if start > 0:  # scores of this class below a[start] are missing: the run starts there
-            lo = max(lo, float(a[start]))
-        if stop < a.size:
-            hi = min(hi, float(a[stop - 1]))
-    values = np.unique(np.concatenate(parts))
-    return values[(values >= lo) & (values <= hi)], hi == np.inf
-
-
-def _eer_voxceleb_trainer(sc: _Sorted, hi: float) -> float:
+def _eer_voxceleb_trainer(c: _Curve, d: np.ndarray, k: int) -> float:
     """voxceleb_trainer's EER (fraction): max(FPR, FNR) at the point of sklearn's ROC curve (intermediate points
-    dropped) where |FNR - FPR| is smallest, the first such point in decreasing threshold order.
+    dropped, see ``_roc_curve``) where |FNR - FPR| is smallest, the first such point in decreasing threshold order,
+    in sklearn's arithmetic (fpr = fps / n_non, fnr = 1 - tps / n_tar).
 
-    ``hi``: the threshold of the first curve point with FNR - FPR >= 0 (from ``_eer``). FNR - FPR increases
-    along the curve, so the answer is the first ROC point at or above ``hi`` or the last one below it. The ROC
-    keeps the lowest and highest scores, the +inf point and every point not collinear with its neighbours:
-    moving from point g to g + 1 rejects the trials scoring exactly threshold g, so point g is dropped when the
-    trials at thresholds g - 1 and g have the same numbers of targets and non-targets. Both points are looked up
-    in a window around the crossing that grows until it holds them. Rates use sklearn's arithmetic
-    (fpr = fps / n_non, fnr = 1 - tps / n_tar).
+    |d| falls towards the crossing ``k`` from both sides, so the answer lies in a window around it that holds a
+    kept point on each side and ends where |d| exceeds the window's best: the window grows until it does.
     """
-    lowest, highest = min(sc.tar[0], sc.non[0]), max(sc.tar[-1], sc.non[-1])
-    width = 16
+    last = c.thresholds.size - 1  # the +inf point (the ROC's first, always kept); finite points 0 .. last - 1
+    width = 64
     while True:
-        values, to_top = _window(sc, hi, width)  # holds the point before hi (each side has >= 1 score)
-        count = np.stack(
-            [np.searchsorted(a, values, side="right") - np.searchsorted(a, values, side="left") for a in sc]
-        )  # (2, V) targets and non-targets scoring each value
-        kept = (values == lowest) | (values == highest)
-        kept[1:] |= np.any(count[:, 1:] != count[:, :-1], axis=0)
-        if values[0] != lowest:
-            kept[0] = False  # unknown: its predecessor is outside the window; the search below then grows
-        up = np.flatnonzero((values >= hi) & kept)
-        down = np.flatnonzero((values < hi) & kept)
-        if (up.size or to_top) and (down.size and (down[-1] > 0 or values[0] == lowest)):
-            break
+        lo, hi = max(k - width, 0), min(k + width, last + 1)
+        kept = np.ones(hi - lo, dtype=bool)  # the lowest and highest scores and +inf are kept
+        a, b = max(lo, 1), min(hi, last - 1)  # interior finite points: kept unless collinear with both neighbours
+        if a < b:
+            kept[a - lo:b - lo] = np.any([x[a + 1:b + 1] - 2 * x[a:b] + x[a - 1:b - 1] != 0
+                                          for x in (c.tar_below, c.non_below)], axis=0)
+        points = np.flatnonzero(kept) + lo
+        if points.size == 0 or not points[0] < k <= points[-1]:  # no kept point on one side yet
+            width *= 4
+            continue
+        fpr = (c.n_nontarget - c.non_below[points]) / c.n_nontarget
+        fnr = 1 - (c.n_target - c.tar_below[points]) / c.n_target
+        dist = np.absolute(fnr - fpr)
+        best = dist.min()
+        bounded = (lo == 0 or abs(d[lo]) > best + 1e-12) and (hi == last + 1 or abs(d[hi - 1]) > best + 1e-12)
+        if bounded:
+            i = points.size - 1 - int(np.argmin(dist[::-1]))  # the first minimum in decreasing threshold order
+            return float(max(fpr[i], fnr[i]))
         width *= 4
-    best = None
-    for t in (values[up[0]] if up.size else np.inf, values[down[-1]]):  # higher threshold first
-        tps = sc.tar.size - int(np.searchsorted(sc.tar, t, side="left"))  # +inf: 0
-        fps = sc.non.size - int(np.searchsorted(sc.non, t, side="left"))
-        roc_fpr, roc_fnr = float(fps) / sc.non.size, 1.0 - float(tps) / sc.tar.size
-        dist = abs(roc_fnr - roc_fpr)
-        if best is None or dist < best[0]:
-            best = (dist, max(roc_fpr, roc_fnr))
-    return best[1]
 
 
 def error_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -271,15 +203,16 @@ def error_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.nd
     scores: thresholds ascending (accept when score >= threshold); the first point (threshold = lowest score)
     accepts all (fnr 0, fpr 1), the last (threshold +inf) rejects all (fnr 1, fpr 0). Tied scores form one point.
     """
-    return _error_curve(_sorted_counts(_split_sorted(*_check_inputs(scores, labels))))
+    c = _curve(scores, labels)
+    return c.fnr, c.fpr, c.thresholds
 
 
 def rates_at(scores: ArrayLike, labels: ArrayLike, thresholds: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, fnr) when accepting ``score >= threshold``, for each of ``thresholds`` (any shape; +inf rejects
     all). E.g. the operating points of the EER and minDCF thresholds on a DET curve."""
-    sc = _split_sorted(*_check_inputs(scores, labels))
-    fnr, fpr = _rates(sc, np.asarray(thresholds, dtype=np.float64))
-    return fpr, fnr
+    c = _curve(scores, labels)
+    k = np.searchsorted(c.thresholds, np.asarray(thresholds, dtype=np.float64), side="left")  # first point >= t
+    return c.fpr[k], c.fnr[k]
 
 
 def compute_eer(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
@@ -290,7 +223,8 @@ def compute_eer(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     alpha = -d[k-1] / (d[k] - d[k-1]) for d = FNR - FPR, EER = FNR[k-1] + alpha (FNR[k] - FNR[k-1]) (= the FPR
     there). The threshold is interpolated the same way (the lower one when the upper is the +inf end point).
     """
-    eer, threshold, _, _ = _eer(_split_sorted(*_check_inputs(scores, labels)))
+    c = _curve(scores, labels)
+    eer, threshold = _eer(c, *_crossing(c))
     return 100.0 * eer, threshold
 
 
@@ -303,7 +237,7 @@ def compute_min_dcf(
     min(c_miss * p_target, c_fa * (1 - p_target)) (the cost of the best fixed decision), so it is <= 1.
     The threshold is the lowest optimal one; +inf when rejecting all trials is optimal.
     """
-    return _min_dcf(_split_sorted(*_check_inputs(scores, labels)), p_target, c_miss, c_fa)
+    return _min_dcf(_curve(scores, labels), p_target, c_miss, c_fa)
 
 
 def compute_metrics(
@@ -313,29 +247,30 @@ def compute_metrics(
     c_miss: float = 1.0,
     c_fa: float = 1.0,
 ) -> dict[str, float | int]:
-    """All verification metrics from one sort of each class (10^7 trials in well under a second).
+    """All verification metrics from one error curve (``_curve``).
 
     Keys: eer_percent, eer_threshold (interpolated EER, see ``compute_eer``), eer_vt_percent (voxceleb_trainer's
     EER: max(FPR, FNR) at the sklearn ROC point where |FNR - FPR| is smallest), min_dcf_p<p> and
     min_dcf_p<p>_threshold for each p in p_targets (e.g. min_dcf_p0.01), dcf_c_miss, dcf_c_fa, n_trials,
     n_target, n_nontarget.
     """
-    sc = _split_sorted(*_check_inputs(scores, labels))
-    eer, eer_threshold, _, hi = _eer(sc)
+    c = _curve(scores, labels)
+    d, k = _crossing(c)
+    eer, eer_threshold = _eer(c, d, k)
     metrics: dict[str, float | int] = {
         "eer_percent": 100.0 * eer,
         "eer_threshold": eer_threshold,
-        "eer_vt_percent": 100.0 * _eer_voxceleb_trainer(sc, hi),
+        "eer_vt_percent": 100.0 * _eer_voxceleb_trainer(c, d, k),
     }
     for p in p_targets:
         key = f"min_dcf_p{float(p)}"
-        metrics[key], metrics[f"{key}_threshold"] = _min_dcf(sc, float(p), c_miss, c_fa)
+        metrics[key], metrics[f"{key}_threshold"] = _min_dcf(c, float(p), c_miss, c_fa)
     metrics.update(
         dcf_c_miss=float(c_miss),
         dcf_c_fa=float(c_fa),
-        n_trials=sc.tar.size + sc.non.size,
-        n_target=sc.tar.size,
-        n_nontarget=sc.non.size,
+        n_trials=c.n_target + c.n_nontarget,
+        n_target=c.n_target,
+        n_nontarget=c.n_nontarget,
     )
     return metrics
 
@@ -364,7 +299,7 @@ def tuneThresholdfromScore(
     target_fr (FNR) then each target_fa (FPR); eer_percent = 100 max(FPR, FNR) at the point where |FNR - FPR| is
     smallest; fpr, fnr are the ROC points (decreasing threshold, first threshold +inf).
     """
-    fpr, tpr, thresholds = _roc_curve(_sorted_counts(_split_sorted(*_check_inputs(scores, labels))))
+    fpr, tpr, thresholds = _roc_curve(_curve(scores, labels))
     fnr = 1 - tpr
     tuned = []
     if target_fr:

@@ -5,7 +5,7 @@
     python bench/eval_speed.py --device cuda --embed_files 256
 
 Embedding: ``--embed_files`` generated files of ``--seconds`` s (VoxCeleb1 averages 8.2 s) through ``--model`` with
-random weights, by the paper protocol (10 crops of 400 frames) and as whole utterances (evaluation.embed_files).
+random weights, by the paper protocol (10 crops of 400 frames) and as whole utterances (embedding.embed_files).
 Scoring: random unit embeddings of 4,708 files x 10 crops x 512 on the 37,611 trials of VoxCeleb1-O (read from
 ../shared/data; random pairs of the same size when absent): scoring.score_trial_list (float32, cache-sized
 chunks) against the former float64 implementation, and the cosine of whole-utterance embeddings.
@@ -33,11 +33,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import evaluation  # noqa: E402
 import plugins  # noqa: E402
 from config import Config  # noqa: E402
+from embedder import Embedder  # noqa: E402
+from embedding import embed_files  # noqa: E402
 from scoring import score_trial_list  # noqa: E402
-from SpeakerNet import ModelTrainer, SpeakerNet  # noqa: E402
 from tuneThreshold import compute_metrics  # noqa: E402
 
 VOX1_O = ROOT.parent / "shared" / "data" / "voxceleb1_O_cleaned_trials.txt"
@@ -72,8 +72,7 @@ def bench_embedding(args: argparse.Namespace, device: torch.device) -> None:
     cfg = Config(model=args.model, nOut=512, n_mels=64, encoder_type="ASP", nDataLoaderThread=args.workers,
                  device=device.type, eval_frames=400, num_eval=10)
     torch.manual_seed(0)
-    net = SpeakerNet(plugins.build("model", cfg.model, cfg), torch.nn.Identity()).to(device)
-    trainer = ModelTrainer(net, None, None, "epoch", device, args.mixedprec)
+    embedder = Embedder(plugins.build("model", cfg.model, cfg).to(device), device, mixedprec=args.mixedprec)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         files = []
@@ -83,9 +82,9 @@ def bench_embedding(args: argparse.Namespace, device: torch.device) -> None:
             files.append(f"{i}.wav")
         for eval_frames, label in ((400, "embedding, paper (10 x 400 fr.)"), (0, "embedding, whole utterances")):
             cfg.eval_frames = eval_frames
-            evaluation.embed_files(trainer, files[:2], tmp, cfg, show_progress=False)  # warm-up
+            embed_files(embedder, files[:2], tmp, cfg, show_progress=False)  # warm-up
             start = time.perf_counter()
-            evaluation.embed_files(trainer, files, tmp, cfg, show_progress=False)
+            embed_files(embedder, files, tmp, cfg, show_progress=False)
             seconds = time.perf_counter() - start
             row(label, f"{len(files)} files ~{args.seconds:g} s", f"{len(files) / seconds:.1f} files/s")
 

@@ -1,6 +1,7 @@
 """The evaluation back end: protocols, embedding cache, several lists, score norm wiring, DET, extraction, and the
 real VoxCeleb1-O list end to end. Metrics and scoring maths against independent references."""
 
+import io
 import json
 import struct
 from pathlib import Path
@@ -13,13 +14,18 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_curve
 
 import checkpoint as ckpt
+import embedding
 import evaluation as ev
+import normalisation
+import runtime
 import trainSpeakerNet
 import tuneThreshold as tt
-from config import Config
-from DatasetLoader import load_eval, read_trial_list
-from scoring import NEAR_DISTANCE, score_trials
-from SpeakerNet import ModelTrainer
+from audio import load_eval
+from config import Config, parse_args
+from datalists import read_trial_list
+from embedder import Embedder
+from scoring import NEAR_DISTANCE
+from tests.scoring_reference import score_trials
 
 VOX1_O = Path(__file__).resolve().parents[2] / "shared" / "data" / "voxceleb1_O_cleaned_trials.txt"
 RATE = 16000
@@ -147,10 +153,11 @@ def make_cfg(corpus: Path, save: Path, **overrides) -> Config:
     return Config(**values)
 
 
-def make_trainer(cfg: Config, seed: int = 0) -> ModelTrainer:
+def make_embedder(cfg: Config, seed: int = 0) -> tuple[Embedder, bool]:
+    """(an embedder of the configured model with seeded random weights, its loss's test_normalize)."""
     torch.manual_seed(seed)
-    net = trainSpeakerNet.build_net(cfg)
-    return ModelTrainer(net, None, None, "epoch", torch.device("cpu"), False)
+    net = runtime.build_net(cfg)
+    return Embedder(net.model, torch.device("cpu")), runtime.test_normalize(net.loss)
 
 
 def lists(cfg: Config) -> list:
@@ -166,13 +173,13 @@ def result(cfg: Config) -> Path:
 
 def test_whole_utterances_are_batched_by_equal_length_and_equal_single_file_embeddings(corpus, tmp_path):
     cfg = make_cfg(corpus, tmp_path, eval_frames=0)
-    trainer = make_trainer(cfg)
+    embedder, normalize = make_embedder(cfg)
     files = list(TEST_LENGTHS)
-    batches = ev._equal_length_batches(files, cfg.test_path)
+    batches = embedding._equal_length_batches(files, cfg.test_path)
     assert sorted(len(b) for b in batches) == [1, 1, 2, 3]  # 3 x 0.5 s, 2 x 0.62 s, two singles
-    got = ev.embed_files(trainer, files, cfg.test_path, cfg, show_progress=False)
+    got = embedding.embed_files(embedder, files, cfg.test_path, cfg, show_progress=False)
     assert got.shape == (len(files), 1, 8)
-    model = trainer.net.model.eval()
+    model = embedder.model.eval()
     with torch.no_grad():
         single = torch.stack([model(torch.from_numpy(load_eval(str(corpus / "test" / f), 0, 1))) for f in files])
     torch.testing.assert_close(got, single, rtol=1e-4, atol=1e-5)
@@ -180,13 +187,13 @@ def test_whole_utterances_are_batched_by_equal_length_and_equal_single_file_embe
 
 def test_paper_protocol_embeds_evenly_spaced_crops(corpus, tmp_path):
     cfg = make_cfg(corpus, tmp_path)
-    trainer = make_trainer(cfg)
+    embedder, normalize = make_embedder(cfg)
     files = list(TEST_LENGTHS)[:3]
-    got = ev.embed_files(trainer, files, cfg.test_path, cfg, show_progress=False)
+    got = embedding.embed_files(embedder, files, cfg.test_path, cfg, show_progress=False)
     assert got.shape == (3, 3, 8)
     with torch.no_grad():
         crops = [torch.from_numpy(load_eval(str(corpus / "test" / f), 10, 3)) for f in files]
-        torch.testing.assert_close(got, torch.stack([trainer.net.model(c) for c in crops]), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got, torch.stack([embedder.model(c) for c in crops]), rtol=1e-4, atol=1e-5)
 
 
 # ---- evaluate: cache, several lists, results -------------------------------------------------------------------
@@ -195,9 +202,9 @@ def test_paper_protocol_embeds_evenly_spaced_crops(corpus, tmp_path):
 def test_several_lists_embed_once_and_write_every_result(corpus, tmp_path, caplog):
     extra = [str(corpus / "unlabeled.txt"), str(corpus / "other" / "list1.txt")]
     cfg = make_cfg(corpus, tmp_path, test_list=[str(corpus / "list1.txt"), *extra])
-    trainer = make_trainer(cfg)
+    embedder, normalize = make_embedder(cfg)
     with caplog.at_level("INFO"):
-        metrics = ev.evaluate(trainer, lists(cfg), cfg, result(cfg), trainer.net.loss, show_progress=False,
+        metrics = ev.evaluate(embedder, lists(cfg), cfg, result(cfg), normalize, show_progress=False,
                               checkpoint="ckpt.model")
     assert "embedded 7 test files" in caplog.text  # the union of the three lists, once
     out = result(cfg)
@@ -219,7 +226,7 @@ def test_several_lists_embed_once_and_write_every_result(corpus, tmp_path, caplo
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
     # the scores are the paper protocol's, from the cached raw embeddings (loss normalises them)
-    meta, arrays = ev.load_npz(out / "embeddings.npz")
+    meta, arrays = embedding.load_npz(out / "embeddings.npz")
     assert meta["protocol"] == "paper" and meta["num_eval"] == 3 and meta["checkpoint"] == "ckpt.model"
     assert sorted(arrays["names"].tolist()) == sorted(TEST_LENGTHS) and arrays["embeddings"].shape == (7, 3, 8)
     table = dict(zip(arrays["names"].tolist(), F.normalize(torch.from_numpy(arrays["embeddings"]), dim=-1),
@@ -232,32 +239,32 @@ def test_several_lists_embed_once_and_write_every_result(corpus, tmp_path, caplo
 
 def test_cache_is_reused_and_rebuilt_when_stale(corpus, tmp_path, caplog):
     cfg = make_cfg(corpus, tmp_path)
-    trainer = make_trainer(cfg)
-    first = ev.evaluate(trainer, lists(cfg), cfg, result(cfg), trainer.net.loss, show_progress=False)
+    embedder, normalize = make_embedder(cfg)
+    first = ev.evaluate(embedder, lists(cfg), cfg, result(cfg), normalize, show_progress=False)
     caplog.clear()
     with caplog.at_level("INFO"):
-        again = ev.evaluate(trainer, lists(cfg), cfg, result(cfg), trainer.net.loss, show_progress=False)
+        again = ev.evaluate(embedder, lists(cfg), cfg, result(cfg), normalize, show_progress=False)
     assert "reusing the cached embeddings of all 7 files" in caplog.text and "embedded" not in caplog.text
     assert again == first
     caplog.clear()
-    other = make_trainer(cfg, seed=1)  # other weights
+    other, other_normalize = make_embedder(cfg, seed=1)  # other weights
     with caplog.at_level("INFO"):
-        ev.evaluate(other, lists(cfg), cfg, result(cfg), other.net.loss, show_progress=False)
+        ev.evaluate(other, lists(cfg), cfg, result(cfg), other_normalize, show_progress=False)
     assert "does not fit (weights:" in caplog.text and "embedded 7 test files" in caplog.text
     caplog.clear()
     whole = make_cfg(corpus, tmp_path, eval_frames=0)
     with caplog.at_level("INFO"):
-        metrics = ev.evaluate(other, lists(whole), whole, result(whole), other.net.loss, show_progress=False)
+        metrics = ev.evaluate(other, lists(whole), whole, result(whole), other_normalize, show_progress=False)
     assert "protocol: cached 'paper', now 'whole'" in caplog.text and metrics["protocol"] == "whole"
-    assert ev.load_npz(result(whole) / "embeddings.npz")[1]["embeddings"].shape == (7, 1, 8)
+    assert embedding.load_npz(result(whole) / "embeddings.npz")[1]["embeddings"].shape == (7, 1, 8)
 
 
 def test_score_from_cache_needs_no_model_and_refuses_a_stale_cache(corpus, tmp_path):
     cfg = make_cfg(corpus, tmp_path)
-    trainer = make_trainer(cfg)
+    embedder, normalize = make_embedder(cfg)
     path = tmp_path / "weights.model"
-    ckpt.atomic_save({"format": ckpt.FORMAT, "model": trainer.net.model.state_dict()}, path)
-    ev.evaluate(trainer, lists(cfg), cfg, result(cfg), trainer.net.loss, show_progress=False, checkpoint=path)
+    ckpt.atomic_save({"format": ckpt.FORMAT, "model": embedder.model.state_dict()}, path)
+    ev.evaluate(embedder, lists(cfg), cfg, result(cfg), normalize, show_progress=False, checkpoint=path)
     scores = (result(cfg) / "scores.txt").read_text()
     metrics = (result(cfg) / "metrics.json").read_text()
     (result(cfg) / "scores.txt").unlink()
@@ -267,7 +274,7 @@ def test_score_from_cache_needs_no_model_and_refuses_a_stale_cache(corpus, tmp_p
 
     torch.manual_seed(3)
     other = tmp_path / "other.model"
-    ckpt.atomic_save({"format": ckpt.FORMAT, "model": make_trainer(cfg, seed=3).net.model.state_dict()}, other)
+    ckpt.atomic_save({"format": ckpt.FORMAT, "model": make_embedder(cfg, seed=3)[0].model.state_dict()}, other)
     with pytest.raises(ev.EvalError, match="weights differ from those in '.*other.model'"):
         ev.score_from_cache(cfg, lists(cfg), result(cfg), checkpoint=other)
     with pytest.raises(ev.EvalError, match="eval_frames: cached 10, now 20"):
@@ -302,14 +309,14 @@ def reference_norm(score: float, e: torch.Tensor, t: torch.Tensor, cohort: torch
 @pytest.mark.parametrize("method, top_n", [("asnorm", 2), ("snorm", 4)])
 def test_score_norm_wiring_matches_a_direct_computation(corpus, tmp_path, method, top_n):
     cfg = make_cfg(corpus, tmp_path, score_norm=method, norm_top_n=2, norm_cohort_utts=2)
-    trainer = make_trainer(cfg)
-    metrics = ev.evaluate(trainer, lists(cfg), cfg, result(cfg), trainer.net.loss, show_progress=False)
+    embedder, normalize = make_embedder(cfg)
+    metrics = ev.evaluate(embedder, lists(cfg), cfg, result(cfg), normalize, show_progress=False)
     norm = metrics["norm"]
     assert (norm["method"], norm["top_n"], norm["cohort_speakers"], norm["score"]) == (method, top_n, 4,
-                                                                                       ev.NORM_SCORE)
+                                                                                       normalisation.NORM_SCORE)
     assert "eer_percent" in norm and norm["scores_file"] == f"scores.{method}.txt"
     # the cohort, independently: utterances 0 and 2 (evenly spread) of each speaker, crops normalised, mean, unit
-    model = trainer.net.model.eval()
+    model = embedder.model.eval()
 
     def vector(path: Path) -> torch.Tensor:
         with torch.no_grad():
@@ -318,13 +325,13 @@ def test_score_norm_wiring_matches_a_direct_computation(corpus, tmp_path, method
 
     cohort = torch.stack([(vector(corpus / f"train/s{s}/v/0.wav") + vector(corpus / f"train/s{s}/v/2.wav")) / 2
                           for s in range(4)])
-    cached = torch.from_numpy(ev.load_npz(result(cfg) / "cohort.npz")[1]["embeddings"])
+    cached = torch.from_numpy(embedding.load_npz(result(cfg) / "cohort.npz")[1]["embeddings"])
     torch.testing.assert_close(cached, cohort, rtol=1e-4, atol=1e-5)
     # the trial side from the cached crop embeddings, in float64. A random network's cosines are all close to 1, so
     # the top-N std is tiny (1e-5) and amplifies the float32 rounding of the cosines (about 1e-6): an error e in the
     # cosines moves (s - mu) / sd by up to (2 + |score|) e / sd (e in s and in mu, |score| e in sd), which is the
     # tolerance with e = 1e-6 (plus 1e-3 relative).
-    _, arrays = ev.load_npz(result(cfg) / "embeddings.npz")
+    _, arrays = embedding.load_npz(result(cfg) / "embeddings.npz")
     crops = F.normalize(torch.from_numpy(arrays["embeddings"]).double(), dim=-1)
     files = dict(zip(arrays["names"].tolist(), F.normalize(crops.mean(1), dim=-1), strict=True))
     lines = (result(cfg) / f"scores.{method}.txt").read_text().splitlines()
@@ -338,9 +345,9 @@ def test_score_norm_wiring_matches_a_direct_computation(corpus, tmp_path, method
 
 def test_norm_top_n_larger_than_the_cohort_is_refused(corpus, tmp_path):
     cfg = make_cfg(corpus, tmp_path, score_norm="asnorm", norm_top_n=300)
-    trainer = make_trainer(cfg)
+    embedder, normalize = make_embedder(cfg)
     with pytest.raises(ev.EvalError, match="--norm_top_n 300 .* has 4"):
-        ev.evaluate(trainer, lists(cfg), cfg, result(cfg), trainer.net.loss, show_progress=False)
+        ev.evaluate(embedder, lists(cfg), cfg, result(cfg), normalize, show_progress=False)
 
 
 # ---- extraction and options -------------------------------------------------------------------------------------
@@ -352,12 +359,12 @@ def test_extract_writes_names_embeddings_and_labels(corpus, tmp_path, eval_frame
     (tmp_path / "files.txt").write_text("".join(f"spk{i} {f}\n" for i, f in enumerate(files + files[:1])))
     cfg = make_cfg(corpus, tmp_path, eval_frames=eval_frames, extract=str(tmp_path / "files.txt"),
                    extract_out=str(tmp_path / "emb.npz"))
-    trainer = make_trainer(cfg)
-    out = ev.run_extract(cfg, trainer, show_progress=False)
-    meta, arrays = ev.load_npz(out)
+    embedder, normalize = make_embedder(cfg)
+    out = embedding.run_extract(cfg, embedder, show_progress=False)
+    meta, arrays = embedding.load_npz(out)
     assert arrays["names"].tolist() == files and arrays["labels"].tolist() == ["spk0", "spk1", "spk2"]
     assert arrays["embeddings"].shape == shape and arrays["embeddings"].dtype == np.float32
-    expected = ev.embed_files(trainer, files, cfg.test_path, cfg, show_progress=False)
+    expected = embedding.embed_files(embedder, files, cfg.test_path, cfg, show_progress=False)
     np.testing.assert_array_equal(arrays["embeddings"].reshape(expected.shape), expected.numpy())
     assert meta["protocol"] == ("whole" if eval_frames == 0 else "paper") and meta["normalised"] is False
 
@@ -400,9 +407,9 @@ def test_eval_on_the_real_voxceleb1_o_list(tmp_path):
             "--trainfunc", "softmax", "--nClasses", "4", "--eval_frames", "5", "--num_eval", "2",
             "--nDataLoaderThread", "0", "--test_path", str(tmp_path / "wav"), "--test_list", str(VOX1_O),
             "--save_path", str(tmp_path / "exp"), "--device", "cpu"]
-    cfg = trainSpeakerNet.parse_args(args)
+    cfg = parse_args(args)
     torch.manual_seed(0)
-    net = trainSpeakerNet.build_net(cfg)
+    net = runtime.build_net(cfg)
     ckpt.atomic_save({"format": ckpt.FORMAT, "version": 1, "epoch": 0, "model": net.model.state_dict(),
                       "loss": net.loss.state_dict(), "config": cfg.to_dict()}, tmp_path / "random.model")
     assert trainSpeakerNet.main([*args, "--eval", "--initial_model", str(tmp_path / "random.model")]) == 0
@@ -412,3 +419,62 @@ def test_eval_on_the_real_voxceleb1_o_list(tmp_path):
     metrics = json.loads((tmp_path / "exp" / "result" / "metrics.json").read_text())
     assert (metrics["n_trials"], metrics["n_files"], metrics["n_target"]) == (37611, 4708, 18802)
     assert 0 <= metrics["eer_percent"] <= 100 and metrics["protocol"] == "paper"
+
+
+# ---- every stage reruns from its input files alone -------------------------------------------------------------
+
+
+def test_every_stage_reruns_from_its_input_files(corpus, tmp_path, caplog):
+    from detplot import plot_stage
+    from metrics import rerun_metrics
+    from scoring import read_scores, score_stage
+
+    cfg = make_cfg(corpus, tmp_path, score_norm="asnorm", norm_cohort_utts=2,
+                   test_list=[str(corpus / "list1.txt"), str(corpus / "other" / "list1.txt")])
+    embedder, normalize = make_embedder(cfg)
+    out = result(cfg)
+    ev.evaluate(embedder, lists(cfg), cfg, out, normalize, show_progress=False, checkpoint="ckpt.model")
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"scores.asnorm.txt", "scores_list1_2.asnorm.txt", "cohort.npz", "det.png"} <= set(first)
+
+    # score and normalise stages: from embeddings.npz (and cohort.npz) alone, no model, no audio
+    for name in first:
+        if name.endswith(".txt"):
+            (out / name).unlink()
+    entries = score_stage(out / "embeddings.npz", lists(cfg), out, torch.device("cpu"))
+    norms = normalisation.norm_stage(out / "embeddings.npz", out / "cohort.npz", lists(cfg), out, "asnorm", 2,
+                                     torch.device("cpu"))
+    assert {p.name: p.read_bytes() for p in out.glob("*.txt")} == {k: v for k, v in first.items()
+                                                                  if k.endswith(".txt")}
+    saved = json.loads(first["metrics.json"])
+    assert entries["list1"]["scores_file"] == saved["scores_file"] and norms["list1"]["top_n"] == 2
+
+    # metrics stage: metrics.json again from the score files it names
+    rerun_metrics(out, ev.p_targets_of(cfg), cfg.dcf_c_miss, cfg.dcf_c_fa, cfg.dcf_p_target)
+    assert (out / "metrics.json").read_bytes() == first["metrics.json"]
+    # ... and it reads them: a score file with its scores negated gives that file's metrics
+    lines = [line.split() for line in (out / "scores.txt").read_text().splitlines()]
+    (out / "scores.txt").write_text("".join(f"{-float(s):.6f} {lab} {e} {t}\n" for s, lab, e, t in lines))
+    changed = rerun_metrics(out, ev.p_targets_of(cfg), cfg.dcf_c_miss, cfg.dcf_c_fa, cfg.dcf_p_target)
+    negated = read_scores(out / "scores.txt")
+    assert changed["eer_percent"] == tt.compute_metrics(negated.scores, negated.labels)["eer_percent"]
+    assert changed["lists"]["list1_2"] == saved["lists"]["list1_2"]
+
+    # plot stage: det.png from metrics.json and the score files
+    (out / "scores.txt").write_bytes(first["scores.txt"])
+    rerun_metrics(out, ev.p_targets_of(cfg), cfg.dcf_c_miss, cfg.dcf_c_fa, cfg.dcf_p_target)
+    (out / "det.png").unlink()
+    assert plot_stage(out) == out / "det.png"
+    assert (out / "det.png").read_bytes() == first["det.png"]
+
+    # embed stage: a deleted embeddings file is embedded again, to the same embeddings
+    (out / "embeddings.npz").unlink()
+    with caplog.at_level("INFO"):
+        embedding.embed_stage(embedder, list(dict.fromkeys(f for t in lists(cfg) for f in t.files)), cfg,
+                              out / "embeddings.npz", embedding.weights_fingerprint(embedder.model.state_dict()),
+                              normalize, "ckpt.model", show_progress=False)
+    assert "embedded 7 test files" in caplog.text
+    again = embedding.load_npz(out / "embeddings.npz")
+    before = np.load(io.BytesIO(first["embeddings.npz"]))
+    assert again[1]["names"].tolist() == before["names"].tolist()
+    np.testing.assert_allclose(again[1]["embeddings"], before["embeddings"], rtol=1e-5, atol=1e-6)

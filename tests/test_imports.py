@@ -87,10 +87,6 @@ def test_no_import_circle():
 
 
 # Known breaches, each an xfail(strict) that fails once fixed, so that the entry is removed.
-KNOWN = {"speakerActivationMap": "imports build_for_inference, pick_device and setup_logging from trainSpeakerNet.py"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN[n], strict=True))
-                                  if n in KNOWN else n for n in sorted(MODULES)])
+@pytest.mark.parametrize("name", sorted(MODULES))
 def test_no_module_imports_a_script(name):
     assert sorted(GRAPH[name] & set(SCRIPTS)) == []

@@ -12,10 +12,12 @@ from torch import nn
 
 import checkpoint as ckpt
 import plugins
-import speakerActivationMap as sam
-import trainSpeakerNet
+import runtime
+import sam
+from audio import SAMPLE_RATE
 from config import Config, parse_args
-from models._frontend import SAMPLE_RATE, make_mel_spectrogram
+from models._frontend import make_mel_spectrogram
+from speakerActivationMap import main as cli_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -290,7 +292,7 @@ MODEL_FLAGS = ["--n_mels", "40", "--nOut", "16", "--encoder_type", "SAP", "--nCl
 def write_checkpoint(path, model: str) -> nn.Module:
     cfg = parse_args(["--model", model, *MODEL_FLAGS])
     torch.manual_seed(0)
-    net = trainSpeakerNet.build_net(cfg)
+    net = runtime.build_net(cfg)
     calibrate_batchnorm(net.model)
     ckpt.atomic_save({"format": ckpt.FORMAT, "version": 1, "epoch": 0, "model": net.model.state_dict(),
                       "loss": net.loss.state_dict(), "config": cfg.to_dict()}, path)
@@ -317,7 +319,7 @@ def test_command_line_writes_figure_maps_and_the_score(model, wavs, tmp_path, ca
     weights = tmp_path / "random.model"
     net = write_checkpoint(weights, model)
     png, npy = tmp_path / "sam.png", tmp_path / "maps.npy"
-    code = sam.main(["--model", model, *MODEL_FLAGS, "--initial_model", str(weights), "--enroll", str(wavs[0]),
+    code = cli_main(["--model", model, *MODEL_FLAGS, "--initial_model", str(weights), "--enroll", str(wavs[0]),
                      "--test", str(wavs[1]), "--layer", "layer2,layer3.1.conv2", "--out", str(png),
                      "--npy", str(npy)])
     assert code == 0
@@ -341,7 +343,7 @@ def test_command_line_profile_averages_the_target_trials(wavs, tmp_path):
     trials.write_text(f"1 {names[0]} {names[1]}\n0 {names[0]} {names[2]}\n1 {names[1]} {names[2]}\n"
                       f"1 {names[2]} {names[0]}\n")
     png, npy = tmp_path / "profile.png", tmp_path / "profile.npy"
-    code = sam.main(["--model", "ResNet34_quarter", *MODEL_FLAGS, "--initial_model", str(weights),
+    code = cli_main(["--model", "ResNet34_quarter", *MODEL_FLAGS, "--initial_model", str(weights),
                      "--trials", str(trials), "--test_path", str(wavs[0].parent), "--max_trials", "2",
                      "--layer", "layer1,layer4", "--out", str(png), "--npy", str(npy)])
     assert code == 0
@@ -373,6 +375,6 @@ def test_command_line_errors_name_the_problem(extra, message, wavs, tmp_path, ca
         del argv[argv.index(extra[0]):argv.index(extra[0]) + 2]
     else:
         argv += extra
-    assert sam.main(argv) == 2
+    assert cli_main(argv) == 2
     assert message in caplog.text
     assert not (tmp_path / "x.png").exists()

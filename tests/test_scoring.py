@@ -5,15 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scoring import (
-    PROTOCOLS,
-    as_norm,
-    cohort_statistics,
-    normalize_embeddings,
-    s_norm,
-    score_trial_list,
-    score_trials,
-)
+from scoring import PROTOCOLS, cohort_statistics, norm_with_statistics, score_trial_list
+from tests.scoring_reference import as_norm, normalize_embeddings, s_norm, score_trials
 
 
 def crops(n: int, c: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -173,6 +166,16 @@ def test_as_norm_matches_per_trial_reference(top_n):
     torch.testing.assert_close(got, torch.from_numpy(expected), rtol=1e-10, atol=1e-10)
     got_idx = as_norm(scores.numpy(), files, files, cohort, top_n, e_idx, t_idx, chunk_size=4)
     torch.testing.assert_close(got_idx, torch.from_numpy(expected), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("top_n", [2, 5, 15])
+def test_norm_with_statistics_of_each_file_matches_per_trial_reference(top_n):
+    # the production path: cohort statistics once per file, then gathered for every trial
+    files, cohort, e_idx, t_idx, scores = trials_for_norm()
+    expected = reference_as_norm(scores, files[e_idx], files[t_idx], cohort, top_n)
+    mean, std = cohort_statistics(files, cohort, top_n)
+    got = norm_with_statistics(scores, mean, std, e_idx, t_idx)
+    torch.testing.assert_close(got, torch.from_numpy(expected), rtol=1e-10, atol=1e-10)
 
 
 def test_s_norm_uses_whole_cohort():

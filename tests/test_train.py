@@ -301,3 +301,13 @@ def test_compile_compiles_the_embedding_model_in_place(corpus, tmp_path, monkeyp
     assert compiled == ["models.ResNet34_quarter"] * 2  # training, then evaluation; never the loss head
     keys = ckpt.read(save / "model/last.model")["model"]
     assert not any("_orig_mod" in k for k in keys)
+
+
+@pytest.mark.parametrize("device, tuned", [("cpu", 1), ("meta", 0)])
+def test_malloc_is_tuned_for_cpu_runs_only(corpus, tmp_path, monkeypatch, caplog, device, tuned):
+    calls = []
+    monkeypatch.setattr(trainSpeakerNet, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    monkeypatch.setattr(trainSpeakerNet, "pick_device", lambda name: torch.device(device))
+    code = trainSpeakerNet.main(argv(corpus, tmp_path / "none", "--eval"))  # no weights: refused after the device
+    assert_refused(code, caplog, "need weights")
+    assert len(calls) == tuned

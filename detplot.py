@@ -1,0 +1,98 @@
+"""The plot stage: metrics.json + the score files it names -> ``det.png``, DET curves (FNR against FPR on
+normal-deviate axes) with the EER (circle) and minDCF points of every labeled list, raw and normalised."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fileio import atomic_path
+from metrics import entries_of, read_metrics
+from scoring import read_scores
+from tuneThreshold import det_curve, rates_at
+
+DET_FILE = "det.png"
+
+
+def _thin(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most about ``n`` points of a curve, evenly spaced along its length (for plotting 10^7-point curves)."""
+    if x.size <= n:
+        return x, y
+    length = np.concatenate(([0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))))
+    keep = np.union1d(np.searchsorted(length, np.linspace(0.0, length[-1], n)).clip(0, x.size - 1), [0, x.size - 1])
+    return x[keep], y[keep]
+
+
+def _threshold(value: float | None) -> float:
+    return np.inf if value is None else float(value)  # metrics.json writes a reject-all threshold as null
+
+
+def plot_det(curves: Sequence[tuple[str, np.ndarray, np.ndarray, Mapping[str, Any], str]], path: Path,
+             p_targets: Sequence[float]) -> None:
+    """DET curves to a PNG, with the EER (circle) and minDCF points.
+
+    curves: (label, scores (N,), labels (N,), metrics of compute_metrics, line style) per curve.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from scipy.special import ndtri
+
+    n_min = min(min(m["n_target"], m["n_nontarget"]) for *_, m, _ in curves)
+    lo = max(1e-4, 0.5 / n_min)
+    hi = 0.6 if max(m["eer_percent"] for *_, m, _ in curves) < 30 else 0.99
+
+    def probit(rate: Any) -> np.ndarray:
+        return ndtri(np.clip(rate, lo, hi))
+
+    fig = Figure(figsize=(6.4, 6.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    markers = dict(zip(p_targets, "s^Dv<>", strict=False))
+    for label, scores, labels, m, style in curves:
+        fpr, fnr = det_curve(scores, labels)
+        (line,) = ax.plot(*_thin(probit(fpr), probit(fnr), 5000), style, lw=1.5,
+                          label=f"{label}: EER {m['eer_percent']:.2f}%")
+        eer = probit(m["eer_percent"] / 100)
+        ax.plot(eer, eer, "o", color=line.get_color(), mfc="none", ms=8)
+        p_fpr, p_fnr = rates_at(scores, labels, [_threshold(m[f"min_dcf_p{float(p)}_threshold"]) for p in p_targets])
+        for p, a, b in zip(p_targets, p_fpr, p_fnr, strict=True):
+            ax.plot(probit(a), probit(b), markers[p], color=line.get_color(), mfc="none", ms=8)
+    ax.plot([], [], "ko", mfc="none", label="EER")
+    for p in p_targets:
+        ax.plot([], [], "k" + markers[p], mfc="none", label=f"minDCF, p_target {p:g}")
+    ticks = [t for t in (0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 95) if lo <= t / 100 <= hi]
+    positions = ndtri(np.array(ticks) / 100)
+    ax.set_xticks(positions, [f"{t:g}" for t in ticks])
+    ax.set_yticks(positions, [f"{t:g}" for t in ticks])
+    ax.set_xlim(probit(lo), probit(hi))
+    ax.set_ylim(probit(lo), probit(hi))
+    ax.plot([probit(lo), probit(hi)], [probit(lo), probit(hi)], ":", color="0.6", lw=1)  # FNR = FPR
+    ax.set_xlabel("False acceptance rate (%)")
+    ax.set_ylabel("False rejection rate (%)")
+    ax.set_title("DET curve")
+    ax.grid(True, color="0.9")
+    ax.legend(loc="lower left", fontsize="small")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+
+
+def plot_stage(result_dir: Path) -> Path | None:
+    """``<result_dir>/det.png`` from metrics.json and its score files; None (nothing written) without a labeled
+    list. The minDCF points are those of every p_target in metrics.json."""
+    result_dir = Path(result_dir)
+    curves = []
+    for name, entry in entries_of(read_metrics(result_dir)).items():
+        for label, part, style in ((name, entry, "-"), (f"{name} {entry.get('norm', {}).get('method')}",
+                                                        entry.get("norm"), "--")):
+            if part is not None and "eer_percent" in part:
+                scores = read_scores(result_dir / part["scores_file"])
+                curves.append((label, scores.scores, scores.labels, part, style))
+    if not curves:
+        return None
+    p_targets = sorted(float(k[len("min_dcf_p"):-len("_threshold")]) for k in curves[0][3]
+                       if k.startswith("min_dcf_p") and k.endswith("_threshold"))
+    plot_det(curves, result_dir / DET_FILE, p_targets)
+    return result_dir / DET_FILE

@@ -1,0 +1,228 @@
+"""The embed stage: audio files -> an embeddings file (``embeddings.npz``, a cache reused while it fits), and
+``--extract`` of a file list to a .npz.
+
+Protocols, named in every file and result:
+- ``paper`` (``eval_frames`` > 0): ``num_eval`` evenly spaced crops of ``eval_frames`` frames per file; crop
+  embeddings L2-normalised when the loss says so (``test_normalize``); trial score = minus the mean Euclidean
+  distance over the num_eval x num_eval crop pairs (DTDY-CNN, arXiv 2203.15277; voxceleb_trainer).
+- ``whole`` (``eval_frames`` 0): one embedding per whole utterance, cosine score. Only files of exactly equal length
+  are batched together (no padding, no cropping), so every embedding is that of the file alone.
+
+An embeddings file holds 'names' (F,), 'embeddings' float32 (F, C, nOut) exactly as the model outputs them
+(C = num_eval crops, or 1 for whole utterances) and 'meta' (JSON: protocol, checkpoint, weights fingerprint, model
+settings, test_normalize); it is all the score and normalisation stages need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+import torch
+from torch.utils.data import DataLoader
+
+import checkpoint as ckpt
+from audio import crop_samples
+from config import MODEL_KEYS, Config, UserError
+from datalists import DataError
+from DatasetLoader import TestDataset
+from embedder import Embedder
+from fileio import atomic_path
+from runtime import loader_workers
+
+log = logging.getLogger(__name__)
+
+CROPS_PER_BATCH = 64  # paper protocol: test crops embedded together
+WHOLE_BATCH_SAMPLES = CROPS_PER_BATCH * crop_samples(400)  # whole utterances: samples per batch at most
+CACHE_FORMAT = "dtdy-sv-embeddings"
+
+
+class EvalError(UserError):
+    pass
+
+
+def protocol_of(eval_frames: int, num_eval: int) -> dict[str, Any]:
+    """The embedding protocol as recorded in results and caches: name, scoring, crops, description."""
+    if eval_frames > 0:
+        return {"name": "paper", "scoring": "paper", "eval_frames": eval_frames, "num_eval": num_eval,
+                "detail": f"{num_eval} crops of {eval_frames} frames per file, score = -mean Euclidean "
+                          f"distance over the {num_eval}x{num_eval} crop pairs"}
+    return {"name": "whole", "scoring": "cosine", "eval_frames": 0, "num_eval": 1,
+            "detail": "whole utterances, cosine score"}
+
+
+def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-1 of a model state dict (names, shapes and values), whatever device it lives on."""
+    digest = hashlib.sha1()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
+            tensor = tensor.float()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def checkpoint_fingerprint(path: str | Path, cfg: Config) -> str:
+    """``weights_fingerprint`` of the model weights in a checkpoint file (ours or the official format)."""
+    obj = ckpt.read(path)
+    if obj.get("format") == ckpt.FORMAT:
+        return weights_fingerprint(obj["model"])
+    import plugins  # only an official checkpoint needs the model's parameter names
+
+    model_sd, _, _ = ckpt.split_weights(obj, path, plugins.build("model", cfg.model, cfg).state_dict())
+    return weights_fingerprint(model_sd)
+
+
+def identity(cfg: Config, weights: str | None) -> dict[str, Any]:
+    """What an embeddings file must agree on to be reused (``weights`` None: any weights)."""
+    proto = protocol_of(cfg.eval_frames, cfg.num_eval)
+    return {"format": CACHE_FORMAT, "version": 1, "protocol": proto["name"], "eval_frames": proto["eval_frames"],
+            "num_eval": proto["num_eval"], "model": {k: getattr(cfg, k) for k in MODEL_KEYS}, "weights": weights}
+
+
+def differences(meta: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """'key: cached x, now y' for every expected value (not None) that ``meta`` does not hold."""
+    return [f"{key}: cached {meta.get(key)!r}, now {value!r}" for key, value in expected.items()
+            if value is not None and meta.get(key) != value]
+
+
+def save_npz(path: str | Path, meta: Mapping[str, Any], **arrays: np.ndarray) -> None:
+    """np.savez (uncompressed) of ``arrays`` and the JSON ``meta``, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """(meta, arrays) of an embeddings, cohort or --extract file; None if absent or unreadable (logged)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        return json.loads(str(arrays.pop("meta"))), arrays
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("cannot read '%s' (%s); ignoring it", path, err)
+        return None
+
+
+def _equal_length_batches(files: Sequence[str], root: str | Path) -> list[list[int]]:
+    """Indices of files with the same length (and rate), in batches of at most WHOLE_BATCH_SAMPLES samples."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, name in enumerate(files):
+        try:
+            info = soundfile.info(str(Path(root) / name))
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise DataError(f"Cannot decode audio file '{Path(root) / name}': {err}") from None
+        groups.setdefault((info.frames, info.samplerate), []).append(i)
+    batches = []
+    for (length, _), members in sorted(groups.items()):
+        size = max(1, WHOLE_BATCH_SAMPLES // max(length, 1))
+        batches += [members[j:j + size] for j in range(0, len(members), size)]
+    return batches
+
+
+def embed_files(embedder: Embedder, files: Sequence[str], root: str | Path, cfg: Config,
+                show_progress: bool = True, what: str = "files") -> torch.Tensor:
+    """Embeddings of ``files`` (paths under ``root``) by the configured protocol: (F, C, nOut) float32 on CPU,
+    C = num_eval crops (paper) or 1 (whole), exactly as the model outputs them (not normalised)."""
+    dataset = TestDataset(files, root, cfg.eval_frames, cfg.num_eval, resample=cfg.resample)
+    pin = embedder.device.type == "cuda"
+    workers = loader_workers(cfg.nDataLoaderThread)
+    if cfg.eval_frames > 0:
+        loader = DataLoader(dataset, batch_size=max(1, CROPS_PER_BATCH // cfg.num_eval), shuffle=False,
+                            num_workers=workers, pin_memory=pin)
+    else:
+        loader = DataLoader(dataset, batch_sampler=_equal_length_batches(files, root), num_workers=workers,
+                            pin_memory=pin)
+    start = time.perf_counter()
+    embeddings = torch.stack(embedder.embed(loader, len(files), show_progress))
+    seconds = time.perf_counter() - start
+    log.info("embedded %d %s (%s protocol) in %.1f s, %.1f files/s", len(files), what,
+             protocol_of(cfg.eval_frames, cfg.num_eval)["name"], seconds, len(files) / max(seconds, 1e-9))
+    return embeddings
+
+
+def embed_stage(embedder: Embedder, files: Sequence[str], cfg: Config, path: Path, weights: str, normalize: bool,
+                checkpoint: str | Path | None = None, show_progress: bool = True) -> None:
+    """Make the embeddings file ``path`` hold every one of ``files`` (under --test_path): rows of a fitting file are
+    reused, the others embedded, and the file (the union) rewritten by rank 0. A file of other weights, protocol,
+    model or test_path is rebuilt. Under DDP every rank takes part in the embedding."""
+    expected = {**identity(cfg, weights), "test_path": str(Path(cfg.test_path).resolve())}
+    names: list[str] = []
+    table: torch.Tensor | None = None
+    meta: dict[str, Any] = {}
+    found = load_npz(path)
+    if found is not None:
+        problems = differences(found[0], expected)
+        if problems:
+            log.info("embedding cache '%s' does not fit (%s): embedding again", path, "; ".join(problems))
+        else:
+            meta, names, table = found[0], found[1]["names"].tolist(), torch.from_numpy(found[1]["embeddings"])
+    known = set(names)
+    missing = [f for f in files if f not in known]
+    if missing:
+        new = embed_files(embedder, missing, cfg.test_path, cfg, show_progress, "test files")
+        table = new if table is None else torch.cat([table, new])
+        names += missing
+    else:
+        log.info("reusing the cached embeddings of all %d files from '%s'", len(files), path)
+    stale_meta = meta.get("test_normalize") != normalize or (checkpoint and meta.get("checkpoint") != str(checkpoint))
+    if embedder.env.is_main and (missing or stale_meta):
+        meta = {**expected, "checkpoint": str(checkpoint or meta.get("checkpoint", "")), "test_normalize": normalize,
+                "n_files": len(names)}
+        save_npz(path, meta, names=np.array(names), embeddings=table.numpy())
+
+
+def read_file_list(path: str | Path) -> tuple[list[str], list[str] | None]:
+    """Files of an --extract list: '<path>' lines, or '<label> <path>' lines (a train list); duplicates dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"File list '{path}' (--extract) does not exist.")
+    rows = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    ncols = len(rows[0][1]) if rows else 0
+    bad = [f"line {n}: {' '.join(t)!r}" for n, t in rows if len(t) != ncols]
+    if not rows or ncols not in (1, 2) or bad:
+        raise EvalError(f"File list '{path}' (--extract) must have '<path>' or '<label> <path>' lines (paths under "
+                        f"--test_path), the same on every line; bad: {', '.join(bad[:5]) or 'the first line'}.")
+    first: dict[str, str] = {}
+    for _, t in rows:
+        first.setdefault(t[-1], t[0])
+    return list(first), (list(first.values()) if ncols == 2 else None)
+
+
+def run_extract(cfg: Config, embedder: Embedder, checkpoint: str | Path | None = None,
+                show_progress: bool = True) -> Path:
+    """Embed every file of ``--extract`` (under --test_path) and write ``--extract_out``: arrays 'names' (N,),
+    'embeddings' float32 (N, nOut) for whole utterances or (N, num_eval, nOut) for the paper protocol (as the
+    model outputs them, not normalised), 'labels' (N,) for '<label> <path>' lists, and 'meta' (JSON)."""
+    if not cfg.extract or not cfg.extract_out:
+        raise EvalError("Embedding extraction needs --extract <file list> and --extract_out <file.npz>.")
+    files, labels = read_file_list(cfg.extract)
+    absent = [f for f in files if not (Path(cfg.test_path) / f).is_file()]
+    if absent:
+        raise EvalError(f"{len(absent)} files of --extract '{cfg.extract}' do not exist under --test_path "
+                        f"'{cfg.test_path}', e.g. '{absent[0]}'.")
+    embeddings = embed_files(embedder, files, cfg.test_path, cfg, show_progress)
+    proto = protocol_of(cfg.eval_frames, cfg.num_eval)
+    arrays = {"names": np.array(files),
+              "embeddings": (embeddings[:, 0] if proto["name"] == "whole" else embeddings).numpy()}
+    if labels is not None:
+        arrays["labels"] = np.array(labels)
+    meta = {**identity(cfg, weights_fingerprint(embedder.model.state_dict())), "checkpoint": str(checkpoint or ""),
+            "protocol_detail": proto["detail"], "file_list": str(cfg.extract),
+            "test_path": str(Path(cfg.test_path).resolve()), "normalised": False}
+    out = Path(cfg.extract_out)
+    if embedder.env.is_main:
+        save_npz(out, meta, **arrays)
+    log.info("wrote the embeddings %s of %d files (%s protocol) to '%s'", tuple(arrays["embeddings"].shape),
+             len(files), proto["name"], out)
+    return out

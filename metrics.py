@@ -1,0 +1,90 @@
+"""The metrics stage: score files -> ``metrics.json`` (EER, voxceleb_trainer's EER, minDCF: tuneThreshold).
+
+metrics.json holds the first list's description and metrics at the top level, with several lists also
+"lists": {name: ...}; a normalised list has its own under "norm"; an unlabeled list has no metrics. The metrics are
+computed from the score files as written, so ``rerun_metrics`` recomputes the same metrics.json from them alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fileio import atomic_write_text
+from scoring import read_scores
+from tuneThreshold import compute_metrics
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+_COMPUTED = ("eer_percent", "eer_threshold", "eer_vt_percent", "dcf_c_miss", "dcf_c_fa", "n_target", "n_nontarget")
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no infinity: non-finite floats (e.g. a reject-all threshold) become null."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
+
+
+def _description(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry without its computed metrics (and without "norm")."""
+    return {k: v for k, v in entry.items() if k != "norm" and k not in _COMPUTED and not k.startswith("min_dcf_p")}
+
+
+def _summary(entry: Mapping[str, Any], p: float) -> str:
+    if "eer_percent" not in entry:
+        return "unlabeled: no metrics"
+    return (f"EER {entry['eer_percent']:.3f}% (voxceleb_trainer {entry['eer_vt_percent']:.3f}%), minDCF "
+            f"{entry[f'min_dcf_p{float(p)}']:.4f} (p={p:g}), {entry['min_dcf_p0.01']:.4f} (p=0.01)")
+
+
+def _with_metrics(entry: Mapping[str, Any], result_dir: Path, p_targets: Sequence[float], c_miss: float,
+                  c_fa: float) -> dict[str, Any]:
+    out = _description(entry)
+    scores = read_scores(result_dir / out["scores_file"])
+    if scores.labels is not None:
+        out.update(compute_metrics(scores.scores, scores.labels, p_targets, c_miss, c_fa))
+    return out
+
+
+def metrics_stage(result_dir: Path, entries: Mapping[str, Mapping[str, Any]], checkpoint: str | Path | None,
+                  p_targets: Sequence[float], c_miss: float, c_fa: float, p_report: float) -> dict[str, Any]:
+    """Metrics of every list (``entries``: name -> description with "scores_file" and optionally "norm") from its
+    score files; writes ``<result_dir>/metrics.json`` and returns its content. ``p_report``: the p_target logged."""
+    lists: dict[str, dict[str, Any]] = {}
+    for name, entry in entries.items():
+        lists[name] = _with_metrics(entry, result_dir, p_targets, c_miss, c_fa)
+        log.info("%s: %s", name, _summary(lists[name], p_report))
+        if "norm" in entry:
+            lists[name]["norm"] = _with_metrics(entry["norm"], result_dir, p_targets, c_miss, c_fa)
+            log.info("%s, %s: %s", name, entry["norm"]["method"], _summary(lists[name]["norm"], p_report))
+    metrics = {**next(iter(lists.values())), "checkpoint": str(checkpoint or "")}
+    if len(lists) > 1:
+        metrics["lists"] = lists
+    atomic_write_text(result_dir / METRICS_FILE, json.dumps(_finite(metrics), indent=2) + "\n")
+    return metrics
+
+
+def read_metrics(result_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(result_dir) / METRICS_FILE).read_text())
+
+
+def entries_of(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """name -> entry of every list of a metrics.json (the top level is the first list)."""
+    if "lists" in metrics:
+        return dict(metrics["lists"])
+    first = {k: v for k, v in metrics.items() if k != "checkpoint"}
+    return {Path(first["test_list"]).stem or "list": first}
+
+
+def rerun_metrics(result_dir: Path, p_targets: Sequence[float], c_miss: float, c_fa: float,
+                  p_report: float) -> dict[str, Any]:
+    """metrics.json again from the score files it names (e.g. after editing or recalibrating them)."""
+    old = read_metrics(result_dir)
+    return metrics_stage(Path(result_dir), entries_of(old), old.get("checkpoint"), p_targets, c_miss, c_fa, p_report)
