@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.reference_dtdy import ReferenceDTDYConv2d, reference_conv_from
 from models._dtdy import DTDYConv2d, latent_size, phi_hidden_size
+from tests.reference_dtdy import ReferenceDTDYConv2d, reference_conv_from
 
 # (C_in, C_out, k, stride, F, T): latent sizes L = 5, 6, 8, 13, 22, strides 1 and 2, a 1 x 1 shortcut, and a
 # layer as wide as the Winograd convolution of the CPU inference path needs (sizes not multiples of its tiles)
