@@ -130,6 +130,10 @@ class Config:
     compile: bool = opt(False, "torch.compile the embedding model for training and embedding: the first steps wait "
                         "for the compiler (minutes on CPU), later ones run faster (DTDY models on CPU: README, "
                         "Benchmarks); weights and checkpoints are unchanged.", "runtime")
+    fast_cpu_inference: bool = opt(True, "Evaluation and embedding on the CPU run the folded inference path of "
+                                   "models/_dtdy_cpu.py (exact rewrites of the model, faster: README, Benchmarks); "
+                                   "--no-fast_cpu_inference runs the readable model. No effect on GPUs and in "
+                                   "training.", "runtime")
     checkpoint_minutes: float = opt(0.0, "Also checkpoint inside an epoch every this many minutes (0: off).",
                                     "runtime")
     tensorboard: bool = opt(True, "TensorBoard scalars under <save_path>/tensorboard (rank 0).", "runtime")

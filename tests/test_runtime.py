@@ -87,3 +87,24 @@ def test_build_embedder_loads_the_weights_and_refuses_none(tmp_path):
     assert used == str(path) and built.model is embedder.model and runtime.test_normalize(built.loss)
     waves = torch.randn(2, 4000)
     torch.testing.assert_close(embedder.embed_waves(waves), net.model.eval()(waves).detach())
+
+
+def test_the_fast_cpu_path_embeds_as_the_readable_model_and_leaves_it_readable(tmp_path):
+    """--fast_cpu_inference: the folded CPU path gives the readable model's embeddings; afterwards every block runs
+    its readable forward again (the switch lasts only while embedding)."""
+    from models._resnet import BasicBlock
+
+    cfg = tiny_cfg(tmp_path, model="DTDY_ResNet34_quarter")
+    torch.manual_seed(0)
+    model = runtime.build_net(cfg).model
+    for module in model.modules():  # statistics of real activations, as a trained model has
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
+    with torch.no_grad():
+        model.train()(torch.randn(4, 6000))
+    waves = torch.randn(3, 6000)
+    readable = Embedder(model, torch.device("cpu")).embed_waves(waves)
+    fast = Embedder(model, torch.device("cpu"), fast_cpu=True).embed_waves(waves)
+    torch.testing.assert_close(fast, readable, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(fast, readable)  # the folded path ran (it rounds differently)
+    assert not any("forward" in vars(m) for m in model.modules() if isinstance(m, BasicBlock))
