@@ -106,9 +106,10 @@ class CAMLayer(nn.Module):
                                       padding=dilation * (kernel_size - 1) // 2, dilation=dilation, bias=False)
         self.linear1 = nn.Conv1d(bn_channels, bn_channels // CAM_REDUCTION, 1)
         self.linear2 = nn.Conv1d(bn_channels // CAM_REDUCTION, out_channels, 1)
+        self.seg_len = SEGMENT_FRAMES  # an attribute, so that TorchScript sees a constant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        context = x.mean(dim=-1, keepdim=True) + segment_means(x, SEGMENT_FRAMES)  # (B, C_bn, T)
+        context = x.mean(dim=-1, keepdim=True) + segment_means(x, self.seg_len)  # (B, C_bn, T)
         mask = torch.sigmoid(self.linear2(torch.relu(self.linear1(context))))  # (B, C_out, T)
         return self.linear_local(x) * mask
 
