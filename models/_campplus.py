@@ -22,13 +22,12 @@ the population variance with floor 1e-5, as every pooling of this project (the r
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._frontend import log_mel, make_mel_spectrogram
+from models._frontend import FrontEndEncoder
 from models._pooling import make_baseline_pooling
 
 log = logging.getLogger(__name__)
@@ -141,18 +140,11 @@ class CAMDenseBlock(nn.ModuleList):
         return x
 
 
-class CAMPPlusEncoder(nn.Module):
+class CAMPPlusEncoder(FrontEndEncoder):
     """Front-end, FCM head, CAM-dense TDNN trunk, pooling and embedding layer. wave (B, samples) -> (B, nOut)."""
 
     def __init__(self, *, nOut: int, encoder_type: str, n_mels: int, log_input: bool) -> None:
-        super().__init__()
-        if nOut < 1:
-            raise ValueError(f"nOut (embedding size) must be positive, got {nOut}.")
-        self.log_input = log_input
-        self.torchfb = make_mel_spectrogram(n_mels)
-        # Optional training-time feature augmentation (B, n_mels, T) -> same, e.g. augment.spec_augment; a plain
-        # callable, not a submodule, so it changes neither the state_dict nor the layer list.
-        self.feature_augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+        super().__init__(nOut, n_mels, log_input)
         self.head = FCM(n_mels)
         self.tdnn = nn.Sequential(nn.Conv1d(self.head.out_dim, TDNN_CHANNELS, 5, stride=2, padding=2, bias=False),
                                   *_bn_relu(TDNN_CHANNELS))
@@ -174,9 +166,7 @@ class CAMPPlusEncoder(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        feats = log_mel(self.torchfb, wave, self.log_input)  # (B, n_mels, T)
-        if self.training and self.feature_augment is not None:
-            feats = self.feature_augment(feats)
+        feats = self.features(wave)  # (B, n_mels, T)
         x = self.head(feats).flatten(1, 2)  # (B, 32 F', T), feature c * F' + f
         x = self.transit1(self.block1(self.tdnn(x)))  # (B, 256, T'), T' = ceil(T / 2)
         x = self.transit3(self.block3(self.transit2(self.block2(x))))  # (B, 512, T')

@@ -19,12 +19,11 @@ Poolings (``--encoder_type``): ASP, the paper's channel- and context-dependent a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from models._frontend import log_mel, make_mel_spectrogram
+from models._frontend import FrontEndEncoder
 from models._pooling import make_baseline_pooling
 
 log = logging.getLogger(__name__)
@@ -92,19 +91,12 @@ class SERes2Block(nn.Module):
         return x + self.se(self.tdnn2(self.res2(self.tdnn1(x))))
 
 
-class ECAPATDNN(nn.Module):
+class ECAPATDNN(FrontEndEncoder):
     """Front-end, ECAPA-TDNN trunk of width ``channels``, pooling, BN and embedding layer.
     wave (B, samples) -> embedding (B, nOut)."""
 
     def __init__(self, *, channels: int, nOut: int, encoder_type: str, n_mels: int, log_input: bool) -> None:
-        super().__init__()
-        if nOut < 1:
-            raise ValueError(f"nOut (embedding size) must be positive, got {nOut}.")
-        self.log_input = log_input
-        self.torchfb = make_mel_spectrogram(n_mels)
-        # Optional training-time feature augmentation (B, n_mels, T) -> same, e.g. augment.spec_augment; a plain
-        # callable, not a submodule, so it changes neither the state_dict nor the layer list.
-        self.feature_augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+        super().__init__(nOut, n_mels, log_input)
         self.layer1 = _conv_relu_bn(n_mels, channels, 5, 1)
         self.layer2, self.layer3, self.layer4 = (SERes2Block(channels, 3, d) for d in BLOCK_DILATIONS)
         self.mfa = nn.Sequential(nn.Conv1d(3 * channels, MFA_CHANNELS, 1), nn.ReLU(inplace=True))
@@ -113,9 +105,7 @@ class ECAPATDNN(nn.Module):
         self.fc = nn.Linear(self.pooling.out_dim, nOut)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        feats = log_mel(self.torchfb, wave, self.log_input)  # (B, n_mels, T)
-        if self.training and self.feature_augment is not None:
-            feats = self.feature_augment(feats)
+        feats = self.features(wave)  # (B, n_mels, T)
         out2 = self.layer2(self.layer1(feats))  # (B, C, T)
         out3 = self.layer3(out2)
         out4 = self.layer4(out3)

@@ -172,6 +172,7 @@ def test_res2_conv_passes_the_last_group_and_chains_the_others():
     torch.testing.assert_close(out, torch.cat([y0, y1, y2, g[3]], 1))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("block, channels", [(lambda: SERes2Block(64, 3, 3), 64), (lambda: FCM(40), 1),
                                              (lambda: CAMDenseBlock(64, 2, 2), 64)])
 def test_building_blocks_script_with_a_free_time_axis(block, channels):
