@@ -8,7 +8,7 @@ from models._campplus import CAMPPlusEncoder
 
 
 class MainModel(CAMPPlusEncoder):
-    """wave (B, samples) at 16 kHz -> embedding (B, nOut); encoder_type STP (the paper's) or ASP."""
+    """wave (B, samples) at 16 kHz -> embedding (B, nOut); encoder_type STP (the paper's), ASP or AVG."""
 
     def __init__(self, nOut: int, encoder_type: str, n_mels: int, log_input: bool) -> None:
         super().__init__(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels, log_input=log_input)

@@ -8,7 +8,7 @@ from models._ecapa import ECAPATDNN
 
 
 class MainModel(ECAPATDNN):
-    """wave (B, samples) at 16 kHz -> embedding (B, nOut); encoder_type ASP (the paper's) or STP."""
+    """wave (B, samples) at 16 kHz -> embedding (B, nOut); encoder_type ASP (the paper's), STP or AVG."""
 
     def __init__(self, nOut: int, encoder_type: str, n_mels: int, log_input: bool) -> None:
         super().__init__(channels=1024, nOut=nOut, encoder_type=encoder_type, n_mels=n_mels, log_input=log_input)

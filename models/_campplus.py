@@ -15,8 +15,9 @@ A CAM-dense layer is BN -> ReLU -> Conv1d(1 x 1 -> 128) -> BN -> ReLU -> context
 (k 3 -> 32) times a sigmoid mask computed from the global mean and the means of 100-frame segments.
 
 Poolings (``--encoder_type``): STP, the paper's statistics pooling; ASP, channel-dependent attentive statistics
-pooling (models/_pooling.py ContextASP without global context), as WeSpeaker's ``ASTP`` option. The statistics use
-the population variance with floor 1e-5, as every pooling of this project (the references: the unbiased one).
+pooling (models/_pooling.py ContextASP without global context), as WeSpeaker's ``ASTP`` option; AVG, mean over time
+(``TAP``). The statistics use the population variance with floor 1e-5, as every pooling of this project (the
+references: the unbiased one).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ length through the trunk.
 
 Poolings (``--encoder_type``): ASP, the paper's channel- and context-dependent attentive statistics pooling
 (models/_pooling.py ContextASP with global context); STP, plain statistics pooling (x-vector), as WeSpeaker's
-``TSTP`` option. Numerics differ from WeSpeaker's only in the variance floor and estimator of the pooling
-(population variance, floor 1e-5, as every pooling of this project).
+``TSTP`` option; AVG, mean over time (``TAP``). Numerics differ from WeSpeaker's only in the variance floor and
+estimator of the pooling (population variance, floor 1e-5, as every pooling of this project).
 """
 
 from __future__ import annotations

@@ -121,15 +121,17 @@ def make_pooling(encoder_type: str, in_dim: int) -> nn.Module:
     return POOLINGS[encoder_type](in_dim)
 
 
-BASELINE_POOLINGS = ("ASP", "STP")  # the encoder types of the ECAPA-TDNN and CAM++ baselines
+BASELINE_POOLINGS = ("ASP", "STP", "AVG")  # the encoder types of the ECAPA-TDNN and CAM++ baselines
 
 
 def make_baseline_pooling(encoder_type: str, in_dim: int, global_context: bool, model: str) -> nn.Module:
     """The pooling of a 1-D baseline (``model`` names it in the error): ASP, :class:`ContextASP` (with the global
-    context or not), or STP; its ``out_dim`` attribute is the output size."""
+    context or not), STP or AVG (WeSpeaker's ASTP, TSTP, TAP); its ``out_dim`` attribute is the output size."""
     if encoder_type == "ASP":
         return ContextASP(in_dim, global_context)
     if encoder_type == "STP":
         return STP(in_dim)
+    if encoder_type == "AVG":
+        return AVG(in_dim)
     raise ValueError(f"Unknown encoder_type '{encoder_type}' (--encoder_type) for {model}; valid: "
                      f"{', '.join(BASELINE_POOLINGS)}.")

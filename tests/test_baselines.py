@@ -29,8 +29,8 @@ def n_params(model: torch.nn.Module) -> int:
 
 # The counts of the reference implementations at the same settings, counted with sum(p.numel() for p in
 # model.parameters()) on WeSpeaker (github.com/wenet-e2e/wespeaker, commit dfa7419, wespeaker/models/):
-# ECAPA_TDNN_GLOB_c512(feat_dim=80, embed_dim=192, pooling_func="ASTP" | "TSTP"), ECAPA_TDNN_GLOB_c1024(...) and
-# CAMPPlus(feat_dim=80, embed_dim=512 | 192, pooling_func="TSTP" | "ASTP"); 3D-Speaker's CAMPPlus
+# ECAPA_TDNN_GLOB_c512(feat_dim=80, embed_dim=192, pooling_func="ASTP" | "TSTP" | "TAP"), ECAPA_TDNN_GLOB_c1024(...) and
+# CAMPPlus(feat_dim=80, embed_dim=512 | 192, pooling_func="TSTP" | "ASTP" | "TAP"); 3D-Speaker's CAMPPlus
 # (github.com/modelscope/3D-Speaker, commit 09e7806, speakerlab/models/campplus/DTDNN.py) gives the same CAM++
 # counts. The papers' figures: ECAPA-TDNN 6.2M (C = 512) and 14.7M (C = 1024) are the ASP rows at 80 mels and
 # nOut 192 (with the global context in the attention: without it WeSpeaker's counts are 5.8M / 14.3M); CAM++ 7.18M
@@ -38,11 +38,13 @@ def n_params(model: torch.nn.Module) -> int:
 @pytest.mark.parametrize("name, encoder_type, nOut, expected", [
     ("ECAPA_TDNN_c512", "ASP", 192, 6_190_720),
     ("ECAPA_TDNN_c512", "STP", 192, 5_402_624),
+    ("ECAPA_TDNN_c512", "AVG", 192, 5_104_640),
     ("ECAPA_TDNN_c1024", "ASP", 192, 14_657_088),
     ("ECAPA_TDNN_c1024", "STP", 192, 13_868_992),
     ("CAMPPlus", "STP", 512, 7_176_224),
     ("CAMPPlus", "ASP", 512, 7_307_936),
     ("CAMPPlus", "STP", 192, 6_848_544),
+    ("CAMPPlus", "AVG", 512, 6_914_080),
 ])
 def test_parameter_counts_are_the_references(name, encoder_type, nOut, expected):
     assert n_params(build(name, nOut, encoder_type, 80)) == expected
@@ -188,10 +190,10 @@ def test_building_blocks_script_with_a_free_time_axis(block, channels):
 
 
 def test_unsupported_pooling_names_the_valid_ones():
-    with pytest.raises(ValueError, match=r"'SAP'.*CAM\+\+.*valid: ASP, STP"):
+    with pytest.raises(ValueError, match=r"'SAP'.*CAM\+\+.*valid: ASP, STP, AVG"):
         build("CAMPPlus", 8, "SAP", 40)
-    with pytest.raises(ValueError, match=r"'AVG'.*ECAPA-TDNN.*valid: ASP, STP"):
-        build("ECAPA_TDNN_c512", 8, "AVG", 40)
+    with pytest.raises(ValueError, match=r"'SAP'.*ECAPA-TDNN.*valid: ASP, STP, AVG"):
+        build("ECAPA_TDNN_c512", 8, "SAP", 40)
 
 
 @pytest.mark.parametrize("name, encoder_type", [("ECAPA_TDNN_c512", "ASP"), ("ECAPA_TDNN_c1024", "STP"),
