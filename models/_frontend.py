@@ -3,15 +3,18 @@
 16 kHz waveform -> mel power spectrogram (n_fft 512, Hamming window of 25 ms, hop 10 ms, 0-8 kHz) -> ``+1e-6``,
 natural log (when ``log_input``) -> per-utterance mean/variance normalisation of each mel bin over time
 (InstanceNorm1d without affine). No pre-emphasis. Computed in fp32 with autocast off and without gradient.
+``FrontEndEncoder`` is the base of the encoders that hold this front-end and its augmentation hook (ECAPA-TDNN, CAM++).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 import torchaudio
+from torch import nn
 
 from audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, WIN_LENGTH
 from audio import crop_samples as crop_samples  # speakerActivationMap.py, tests and bench import it from here
@@ -44,3 +47,25 @@ def log_mel(torchfb: torchaudio.transforms.MelSpectrogram, wave: torch.Tensor, l
         if log_input:
             x = x.log()
         return F.instance_norm(x, eps=INSTANCE_NORM_EPS)
+
+
+class FrontEndEncoder(nn.Module):
+    """Base of a speaker encoder that holds the front-end: ``torchfb``, ``log_input`` and the ``feature_augment``
+    hook; :meth:`features` gives the trunk its input. Subclasses build the trunk and call it in ``forward``."""
+
+    def __init__(self, nOut: int, n_mels: int, log_input: bool) -> None:
+        super().__init__()
+        if nOut < 1:
+            raise ValueError(f"nOut (embedding size) must be positive, got {nOut}.")
+        self.log_input = log_input
+        self.torchfb = make_mel_spectrogram(n_mels)
+        # Optional training-time feature augmentation (B, n_mels, T) -> same, e.g. augment.spec_augment; a plain
+        # callable, not a submodule, so it changes neither the state_dict nor the layer list.
+        self.feature_augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        """wave (B, samples) -> log-mel (B, n_mels, frames), augmented in training mode when a hook is set."""
+        feats = log_mel(self.torchfb, wave, self.log_input)
+        if self.training and self.feature_augment is not None:
+            feats = self.feature_augment(feats)
+        return feats

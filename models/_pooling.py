@@ -7,6 +7,9 @@
 - AVG, mean over time.
 - STP, statistics pooling (Snyder et al., x-vectors, ICASSP 2018): mean and standard deviation over time
   (population variance, the same statistics as ASP with uniform weights).
+- ContextASP, channel- and context-dependent attentive statistics pooling (Desplanques, Thienpondt, Demuynck,
+  "ECAPA-TDNN", Interspeech 2020), the pooling of the ECAPA-TDNN and CAM++ baselines; not an ``--encoder_type``
+  of the ResNets.
 """
 
 from __future__ import annotations
@@ -81,6 +84,32 @@ class STP(nn.Module):
         return torch.cat([mu, torch.sqrt(var.clamp(min=STD_FLOOR))], dim=1)
 
 
+class ContextASP(nn.Module):
+    """Channel- (and optionally context-) dependent attentive statistics pooling: (B, D, T) -> (B, 2D), [mean; std].
+
+    e = Conv1d(H -> D)(tanh(Conv1d(D_in -> H)(x_in))), H = 128, softmax over time per channel, as in ECAPA-TDNN
+    (WeSpeaker's ``ASTP``). With ``global_context`` x_in = [x; mean_t(x); std_t(x)] (D_in = 3D), the global context
+    of the ECAPA-TDNN paper; else x_in = x (D_in = D). No BatchNorm or ReLU in the attention.
+    """
+
+    def __init__(self, in_dim: int, global_context: bool) -> None:
+        super().__init__()
+        self.out_dim = 2 * in_dim
+        self.global_context = global_context
+        self.linear1 = nn.Conv1d(3 * in_dim if global_context else in_dim, ATTENTION_HIDDEN, 1)
+        self.linear2 = nn.Conv1d(ATTENTION_HIDDEN, in_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_in = x
+        if self.global_context:
+            var, mu = torch.var_mean(x, dim=2, keepdim=True, correction=0)  # (B, D, 1)
+            std = torch.sqrt(var.clamp(min=STD_FLOOR))
+            x_in = torch.cat([x, mu.expand_as(x), std.expand_as(x)], dim=1)  # (B, 3D, T)
+        w = torch.softmax(self.linear2(torch.tanh(self.linear1(x_in))), dim=2)  # (B, D, T)
+        mu = torch.sum(x * w, dim=2)
+        return torch.cat([mu, _weighted_std(x, w, mu)], dim=1)
+
+
 POOLINGS: dict[str, type[nn.Module]] = {"SAP": SAP, "ASP": ASP, "AVG": AVG, "STP": STP}
 
 
@@ -90,3 +119,19 @@ def make_pooling(encoder_type: str, in_dim: int) -> nn.Module:
         raise ValueError(f"Unknown encoder_type '{encoder_type}' (--encoder_type); valid: "
                          f"{', '.join(POOLINGS)}.")
     return POOLINGS[encoder_type](in_dim)
+
+
+BASELINE_POOLINGS = ("ASP", "STP", "AVG")  # the encoder types of the ECAPA-TDNN and CAM++ baselines
+
+
+def make_baseline_pooling(encoder_type: str, in_dim: int, global_context: bool, model: str) -> nn.Module:
+    """The pooling of a 1-D baseline (``model`` names it in the error): ASP, :class:`ContextASP` (with the global
+    context or not), STP or AVG (WeSpeaker's ASTP, TSTP, TAP); its ``out_dim`` attribute is the output size."""
+    if encoder_type == "ASP":
+        return ContextASP(in_dim, global_context)
+    if encoder_type == "STP":
+        return STP(in_dim)
+    if encoder_type == "AVG":
+        return AVG(in_dim)
+    raise ValueError(f"Unknown encoder_type '{encoder_type}' (--encoder_type) for {model}; valid: "
+                     f"{', '.join(BASELINE_POOLINGS)}.")

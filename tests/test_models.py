@@ -9,12 +9,19 @@ import torch.nn.functional as F
 
 from models._dtdy import DTDYConv2d
 from models._frontend import crop_samples, log_mel, make_mel_spectrogram
-from models._pooling import ASP, AVG, SAP, STP, make_pooling
+from models._pooling import ASP, AVG, BASELINE_POOLINGS, POOLINGS, SAP, STP, make_pooling
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 PLUGINS = sorted(p.stem for p in MODELS_DIR.glob("*.py") if not p.stem.startswith("_"))
 WAVE_SAMPLES = crop_samples(50)  # 0.5 s
 SHORT_SAMPLES = crop_samples(12)  # 0.12 s, for bfloat16 (slow convolutions on CPUs without bf16 units)
+# --encoder_type values of each plugin: the ResNets take every pooling of models/_pooling.py, the 1-D baselines
+# their own two (ECAPA-TDNN's and CAM++'s attentive statistics pooling, and statistics pooling).
+BASELINES = ("ECAPA_TDNN_c512", "ECAPA_TDNN_c1024", "CAMPPlus")
+
+
+def encoder_types(name: str) -> tuple[str, ...]:
+    return BASELINE_POOLINGS if name in BASELINES else tuple(POOLINGS)
 
 
 def build(name: str, nOut: int = 24, encoder_type: str = "ASP", n_mels: int = 64, log_input: bool = True):
@@ -31,8 +38,9 @@ def calibrate_batchnorm(model: torch.nn.Module, wave: torch.Tensor) -> None:
         model.train()(wave)
 
 
-def test_the_four_variants_are_discovered():
+def test_the_four_variants_and_the_baselines_are_discovered():
     assert {"DTDY_ResNet34_half", "DTDY_ResNet34_quarter", "ResNet34_half", "ResNet34_quarter"} <= set(PLUGINS)
+    assert set(BASELINES) <= set(PLUGINS)
 
 
 @pytest.mark.parametrize("name", PLUGINS)
@@ -53,7 +61,7 @@ def test_plugin_contract(name):
 @pytest.mark.parametrize("name", PLUGINS)
 def test_plugin_runs_under_bfloat16_autocast(name):
     torch.manual_seed(0)
-    model = build(name, nOut=16, encoder_type="SAP", n_mels=40)
+    model = build(name, nOut=16, encoder_type="SAP" if "SAP" in encoder_types(name) else "STP", n_mels=40)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(2, SHORT_SAMPLES))
     assert out.shape == (2, 16) and torch.isfinite(out.float()).all()
@@ -101,12 +109,15 @@ def test_dtdy_everywhere_in_the_blocks_and_nowhere_in_the_static_twin():
         [n for n, _ in static.named_parameters() if n.startswith("layer1.0.bn")]
 
 
-@pytest.mark.parametrize("name", ["DTDY_ResNet34_quarter", "ResNet34_quarter"])
+@pytest.mark.parametrize("name", PLUGINS)
 def test_unknown_encoder_type_lists_the_valid_ones(name):
     with pytest.raises(ValueError) as err:
         build(name, encoder_type="XYZ")
-    for valid in ("SAP", "ASP", "AVG", "STP"):
+    assert "'XYZ'" in str(err.value)
+    for valid in encoder_types(name):
         assert valid in str(err.value)
+    for other in set(POOLINGS) - set(encoder_types(name)):
+        assert other not in str(err.value)
 
 
 def test_frontend_is_the_papers():

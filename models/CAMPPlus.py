@@ -1,0 +1,14 @@
+"""CAM++, the 7.2M baseline (7,176,224 parameters at 80 mels, STP, nOut 512).
+
+H. Wang, S. Zheng, Y. Chen, L. Cheng, Q. Chen, "CAM++: A Fast and Efficient Network for Speaker Verification Using
+Context-Aware Masking", Interspeech 2023 (7.18M); 3D-Speaker's and WeSpeaker's ``CAMPPlus``.
+"""
+
+from models._campplus import CAMPPlusEncoder
+
+
+class MainModel(CAMPPlusEncoder):
+    """wave (B, samples) at 16 kHz -> embedding (B, nOut); encoder_type STP (the paper's), ASP or AVG."""
+
+    def __init__(self, nOut: int, encoder_type: str, n_mels: int, log_input: bool) -> None:
+        super().__init__(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels, log_input=log_input)
