@@ -17,7 +17,6 @@ import torchaudio
 from torch import nn
 
 from audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, WIN_LENGTH
-from audio import crop_samples as crop_samples  # speakerActivationMap.py, tests and bench import it from here
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import trainSpeakerNet
+from audio import crop_samples
 from conftest import tiny_argv
 from models._campplus import FCM, CAMDenseBlock, segment_means
 from models._ecapa import Res2Conv1d, SERes2Block
-from models._frontend import crop_samples
 from models._pooling import ATTENTION_HIDDEN, ContextASP
 
 BASELINES = ("ECAPA_TDNN_c512", "ECAPA_TDNN_c1024", "CAMPPlus")
