@@ -6,8 +6,9 @@ Contract of a loss plugin (checked by ``tests/test_losses.py`` for every module 
   name: ``nOut: int, nClasses: int`` and, where needed, ``margin: float, scale: float, hard_rank: int,
   hard_prob: float, subcenters: int``, each defaulting to ``config.DEFAULTS.<name>`` (the config owns the
   value; ``LossFunction()`` builds the default head), no ``**kwargs``.
-- Class attributes ``test_normalize: bool`` (L2-normalise test embeddings before scoring) and
-  ``min_per_speaker: int`` (the smallest ``nPerSpeaker`` the loss works with).
+- Class attributes ``test_normalize: bool`` (L2-normalise test embeddings before scoring; read by the evaluation
+  through ``runtime.test_normalize``) and ``min_per_speaker: int`` (the smallest ``nPerSpeaker`` the loss works
+  with; ``runtime.build_net`` refuses a smaller ``--nPerSpeaker`` at start).
 - ``forward(x, label)``: ``x`` float (B, nPerSpeaker, nOut), utterance ``n`` of row ``b`` belongs to speaker
   ``label[b]`` (LongTensor (B,), values in 0..nClasses-1) -> ``(loss, prec1)``: a scalar loss tensor and the
   top-1 accuracy in percent (0..100, a scalar tensor, no gradient) of the task the loss solves: speaker classes
