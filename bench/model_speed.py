@@ -17,6 +17,8 @@ torch.optim.Adam's loop, as the official code does. Contenders of one comparison
 iteration, in one process, so that load from other processes hits them alike; times are medians, speed-ups the
 median of the per-iteration ratios, wall clock and CPU (process) time. fp32 on CPU, where malloc is tuned as for
 CPU runs (allocator.py); on CUDA autocast bf16 (fp16 where bf16 is missing), with the peak memory per contender.
+The file runs past 300 lines because its three comparisons share one timer, one model setup and one set of
+conventions, and a benchmark reads best as one script.
 """
 
 from __future__ import annotations
