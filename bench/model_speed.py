@@ -8,8 +8,8 @@ the model) and inference (eval, no_grad) on crops of 32,240 samples (200 frames)
 - the readable DTDY model (models/_dtdy.py, what training, GPUs and export run) against the straightforward
   formulation of the official code (tests/reference_dtdy.py), training step and inference; with ``--compile``
   also the readable model under torch.compile (the one-time compilation reported apart);
-- on CPU, the inference path of models/_dtdy_cpu.py (``fast_cpu_inference``) against the readable model, with
-  each of its parts (Winograd convolutions, latent padding) also switched off alone;
+- on CPU, the inference path of models/_dtdy_cpu.py (``fast_cpu_inference``) against the readable model, and
+  with its Winograd convolutions switched off;
 - per DTDY layer of the x0.50 net, readable against reference and the folded path against readable.
 
 Our models step with the framework's optimizer (optimizer/adam.py, fused Adam), the reference with
@@ -17,6 +17,8 @@ torch.optim.Adam's loop, as the official code does. Contenders of one comparison
 iteration, in one process, so that load from other processes hits them alike; times are medians, speed-ups the
 median of the per-iteration ratios, wall clock and CPU (process) time. fp32 on CPU, where malloc is tuned as for
 CPU runs (allocator.py); on CUDA autocast bf16 (fp16 where bf16 is missing), with the peak memory per contender.
+The file runs past 300 lines because its three comparisons share one timer, one model setup and one set of
+conventions, and a benchmark reads best as one script.
 """
 
 from __future__ import annotations
@@ -49,9 +51,8 @@ MODELS = {"ResNet34_quarter": None, "ResNet34_half": None,
 # (C_in, C_out, kernel, stride, F, T) of the DTDY layers of the x0.50 net at 64 mels and 202 frames
 LAYERS = [(32, 32, 3, 1, 32, 202), (32, 64, 3, 2, 32, 202), (32, 64, 1, 2, 32, 202), (64, 64, 3, 1, 16, 101),
           (64, 128, 3, 2, 16, 101), (128, 128, 3, 1, 8, 51), (128, 256, 3, 1, 8, 51), (256, 256, 3, 1, 8, 51)]
-# variants of the CPU inference path: (label, latent padding multiple, Winograd from this many input channels)
-FAST_VARIANTS = [("folded", _dtdy_cpu.LANE, _dtdy_cpu.WINOGRAD_MIN_CHANNELS),
-                 ("no Winograd", _dtdy_cpu.LANE, 1 << 30), ("no padding", 1, _dtdy_cpu.WINOGRAD_MIN_CHANNELS)]
+# variants of the CPU inference path: (label, Winograd from this many input channels)
+FAST_VARIANTS = [("folded", _dtdy_cpu.WINOGRAD_MIN_CHANNELS), ("no Winograd", 1 << 30)]
 ENCODER_TYPE = "ASP"
 N_MELS = 64
 NOUT = 512
@@ -177,14 +178,14 @@ def max_diff(a: torch.nn.Module, b: torch.nn.Module, wave: torch.Tensor, train: 
 
 
 @contextmanager
-def fast_variant(lane: int, winograd_min_channels: int) -> Iterator[None]:
-    """models/_dtdy_cpu.py's constants while the folded operands are made (they are read only then)."""
-    saved = _dtdy_cpu.LANE, _dtdy_cpu.WINOGRAD_MIN_CHANNELS
-    _dtdy_cpu.LANE, _dtdy_cpu.WINOGRAD_MIN_CHANNELS = lane, winograd_min_channels
+def fast_variant(winograd_min_channels: int) -> Iterator[None]:
+    """models/_dtdy_cpu.py's Winograd threshold while the folded operands are made (it is read only then)."""
+    saved = _dtdy_cpu.WINOGRAD_MIN_CHANNELS
+    _dtdy_cpu.WINOGRAD_MIN_CHANNELS = winograd_min_channels
     try:
         yield
     finally:
-        _dtdy_cpu.LANE, _dtdy_cpu.WINOGRAD_MIN_CHANNELS = saved
+        _dtdy_cpu.WINOGRAD_MIN_CHANNELS = saved
 
 
 def compare_readable(name: str, wave: torch.Tensor, args: argparse.Namespace, timer: Timer,
@@ -223,9 +224,9 @@ def compare_fast(name: str, wave: torch.Tensor, args: argparse.Namespace, timer:
     with ExitStack() as stack, torch.no_grad():
         expected = model(wave)
         diffs = []
-        for label, lane, winograd in FAST_VARIANTS:
+        for label, winograd in FAST_VARIANTS:
             fast = stack.enter_context(_dtdy_cpu.fast_cpu_inference(copy.deepcopy(model)))
-            with fast_variant(lane, winograd):
+            with fast_variant(winograd):
                 diffs.append((fast(wave) - expected).abs().max().item())  # folds the operands
             fns.append(infer(fast, wave, nullcontext()))
             labels.append(label)

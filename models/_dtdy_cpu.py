@@ -12,11 +12,9 @@ For a DTDY convolution followed by a BatchNorm (models/_dtdy.py's notation, BN(v
   ``M(t) = diag(s_b) Phi(t) + I``, computed as the Phi branch's last convolution with rescaled columns and a
   shifted bias, written straight into M(t)^T, and one clamp (the hard sigmoid); ``P c_b`` and the block's
   BatchNorm fold into W0's bias and the rows of W0 and P.
-- The latent path runs ``Lp = ceil(L / 8) * 8`` wide: the extra channels have zero Q rows, zero bias and zero P
-  columns, so they stay exactly zero, and the CPU kernels run faster on multiples of the vector width.
 - The stride-1 3 x 3 layers with at least ``WINOGRAD_MIN_CHANNELS`` input channels compute [W0; Q] as one
   Winograd convolution (models/_winograd.py); narrower layers run the two direct convolutions.
-- Tensors stay channels-last: the mixing is one batched matmul over the ``B * T'`` slabs (F', Lp), the Phi
+- Tensors stay channels-last: the mixing is one batched matmul over the ``B * T'`` slabs (F', L), the Phi
   branch's 1D convolutions are matmuls over time-major rows, and P adds into the static path's output in place.
 
 A plain Conv2d followed by a BatchNorm (the static twins, the stem is left alone) becomes one convolution with a
@@ -40,7 +38,6 @@ from models._winograd import winograd_conv3x3, winograd_kernel
 
 log = logging.getLogger(__name__)
 
-LANE = 8  # the latent path is padded with exact zeros to a multiple of 8 channels (AVX2 width)
 WINOGRAD_MIN_CHANNELS = 128  # stride-1 3 x 3 layers this wide compute W0 and Q as one Winograd convolution
 
 
@@ -116,17 +113,17 @@ class _Folded(NamedTuple):
 
     w0: torch.Tensor  # diag(s) W0 (C_out, C_in, k, k)
     b0: torch.Tensor  # s * P c_b + c, the output bias (C_out,)
-    q: torch.Tensor  # [diag(s_a) Q; 0] (Lp, C_in, k, k)
-    b_q: torch.Tensor  # [c_a; 0] (Lp,)
-    u: torch.Tensor | None  # [W0; Q] as one Winograd kernel (36, C_in, C_out + Lp), when the layer runs that way
+    q: torch.Tensor  # diag(s_a) Q (L, C_in, k, k)
+    b_q: torch.Tensor  # c_a (L,)
+    u: torch.Tensor | None  # [W0; Q] as one Winograd kernel (36, C_in, C_out + L), when the layer runs that way
     w_in: torch.Tensor  # the Phi branch's convolutions as matmul operands (``_rows_kernel``)
     b_in: torch.Tensor
     w_gate: torch.Tensor  # (H, H)
-    w_out: torch.Tensor  # (3 H, Lp Lp): the last convolution onto the Lp x Lp grid of M^T, columns scaled
+    w_out: torch.Tensor  # (3 H, L L): the last convolution onto the entries of M^T, columns scaled
     b_out: torch.Tensor  # its bias, scaled, plus 1 s_b^T + I
-    low: torch.Tensor  # (Lp Lp,): the clamp that makes the grid M^T
+    low: torch.Tensor  # (L L,): the clamp that makes the entries M^T
     high: torch.Tensor
-    p_t: torch.Tensor  # [diag(s) P, 0]^T (Lp, C_out)
+    p_t: torch.Tensor  # (diag(s) P)^T (L, C_out)
 
 
 def fold_dtdy(conv: DTDYConv2d, scale: torch.Tensor, shift: torch.Tensor) -> _Folded:
@@ -135,55 +132,50 @@ def fold_dtdy(conv: DTDYConv2d, scale: torch.Tensor, shift: torch.Tensor) -> _Fo
     With hsig2(v) = clamp(v, -3, 3) / 3 + 1 and BN_b(v) = s v + c_b, the latent update BN_b(Phi z) + z is
     M z + c_b with M[d, j] = (s_d / 3) clamp(v_dj, -3, 3) + s_d + delta_dj = clamp(v'_dj, o_dj - |s_d|,
     o_dj + |s_d|), where v' = (s_d / 3) v + o and o = s_d + delta_dj: the Phi branch's last convolution, its
-    columns scaled by s_d / 3 and o added to its bias, writes v' into an Lp x Lp grid, and one clamp makes it M^T.
+    columns scaled by s_d / 3 and o added to its bias, writes v' transposed, and one clamp makes it M^T.
     """
     L = conv.latent
-    Lp = L + (-L % LANE)
-    pad = Lp - L
     a_scale, a_shift = _bn_affine(conv.bn_latent)
     b_scale, b_shift = _bn_affine(conv.bn_mix)
     w0, p = conv.w0 * scale.view(-1, 1, 1, 1), conv.p * scale.view(-1, 1)
     b0 = p @ b_shift + shift
-    q, b_q = _pad_rows(conv.q * a_scale.view(L, 1, 1, 1), pad), _pad_rows(a_shift, pad)
+    q, b_q = conv.q * a_scale.view(L, 1, 1, 1), a_shift
     phi = conv.phi
-    w_out, b_out = _rows_kernel(phi.conv_out.weight), phi.conv_out.bias
-    d, j = torch.meshgrid(torch.arange(L), torch.arange(L), indexing="ij")
-    cells = (j * Lp + d).flatten()  # where entry d * L + j of Phi goes in the Lp x Lp grid of M^T
-    w_grid = w_out.new_zeros(w_out.shape[0], Lp * Lp).index_copy(1, cells, w_out)
-    b_grid = b_out.new_zeros(Lp * Lp).index_copy(0, cells, b_out)
-    col_scale = F.pad(b_scale / 3, (0, pad)).repeat(Lp)  # s_d / 3 at cell j * Lp + d (column d of M^T)
-    offset = F.pad(b_scale.view(1, L) + torch.eye(L, dtype=b_scale.dtype), (0, pad, 0, pad)).flatten()
+    w_out = _rows_kernel(phi.conv_out.weight).view(-1, L, L).transpose(1, 2).reshape(-1, L * L)  # column j L + d
+    b_out = phi.conv_out.bias.view(L, L).t().flatten()  # entry d L + j of Phi at j L + d: M^T
+    col_scale = (b_scale / 3).repeat(L)  # s_d / 3 at j L + d
+    offset = (b_scale.view(1, L) + torch.eye(L, dtype=b_scale.dtype)).flatten()  # s_d + delta_dj at j L + d
     reach = 3 * col_scale.abs()
     winograd = conv.kernel_size == 3 and conv.stride == 1 and conv.in_channels >= WINOGRAD_MIN_CHANNELS
     return _Folded(_channels_last(w0), b0, _channels_last(q), b_q,
                    winograd_kernel(torch.cat([w0, q])) if winograd else None,
                    _rows_kernel(phi.conv_in.weight), phi.conv_in.bias, phi.gate.weight[:, :, 0].t(),
-                   w_grid * col_scale, torch.addcmul(offset, b_grid, col_scale), offset - reach, offset + reach,
-                   F.pad(p, (0, pad)).t().contiguous())
+                   w_out * col_scale, torch.addcmul(offset, b_out, col_scale), offset - reach, offset + reach,
+                   p.t().contiguous())
 
 
 def folded_dtdy_forward(conv: DTDYConv2d, f: _Folded, x: torch.Tensor) -> torch.Tensor:
     """``scale * conv(x) + shift`` from ``fold_dtdy``'s operands: x (B, C_in, T, F) -> (B, C_out, T', F')."""
     B, C, T, Fq = x.shape
-    Lp = f.p_t.shape[0]
+    L = f.p_t.shape[0]
     if f.u is not None:
-        r, z = winograd_conv3x3(x, f.u, torch.cat([f.b0, f.b_q]), (conv.out_channels, Lp))
+        r, z = winograd_conv3x3(x, f.u, torch.cat([f.b0, f.b_q]), (conv.out_channels, L))
     else:
-        r, z = _conv(conv, x, f.w0, f.b0), _conv(conv, x, f.q, f.b_q)  # (B, C_out, T', F'), (B, Lp, T', F')
+        r, z = _conv(conv, x, f.w0, f.b0), _conv(conv, x, f.q, f.b_q)  # (B, C_out, T', F'), (B, L, T', F')
     slabs = x.permute(0, 2, 3, 1)  # (B, T, F, C)
     stats = torch.cat([slabs.mean(dim=2), slabs.mean(dim=3)], dim=2)  # (B, T, C + F), time-major rows
     k, stride = conv.kernel_size, conv.stride
     h = _conv1d_rows(stats, f.w_in, f.b_in, k, stride)  # (B, T', H)
     h = h * (2.0 * F.hardsigmoid(h @ f.w_gate))
-    mixing_t = _conv1d_rows(h, f.w_out, f.b_out, 3, 1).clamp_(f.low, f.high)  # (B, T', Lp Lp), M(t)^T
+    mixing_t = _conv1d_rows(h, f.w_out, f.b_out, 3, 1).clamp_(f.low, f.high)  # (B, T', L L), M(t)^T
     T_out = mixing_t.shape[1]
-    z_slabs = z.permute(0, 2, 3, 1).reshape(B * T_out, -1, Lp)  # (B T', F', Lp)
-    mixed = torch.bmm(z_slabs, mixing_t.view(B * T_out, Lp, Lp))  # (M(t) z)^T: (B T', F', Lp)
+    z_slabs = z.permute(0, 2, 3, 1).reshape(B * T_out, -1, L)  # (B T', F', L)
+    mixed = torch.bmm(z_slabs, mixing_t.view(B * T_out, L, L))  # (M(t) z)^T: (B T', F', L)
     rows = r.permute(0, 2, 3, 1).reshape(-1, conv.out_channels)  # (B T' F', C_out), a view when channels-last
     if rows.data_ptr() == r.data_ptr():
-        rows.addmm_(mixed.view(-1, Lp), f.p_t)  # P (M z) added in place into r
+        rows.addmm_(mixed.view(-1, L), f.p_t)  # P (M z) added in place into r
         return r
-    return torch.addmm(rows, mixed.view(-1, Lp), f.p_t).view(B, T_out, -1, conv.out_channels).permute(0, 3, 1, 2)
+    return torch.addmm(rows, mixed.view(-1, L), f.p_t).view(B, T_out, -1, conv.out_channels).permute(0, 3, 1, 2)
 
 
 def _conv(conv: DTDYConv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -226,11 +218,6 @@ def _conv1d_rows(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: i
 
 def _channels_last(weight: torch.Tensor) -> torch.Tensor:
     return weight.contiguous(memory_format=torch.channels_last)
-
-
-def _pad_rows(t: torch.Tensor, pad: int) -> torch.Tensor:
-    """Append ``pad`` zero rows (output channels) to a weight or bias."""
-    return torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) if pad else t
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
