@@ -137,4 +137,5 @@ def build_embedder(cfg: Config, device: torch.device, env: DistEnv) -> tuple[Emb
     load_weights(net, path, cfg, with_loss=False)
     net.to(device)
     compile_model(net, cfg)
-    return Embedder(net.model, device, env, cfg.mixedprec, cfg.mixedprec_dtype, cfg.fast_cpu_inference), net, path
+    return Embedder(net.model, device, env, cfg.mixedprec, cfg.mixedprec_dtype,
+                    cfg.fast_cpu_inference and not cfg.compile), net, path

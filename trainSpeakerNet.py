@@ -176,7 +176,8 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
              "%.2fM parameters", len(train.files), len(train.speakers), steps, env.world_size, cfg.batch_size,
              cfg.nPerSpeaker, sum(p.numel() for p in net.model.parameters()) / 1e6)
     board = _Board(save / "tensorboard", cfg.tensorboard and env.is_main)
-    embedder = Embedder(net.model, device, env, cfg.mixedprec, cfg.mixedprec_dtype, cfg.fast_cpu_inference)
+    embedder = Embedder(net.model, device, env, cfg.mixedprec, cfg.mixedprec_dtype,
+                        cfg.fast_cpu_inference and not cfg.compile)
     last_save = time.monotonic()
 
     def timed_checkpoint(epoch: int, done: int) -> None:
