@@ -4,11 +4,13 @@ H. Wang, S. Zheng, Y. Chen, L. Cheng, Q. Chen, "CAM++: A Fast and Efficient Netw
 Context-Aware Masking", Interspeech 2023 (7.18M); 3D-Speaker's and WeSpeaker's ``CAMPPlus``.
 """
 
+from config import DEFAULTS
 from models._campplus import CAMPPlusEncoder
 
 
 class MainModel(CAMPPlusEncoder):
     """wave (B, samples) at 16 kHz -> embedding (B, nOut); encoder_type STP (the paper's), ASP or AVG."""
 
-    def __init__(self, nOut: int, encoder_type: str, n_mels: int, log_input: bool) -> None:
+    def __init__(self, nOut: int = 512, encoder_type: str = "STP", n_mels: int = 80,
+                 log_input: bool = DEFAULTS.log_input) -> None:  # the paper's settings: MainModel() is its model
         super().__init__(nOut=nOut, encoder_type=encoder_type, n_mels=n_mels, log_input=log_input)

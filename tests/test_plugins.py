@@ -55,6 +55,11 @@ def test_build_refuses_an_undeclarable_parameter(monkeypatch):
         plugins.build("loss", "x", Config())
 
 
+# Baselines of other papers default to their papers' settings (80 mels, their pooling and embedding size), so that
+# MainModel() builds the model of the paper's parameter count.
+PAPER_DEFAULTS = {"ECAPA_TDNN_c512": 6_190_720, "ECAPA_TDNN_c1024": 14_657_088, "CAMPPlus": 7_176_224}
+
+
 @pytest.mark.parametrize("kind", ["model", "loss"])
 def test_plugin_defaults_are_the_config_defaults(kind):
     """A plugin's parameters that are config options default to the config's value (one definition of each)."""
@@ -63,6 +68,8 @@ def test_plugin_defaults_are_the_config_defaults(kind):
     from config import DEFAULTS
 
     for name in plugins.available(kind):
+        if name in PAPER_DEFAULTS:
+            continue
         for param in inspect.signature(plugins.load(kind, name)).parameters.values():
             if hasattr(DEFAULTS, param.name):
                 assert param.default == getattr(DEFAULTS, param.name), f"{kind} {name}: {param.name}"
@@ -76,6 +83,12 @@ def test_models_build_with_the_paper_defaults_as_in_a_notebook():
     assert model.torchfb.mel_scale.fb.shape == (257, 64)
     sap = MainModel(nOut=256, encoder_type="SAP", n_mels=40)
     assert sap.fc.out_features == 256 and sap.torchfb.mel_scale.fb.shape == (257, 40)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_DEFAULTS))
+def test_baselines_build_their_papers_model_by_default(name):
+    model = plugins.load("model", name)()
+    assert sum(p.numel() for p in model.parameters()) == PAPER_DEFAULTS[name]
 
 
 def test_losses_build_with_the_defaults():
