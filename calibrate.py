@@ -10,7 +10,7 @@ Quality-aware calibration (QMF, as in WeSpeaker's and 3D-Speaker's VoxCeleb reci
                                   snorm: the whole cohort), the statistics of the score normalisation
 
 (no cohort features without --score_norm). The map is trained by prior-weighted logistic regression at prior 0.5,
-whose objective is Cllr, on a labelled ``--calibration_list`` (its files embedded with the test lists) and written
+whose objective is Cllr (with a ridge penalty of 1 / trials on the standardised features), on a labelled ``--calibration_list`` (its files embedded with the test lists) and written
 to ``--calibration_model`` (default ``<save_path>/result/calibration.json``) with its feature names and the
 settings they depend on (protocol, score normalisation, mean subtraction); a model given without a list is applied
 as it is, and refused if it was trained on other features or settings. Everything is computed from the result
@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "dtdy-sv-calibration"
 MODEL_FILE = "calibration.json"
 PRIOR = 0.5  # the training prior: the logistic-regression objective at 0.5 is Cllr
-L2 = 1e-3  # ridge penalty on the standardised features: a short calibration list is not fitted to its noise
+
+def ridge(n_trials: int) -> float:
+    """The ridge penalty on the standardised features: 1 / n_trials, the per-trial share of scikit-learn's default
+    (C = 1, which WeSpeaker's QMF uses), so that a short calibration list is not fitted to its noise."""
+    return 1.0 / max(n_trials, 1)
 
 
 def read_calibration_list(path: str | Path, test_path: str | Path, check_files: bool = True) -> TrialList:
@@ -150,7 +154,7 @@ def calibrate_stage(cfg: Config, result_dir: Path, entries: Mapping[str, Mapping
     path = model_path_of(cfg, result_dir)
     if calibration_name is not None:
         x, trials = features[calibration_name]
-        model = fit_calibration(x, trials.labels, names, prior=PRIOR, l2=L2)
+        model = fit_calibration(x, trials.labels, names, prior=PRIOR, l2=ridge(len(x)))
         train_cllr, raw_cllr = cllr(model.apply(x), trials.labels), cllr(x[:, 0], trials.labels)
         trained_on = cfg.calibration_list
         save_model(path, model, settings, trained_on, trials.labels, train_cllr, raw_cllr)

@@ -15,12 +15,13 @@ from scoring import read_scores
 
 @pytest.fixture(scope="module")
 def recipe_corpus(tmp_path_factory):
-    """A demo corpus with enough trials to split in two (1-2 s utterances, so durations vary)."""
+    """A demo corpus with enough trials to split in two (1-2 s utterances, so durations vary): 6 training speakers,
+    6 test speakers of 6 utterances, 400 trials."""
     from demodata import make_demo_corpus
 
     root = tmp_path_factory.mktemp("recipe_demo")
-    make_demo_corpus(root, n_train_speakers=6, n_test_speakers=4, utts_per_speaker=4, test_utts_per_speaker=4,
-                     videos_per_speaker=2, n_trials=120, min_seconds=1.0, max_seconds=2.0, seed=3)
+    make_demo_corpus(root, n_train_speakers=6, n_test_speakers=6, utts_per_speaker=4, test_utts_per_speaker=6,
+                     videos_per_speaker=2, n_trials=400, min_seconds=1.0, max_seconds=2.0, seed=3)
     return root
 
 
