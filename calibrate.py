@@ -10,11 +10,12 @@ Quality-aware calibration (QMF, as in WeSpeaker's and 3D-Speaker's VoxCeleb reci
                                   snorm: the whole cohort), the statistics of the score normalisation
 
 (no cohort features without --score_norm). The map is trained by prior-weighted logistic regression at prior 0.5,
-whose objective is Cllr (with a ridge penalty of 1 / trials on the standardised features), on a labelled ``--calibration_list`` (its files embedded with the test lists) and written
-to ``--calibration_model`` (default ``<save_path>/result/calibration.json``) with its feature names and the
-settings they depend on (protocol, score normalisation, mean subtraction); a model given without a list is applied
-as it is, and refused if it was trained on other features or settings. Everything is computed from the result
-folder's files (score files, embeddings.npz, cohort.npz), so the stage reruns without the model or the audio.
+whose objective is Cllr (with a ridge penalty of 1 / trials on the standardised features), on a labelled
+``--calibration_list`` (its files embedded with the test lists) and written to ``--calibration_model`` (default
+``<save_path>/result/calibration.json``) with its feature names and the settings they depend on (protocol, score
+normalisation, mean subtraction); a model given without a list is applied as it is, and refused if it was trained
+on other features or settings. Everything is computed from the result folder's files (score files,
+embeddings.npz, cohort.npz), so the stage reruns without the model or the audio.
 """
 
 from __future__ import annotations

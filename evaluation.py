@@ -71,6 +71,9 @@ def check_eval_options(cfg: Config) -> None:
         problems.append(f"--norm_cohort_utts must be >= 1, got {cfg.norm_cohort_utts}")
     if cfg.score_from_cache and not cfg.eval:
         problems.append("--score_from_cache rescores an evaluation: use it with --eval")
+    if cfg.calibration_model and not cfg.calibration_list and not Path(cfg.calibration_model).is_file():
+        problems.append(f"--calibration_model '{cfg.calibration_model}' does not exist; give --calibration_list "
+                        f"<labelled trial list> to train it there")
     if bool(cfg.extract) != bool(cfg.extract_out):
         problems.append("--extract <file list> and --extract_out <file.npz> go together")
     if problems:

@@ -178,6 +178,12 @@ def test_score_from_cache_refuses_a_calibration_list_of_files_not_embedded(folde
         ev.score_from_cache(cfg, [], out)
 
 
+def test_an_absent_model_without_a_list_is_refused_before_embedding(tmp_path):
+    with pytest.raises(EvalError, match="--calibration_model '.*absent.json' does not exist; give --calibration_list"):
+        ev.check_eval_options(make_cfg(calibration_model=str(tmp_path / "absent.json")))
+    ev.check_eval_options(make_cfg(calibration_model=str(tmp_path / "absent.json"), calibration_list="c.txt"))
+
+
 def test_new_options_are_coerced():
     cfg = config.resolve({"mean_subtraction": "yes", "calibration_list": "data/calib.txt"},
                          {"calibration_model": "m.json"})
