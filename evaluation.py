@@ -90,6 +90,17 @@ def p_targets_of(cfg: Config) -> tuple[float, ...]:
     return tuple(sorted({0.01, 0.05, float(cfg.dcf_p_target)}))
 
 
+def warn_shared_trials(calibration: TrialList, trial_lists: Sequence[TrialList]) -> None:
+    """Log a warning for every test list that shares trials with the calibration list (its figures are not
+    held-out ones)."""
+    pairs = set(zip(calibration.enroll, calibration.test, strict=True))
+    for trials in trial_lists:
+        shared = sum(pair in pairs for pair in zip(trials.enroll, trials.test, strict=True))
+        if shared:
+            log.warning("%d of the %d trials of '%s' are trials of --calibration_list '%s': its calibrated figures "
+                        "are not those of held-out trials", shared, len(trials.enroll), trials.path, calibration.path)
+
+
 def score_and_report(cfg: Config, trial_lists: Sequence[TrialList], result_dir: Path, checkpoint: str | Path | None,
                      device: torch.device, calibration: TrialList | None = None) -> dict[str, Any]:
     """The stages after the embedding, from ``<result_dir>/embeddings.npz`` (and cohort.npz): score files,
@@ -106,6 +117,8 @@ def score_and_report(cfg: Config, trial_lists: Sequence[TrialList], result_dir: 
         for name, norm in norms.items():
             entries[name]["norm"] = norm
     calibration_name = list(entries)[-1] if calibration is not None else None
+    if calibration is not None:
+        warn_shared_trials(calibration, trial_lists)
     if calibration is not None or cfg.calibration_model:
         for name, cal in calibrate_stage(cfg, result_dir, entries, calibration_name, device).items():
             entries[name]["cal"] = cal

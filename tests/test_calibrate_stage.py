@@ -146,11 +146,13 @@ def test_a_model_of_other_features_or_settings_is_refused(folder):
                             torch.device("cpu"))
 
 
-def test_without_a_cohort_the_features_are_score_and_durations(folder):
+def test_without_a_cohort_the_features_are_score_and_durations(folder, caplog):
     out, data = folder
     calib, heldout = halves(data["trials"])
     metrics = ev.score_and_report(make_cfg(score_norm="none", mean_subtraction=False, calibration_list="c.txt"),
-                                  [heldout], out, None, torch.device("cpu"), calib)
+                                  [heldout, data["trials"]], out, None, torch.device("cpu"), calib)
+    assert "heldout.txt" not in caplog.text
+    assert f"{len(calib.labels)} of the {len(data['trials'].labels)} trials of 'all.txt' are trials of" in caplog.text
     assert json.loads((out / "calibration.json").read_text())["features"] == ["score", "log_seconds_enroll",
                                                                               "log_seconds_test"]
     assert metrics["cal"]["score"] == "scores.txt" and metrics["mean_subtraction"] is False
