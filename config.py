@@ -97,6 +97,14 @@ class Config:
                           ("none", "asnorm", "snorm"))
     norm_top_n: int = opt(300, "asnorm: highest cohort scores per file used for its mean and std.", "eval")
     norm_cohort_utts: int = opt(3, "Utterances per --train_list speaker averaged into its cohort vector.", "eval")
+    mean_subtraction: bool = opt(False, "Subtract the mean embedding of the cohort's training utterances (the "
+                                 "--train_list files the cohort stage embeds) from test and cohort embeddings "
+                                 "before scoring.", "eval")
+    calibration_list: str = opt("", "Labelled trial list ('<label> <enroll> <test>' under --test_path) on which a "
+                                "quality-aware calibration (QMF) is trained into --calibration_model; every list's "
+                                "scores are then calibrated to log-likelihood ratios (<stem>.cal.txt).", "eval")
+    calibration_model: str = opt("", "Calibration model (JSON): written when --calibration_list is given (default "
+                                 "<save_path>/result/calibration.json), else applied if given.", "eval")
     score_from_cache: bool = opt(False, "With --eval: rescore from <save_path>/result/embeddings.npz, without the "
                                  "model or the audio.", "eval")
     extract: str = opt("", "Embed the files of this list ('<path>' or '<label> <path>' lines under --test_path) "

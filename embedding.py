@@ -9,7 +9,8 @@ Protocols, named in every file and result:
   are batched together (no padding, no cropping), so every embedding is that of the file alone.
 
 An embeddings file holds 'names' (F,), 'embeddings' float32 (F, C, nOut) exactly as the model outputs them
-(C = num_eval crops, or 1 for whole utterances) and 'meta' (JSON: protocol, checkpoint, weights fingerprint, model
+(C = num_eval crops, or 1 for whole utterances), 'seconds' (F,) float64 (each file's duration, for calibration)
+and 'meta' (JSON: protocol, checkpoint, weights fingerprint, model
 settings, test_normalize); it is all the score and normalisation stages need.
 """
 
@@ -114,15 +115,26 @@ def load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] |
         return None
 
 
+def _audio_info(path: Path) -> tuple[int, int]:
+    """(frames, sample rate) of an audio file, from its header."""
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, soundfile.LibsndfileError) as err:
+        raise DataError(f"Cannot decode audio file '{path}': {err}") from None
+    return info.frames, info.samplerate
+
+
+def durations(files: Sequence[str], root: str | Path) -> np.ndarray:
+    """Length in seconds of each of ``files`` (paths under ``root``), from the wav headers: (F,) float64."""
+    infos = [_audio_info(Path(root) / name) for name in files]
+    return np.array([frames / rate for frames, rate in infos], dtype=np.float64)
+
+
 def _equal_length_batches(files: Sequence[str], root: str | Path) -> list[list[int]]:
     """Indices of files with the same length (and rate), in batches of at most WHOLE_BATCH_SAMPLES samples."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, name in enumerate(files):
-        try:
-            info = soundfile.info(str(Path(root) / name))
-        except (RuntimeError, soundfile.LibsndfileError) as err:
-            raise DataError(f"Cannot decode audio file '{Path(root) / name}': {err}") from None
-        groups.setdefault((info.frames, info.samplerate), []).append(i)
+        groups.setdefault(_audio_info(Path(root) / name), []).append(i)
     batches = []
     for (length, _), members in sorted(groups.items()):
         size = max(1, WHOLE_BATCH_SAMPLES // max(length, 1))
@@ -159,6 +171,7 @@ def embed_stage(embedder: Embedder, files: Sequence[str], cfg: Config, path: Pat
     expected = {**identity(cfg, weights), "test_path": str(Path(cfg.test_path).resolve())}
     names: list[str] = []
     table: torch.Tensor | None = None
+    seconds: np.ndarray | None = None
     meta: dict[str, Any] = {}
     found = load_npz(path)
     if found is not None:
@@ -167,19 +180,24 @@ def embed_stage(embedder: Embedder, files: Sequence[str], cfg: Config, path: Pat
             log.info("embedding cache '%s' does not fit (%s): embedding again", path, "; ".join(problems))
         else:
             meta, names, table = found[0], found[1]["names"].tolist(), torch.from_numpy(found[1]["embeddings"])
+            seconds = found[1].get("seconds")
+    stale_meta = seconds is None and bool(names)  # a cache of an older version: durations read from the headers
+    seconds = durations(names, cfg.test_path) if seconds is None else seconds
     known = set(names)
     missing = [f for f in files if f not in known]
     if missing:
         new = embed_files(embedder, missing, cfg.test_path, cfg, show_progress, "test files")
         table = new if table is None else torch.cat([table, new])
+        seconds = np.concatenate([seconds, durations(missing, cfg.test_path)])
         names += missing
     else:
         log.info("reusing the cached embeddings of all %d files from '%s'", len(files), path)
-    stale_meta = meta.get("test_normalize") != normalize or (checkpoint and meta.get("checkpoint") != str(checkpoint))
+    stale_meta |= meta.get("test_normalize") != normalize or bool(checkpoint and
+                                                                   meta.get("checkpoint") != str(checkpoint))
     if embedder.env.is_main and (missing or stale_meta):
         meta = {**expected, "checkpoint": str(checkpoint or meta.get("checkpoint", "")), "test_normalize": normalize,
                 "n_files": len(names)}
-        save_npz(path, meta, names=np.array(names), embeddings=table.numpy())
+        save_npz(path, meta, names=np.array(names), embeddings=table.numpy(), seconds=seconds)
 
 
 def read_file_list(path: str | Path) -> tuple[list[str], list[str] | None]:

@@ -1,7 +1,11 @@
-"""The metrics stage: score files -> ``metrics.json`` (EER, voxceleb_trainer's EER, minDCF: tuneThreshold).
+"""The metrics stage: score files -> ``metrics.json`` (EER, voxceleb_trainer's EER, minDCF: tuneThreshold; Cllr
+and actual DCF: calibration.py).
 
 metrics.json holds the first list's description and metrics at the top level, with several lists also
-"lists": {name: ...}; a normalised list has its own under "norm"; an unlabeled list has no metrics. The metrics are
+"lists": {name: ...}; normalised scores have their own under "norm", calibrated scores (llrs) under "cal"; an
+unlabeled list has no metrics. Cllr (``cllr_bits``) and the actual DCF (``act_dcf_p<p>``, deciding at the Bayes
+threshold of the scores read as llrs) are reported for every score file, so that the gain of calibration shows
+against the raw and normalised scores, which are not llrs. The metrics are
 computed from the score files as written, so ``rerun_metrics`` recomputes the same metrics.json from them alone.
 """
 
@@ -15,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from calibration import actual_dcf, cllr
 from fileio import atomic_write_text
 from scoring import read_scores
 from tuneThreshold import compute_metrics
@@ -22,7 +27,9 @@ from tuneThreshold import compute_metrics
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
-_COMPUTED = ("eer_percent", "eer_threshold", "eer_vt_percent", "dcf_c_miss", "dcf_c_fa", "n_target", "n_nontarget")
+_COMPUTED = ("eer_percent", "eer_threshold", "eer_vt_percent", "dcf_c_miss", "dcf_c_fa", "n_target", "n_nontarget",
+             "cllr_bits")
+SUB_ENTRIES = ("norm", "cal")  # normalised and calibrated scores of a list
 
 
 def _finite(obj: Any) -> Any:
@@ -33,15 +40,17 @@ def _finite(obj: Any) -> Any:
 
 
 def _description(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """An entry without its computed metrics (and without "norm")."""
-    return {k: v for k, v in entry.items() if k != "norm" and k not in _COMPUTED and not k.startswith("min_dcf_p")}
+    """An entry without its computed metrics (and without "norm", "cal")."""
+    return {k: v for k, v in entry.items()
+            if k not in SUB_ENTRIES and k not in _COMPUTED and not k.startswith(("min_dcf_p", "act_dcf_p"))}
 
 
 def _summary(entry: Mapping[str, Any], p: float) -> str:
     if "eer_percent" not in entry:
         return "unlabeled: no metrics"
     return (f"EER {entry['eer_percent']:.3f}% (voxceleb_trainer {entry['eer_vt_percent']:.3f}%), minDCF "
-            f"{entry[f'min_dcf_p{float(p)}']:.4f} (p={p:g}), {entry['min_dcf_p0.01']:.4f} (p=0.01)")
+            f"{entry[f'min_dcf_p{float(p)}']:.4f} (p={p:g}), {entry['min_dcf_p0.01']:.4f} (p=0.01); Cllr "
+            f"{entry['cllr_bits']:.4f}, actDCF {entry[f'act_dcf_p{float(p)}']:.4f} (p={p:g})")
 
 
 def _with_metrics(entry: Mapping[str, Any], result_dir: Path, p_targets: Sequence[float], c_miss: float,
@@ -50,6 +59,9 @@ def _with_metrics(entry: Mapping[str, Any], result_dir: Path, p_targets: Sequenc
     scores = read_scores(result_dir / out["scores_file"])
     if scores.labels is not None:
         out.update(compute_metrics(scores.scores, scores.labels, p_targets, c_miss, c_fa))
+        out["cllr_bits"] = cllr(scores.scores, scores.labels)
+        out.update({f"act_dcf_p{float(p)}": actual_dcf(scores.scores, scores.labels, p, c_miss, c_fa)
+                    for p in p_targets})
     return out
 
 
@@ -61,9 +73,10 @@ def metrics_stage(result_dir: Path, entries: Mapping[str, Mapping[str, Any]], ch
     for name, entry in entries.items():
         lists[name] = _with_metrics(entry, result_dir, p_targets, c_miss, c_fa)
         log.info("%s: %s", name, _summary(lists[name], p_report))
-        if "norm" in entry:
-            lists[name]["norm"] = _with_metrics(entry["norm"], result_dir, p_targets, c_miss, c_fa)
-            log.info("%s, %s: %s", name, entry["norm"]["method"], _summary(lists[name]["norm"], p_report))
+        for key in SUB_ENTRIES:
+            if key in entry:
+                lists[name][key] = _with_metrics(entry[key], result_dir, p_targets, c_miss, c_fa)
+                log.info("%s, %s: %s", name, entry[key].get("method", key), _summary(lists[name][key], p_report))
     metrics = {**next(iter(lists.values())), "checkpoint": str(checkpoint or "")}
     if len(lists) > 1:
         metrics["lists"] = lists

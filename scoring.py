@@ -239,11 +239,14 @@ def check_finite(scores: np.ndarray, trials: TrialList) -> None:
 
 
 def score_stage(embeddings_file: Path, trial_lists: Sequence[TrialList], result_dir: Path,
-                device: torch.device) -> dict[str, dict]:
+                device: torch.device, mean: Tensor | None = None) -> dict[str, dict]:
     """Score every list from the embeddings file (by the protocol it records) into ``<result_dir>/<stem>.txt``.
 
-    Returns each list's description for metrics.json: test_list, protocol, protocol_detail, n_files, n_trials,
-    scores_file. Every file of the lists must be in the embeddings file (``ValueError`` names one that is not).
+    ``mean`` (D,): the training-set mean embedding (--mean_subtraction), subtracted from every crop as the scoring
+    sees it (L2-normalised if the loss says so), which is then L2-normalised again if the loss says so.
+    Returns each list's description for metrics.json: test_list, protocol, protocol_detail, mean_subtraction,
+    n_files, n_trials, scores_file. Every file of the lists must be in the embeddings file (``ValueError`` names
+    one that is not).
     """
     found = load_npz(embeddings_file)
     if found is None:
@@ -252,7 +255,13 @@ def score_stage(embeddings_file: Path, trial_lists: Sequence[TrialList], result_
     proto = protocol_of(int(meta["eval_frames"]), int(meta["num_eval"]))
     index = {name: i for i, name in enumerate(arrays["names"].tolist())}
     table = torch.from_numpy(arrays["embeddings"]).to(device)
-    crops = F.normalize(table, dim=-1) if meta.get("test_normalize", True) else table
+    normalize = bool(meta.get("test_normalize", True))
+    crops = F.normalize(table, dim=-1) if normalize else table
+    detail = proto["detail"]
+    if mean is not None:
+        crops = crops - mean.to(crops)
+        crops = F.normalize(crops, dim=-1) if normalize else crops
+        detail += ", after subtracting the training-set mean embedding"
     batch = 256 if device.type == "cpu" else 4096
     entries = {}
     for trials, (name, stem) in zip(trial_lists, score_stems(trial_lists).items(), strict=True):
@@ -263,6 +272,7 @@ def score_stage(embeddings_file: Path, trial_lists: Sequence[TrialList], result_
         check_finite(scores, trials)
         write_scores(result_dir / f"{stem}.txt", scores, trials)
         log.info("%s: %d trials scored in %.2f s -> %s", name, len(scores), seconds, result_dir / f"{stem}.txt")
-        entries[name] = {"test_list": trials.path, "protocol": proto["name"], "protocol_detail": proto["detail"],
-                         "n_files": len(trials.files), "n_trials": len(scores), "scores_file": f"{stem}.txt"}
+        entries[name] = {"test_list": trials.path, "protocol": proto["name"], "protocol_detail": detail,
+                         "mean_subtraction": mean is not None, "n_files": len(trials.files), "n_trials": len(scores),
+                         "scores_file": f"{stem}.txt"}
     return entries

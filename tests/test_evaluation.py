@@ -478,3 +478,31 @@ def test_every_stage_reruns_from_its_input_files(corpus, tmp_path, caplog):
     before = np.load(io.BytesIO(first["embeddings.npz"]))
     assert again[1]["names"].tolist() == before["names"].tolist()
     np.testing.assert_allclose(again[1]["embeddings"], before["embeddings"], rtol=1e-5, atol=1e-6)
+
+
+# ---- mean subtraction and the durations of the embeddings file ---------------------------------------------------
+
+
+def test_mean_subtraction_runs_the_cohort_stage_and_reruns_honestly(corpus, tmp_path, caplog):
+    plain_cfg = make_cfg(corpus, tmp_path, eval_frames=0)
+    sub_cfg = make_cfg(corpus, tmp_path, eval_frames=0, mean_subtraction=True, norm_cohort_utts=2)
+    embedder, normalize = make_embedder(plain_cfg)
+    ev.evaluate(embedder, lists(plain_cfg), plain_cfg, result(plain_cfg), normalize, show_progress=False)
+    plain = (result(plain_cfg) / "scores.txt").read_text()
+    assert json.loads((result(plain_cfg) / "metrics.json").read_text())["mean_subtraction"] is False
+    with pytest.raises(ev.EvalError, match="--mean_subtraction needs the cohort cache"):
+        ev.score_from_cache(sub_cfg, lists(sub_cfg), result(sub_cfg))
+    with caplog.at_level("INFO"):  # without --score_norm: the cohort stage runs for the training-set mean
+        ev.evaluate(embedder, lists(sub_cfg), sub_cfg, result(sub_cfg), normalize, show_progress=False)
+    assert "reusing the cached embeddings" in caplog.text and (result(sub_cfg) / "cohort.npz").is_file()
+    subtracted = (result(sub_cfg) / "scores.txt").read_text()
+    assert subtracted != plain
+    assert json.loads((result(sub_cfg) / "metrics.json").read_text())["mean_subtraction"] is True
+    ev.score_from_cache(plain_cfg, lists(plain_cfg), result(plain_cfg))
+    assert (result(plain_cfg) / "scores.txt").read_text() == plain
+    ev.score_from_cache(sub_cfg, lists(sub_cfg), result(sub_cfg))
+    assert (result(sub_cfg) / "scores.txt").read_text() == subtracted
+
+    meta, arrays = embedding.load_npz(result(plain_cfg) / "embeddings.npz")
+    info = soundfile.info(str(Path(plain_cfg.test_path) / arrays["names"][0]))
+    assert arrays["seconds"][0] == info.frames / info.samplerate and len(arrays["seconds"]) == meta["n_files"]

@@ -1,0 +1,70 @@
+"""The modern recipe end to end on a demo corpus: train -> average -> large-margin fine-tuning -> average ->
+evaluation with AS-norm, mean subtraction and a calibration trained on one half of the trials, judged on the other."""
+
+import json
+
+import numpy as np
+import pytest
+
+import averageCheckpoints
+import trainSpeakerNet
+from calibration import cllr
+from conftest import tiny_argv
+from scoring import read_scores
+
+
+@pytest.fixture(scope="module")
+def recipe_corpus(tmp_path_factory):
+    """A demo corpus with enough trials to split in two (1-2 s utterances, so durations vary): 6 training speakers,
+    6 test speakers of 6 utterances, 400 trials."""
+    from demodata import make_demo_corpus
+
+    root = tmp_path_factory.mktemp("recipe_demo")
+    make_demo_corpus(root, n_train_speakers=6, n_test_speakers=6, utts_per_speaker=4, test_utts_per_speaker=6,
+                     videos_per_speaker=2, n_trials=400, min_seconds=1.0, max_seconds=2.0, seed=3)
+    return root
+
+
+def test_train_finetune_average_eval_with_asnorm_mean_subtraction_and_calibration(recipe_corpus, tmp_path):
+    corpus, aam = recipe_corpus, ("--trainfunc", "aamsoftmax", "--scale", "30", "--nPerSpeaker", "1",
+                                  "--batch_size", "6")
+    # 1 train, 2 average
+    stage1 = tmp_path / "stage1"
+    assert trainSpeakerNet.main(tiny_argv(corpus, stage1, *aam, "--margin", "0.2", "--max_epoch", "2")) == 0
+    assert averageCheckpoints.main(["--save_path", str(stage1), "--last", "2"]) == 0
+    # 3 large-margin fine-tuning from the average (own save_path, larger margin, longer crops), 4 average again
+    lm = tmp_path / "lm"
+    assert trainSpeakerNet.main(tiny_argv(corpus, lm, *aam, "--margin", "0.5", "--max_frames", "60", "--max_epoch",
+                                          "2", "--initial_model",
+                                          str(stage1 / "model" / "average_last2.model"))) == 0
+    assert averageCheckpoints.main(["--save_path", str(lm), "--last", "2"]) == 0
+    # 5 and 6: evaluate with AS-norm and mean subtraction, calibrated on one half of the trials, the other held out
+    trials = (corpus / "test_list.txt").read_text().splitlines()
+    halves = tmp_path / "calibration_half.txt", tmp_path / "heldout_half.txt"
+    halves[0].write_text("\n".join(trials[0::2]) + "\n")
+    halves[1].write_text("\n".join(trials[1::2]) + "\n")
+    out = tmp_path / "eval"
+    assert trainSpeakerNet.main(tiny_argv(corpus, out, *aam, "--eval", "--initial_model",
+                                          str(lm / "model" / "average_last2.model"), "--eval_frames", "0",
+                                          "--score_norm", "asnorm", "--norm_top_n", "3", "--mean_subtraction",
+                                          "--test_list", str(halves[1]), "--calibration_list", str(halves[0]))) == 0
+    result = out / "result"
+    for name in ("scores.txt", "scores.asnorm.txt", "scores.cal.txt", "calibration.json", "metrics.json",
+                 "cohort.npz", "det.png", "scores_calibration_half.cal.txt"):
+        assert (result / name).is_file(), name
+    metrics = json.loads((result / "metrics.json").read_text())
+    assert metrics["test_list"] == str(halves[1]) and metrics["mean_subtraction"] is True
+    assert metrics["n_trials"] == len(trials[1::2])
+    for entry in (metrics, metrics["norm"], metrics["cal"]):
+        assert {"cllr_bits", "act_dcf_p0.01", "act_dcf_p0.05", "min_dcf_p0.01"} <= set(entry)
+    model = json.loads((result / "calibration.json").read_text())
+    assert model["features"] == ["score_asnorm", "log_seconds_enroll", "log_seconds_test",
+                                 "cohort_top3_mean_enroll", "cohort_top3_mean_test"]
+    assert model["trained_on"] == str(halves[0]) and model["settings"]["mean_subtraction"] is True
+    assert metrics["lists"]["calibration_half"]["purpose"] == "calibration"
+    # the held-out calibrated scores are llrs: lower Cllr than the raw and the AS-norm scores
+    calibrated = read_scores(result / "scores.cal.txt")
+    assert metrics["cal"]["cllr_bits"] == pytest.approx(cllr(calibrated.scores, calibrated.labels))
+    assert metrics["cal"]["cllr_bits"] < metrics["cllr_bits"]
+    assert metrics["cal"]["cllr_bits"] < metrics["norm"]["cllr_bits"]
+    assert np.isfinite(calibrated.scores).all()
