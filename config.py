@@ -65,6 +65,8 @@ class Config:
     seed: int = opt(2021, "Seed of every random number generator (sampler: seed + epoch).", "data")
     # --- training
     test_interval: int = opt(10, "Evaluate and checkpoint every this many epochs (and at the last).", "train")
+    save_interval: int = opt(0, "Also keep the numbered checkpoint of every this many epochs, without evaluating "
+                             "(1: every epoch, for averageCheckpoints.py --last N; 0: only at evaluations).", "train")
     max_epoch: int = opt(200, "Number of epochs.", "train")
     trainfunc: str = opt("softmaxproto", "Loss: a module name in loss/.", "train")
     optimizer: str = opt("adam", "Optimizer: a module name in optimizer/.", "train")

@@ -204,9 +204,10 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
         state = checkpoint_state(trainer, epoch, 0, cfg)
         if env.is_main:
             ckpt.atomic_save(state, save / "model" / "last.model")
-        if epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch:
-            if env.is_main:
-                ckpt.atomic_save(state, ckpt.checkpoint_path(save, epoch))
+        evaluating = epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch
+        if env.is_main and (evaluating or (cfg.save_interval > 0 and epoch % cfg.save_interval == 0)):
+            ckpt.atomic_save(state, ckpt.checkpoint_path(save, epoch))
+        if evaluating:
             metrics = evaluate(embedder, trials, cfg, save / "result", test_normalize(net.loss),
                                checkpoint=ckpt.checkpoint_path(save, epoch))
             board.add({f"eval/{k}": v for k, v in metrics.items() if k.startswith(("eer", "min_dcf"))}, epoch)

@@ -14,8 +14,15 @@ from conftest import tiny_argv
 @pytest.fixture(scope="module")
 def run(corpus, tmp_path_factory):
     save = tmp_path_factory.mktemp("avg")
-    assert trainSpeakerNet.main(tiny_argv(corpus, save, "--max_epoch", "3")) == 0
+    assert trainSpeakerNet.main(tiny_argv(corpus, save, "--max_epoch", "3", "--test_interval", "3",
+                                          "--save_interval", "1")) == 0
     return save
+
+
+def test_save_interval_keeps_a_checkpoint_per_epoch_without_evaluating(run):
+    assert [p.name for p in averageCheckpoints.numbered_checkpoints(run)] == [
+        "model000000001.model", "model000000002.model", "model000000003.model"]
+    assert (run / "result" / "train.log").read_text().count("test_list: EER") == 1  # evaluated at epoch 3 only
 
 
 def test_last_n_is_the_mean_of_the_newest_checkpoints(run):
