@@ -8,7 +8,8 @@ inference batch, about 8% of the CPU time. ``tune_cpu_allocator`` fixes the mmap
 ceiling and raises the trim threshold, so a training or inference loop reuses its heap: the effect of running
 under jemalloc or tcmalloc (``LD_PRELOAD``), as PyTorch's CPU performance guide advises, without installing one.
 The cost: the process keeps up to ``TRIM_THRESHOLD`` of freed heap resident (a loop's peak is reused anyway).
-Not glibc (macOS, musl) or an allocator preloaded in its place: nothing changes.
+Not glibc (macOS, musl) or an allocator preloaded in its place: nothing changes. GPU runs keep glibc's defaults
+(``tune_allocator_for``): their tensors live in CUDA's caching allocator, and the host heap stays small.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import sys
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +39,11 @@ def tune_cpu_allocator() -> bool:
     done = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     log.debug("glibc malloc thresholds %s", "set" if done else "refused")
     return done
+
+
+def tune_allocator_for(device: torch.device) -> bool:
+    """``tune_cpu_allocator()`` for a run on the CPU, nothing for any other device; True if the thresholds were set.
+    Call once, as soon as the run's device is known and before the DataLoader workers start."""
+    if device.type != "cpu":
+        return False
+    return tune_cpu_allocator()

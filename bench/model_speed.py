@@ -1,18 +1,22 @@
-"""Speed of the model zoo: training step and inference on 2-s crops, and our DTDY implementation against the
-straightforward formulation of the official code (tests/reference_dtdy.py), side by side with the same weights.
+"""Speed of the model zoo, and of each DTDY formulation against another, side by side with the same weights.
 
-    python bench/model_speed.py --compile      # CPU, then the GPU when there is one; --help for the options
+    python bench/model_speed.py --device cpu --iters 5      # --help for the options; docs/benchmarks.md
 
 Per model: one training step (forward, backward, Adam step; the loss is a stand-in, the loss head is not part of
-the model) and inference (eval, no_grad) on crops of 32,240 samples (200 frames). Our models step with the
-framework's optimizer (optimizer/adam.py, PyTorch's fused Adam), the reference with torch.optim.Adam's loop, as the
-official code does. Contenders of one comparison run interleaved, iteration by iteration, so that load from other
-processes hits them alike; times are medians, speed-ups the median of the per-iteration ratios. Wall-clock and
-CPU-time (process time, less sensitive to other processes) speed-ups are both printed.
-fp32 on CPU; on CUDA (when available) with autocast. ``--compile`` also times our DTDY models compiled with
-torch.compile (as ``trainSpeakerNet.py --compile`` runs them) against the same eager reference, and reports the
-one-time compilation separately (minutes on CPU). The process's malloc is tuned as trainSpeakerNet.py tunes it
-(allocator.py: freed memory is reused, not faulted in again), for both contenders alike.
+the model) and inference (eval, no_grad) on crops of 32,240 samples (200 frames). Comparisons:
+
+- the readable DTDY model (models/_dtdy.py, what training, GPUs and export run) against the straightforward
+  formulation of the official code (tests/reference_dtdy.py), training step and inference; with ``--compile``
+  also the readable model under torch.compile (the one-time compilation reported apart);
+- on CPU, the inference path of models/_dtdy_cpu.py (``fast_cpu_inference``) against the readable model, with
+  each of its parts (Winograd convolutions, latent padding) also switched off alone;
+- per DTDY layer of the x0.50 net, readable against reference and the folded path against readable.
+
+Our models step with the framework's optimizer (optimizer/adam.py, fused Adam), the reference with
+torch.optim.Adam's loop, as the official code does. Contenders of one comparison run interleaved, iteration by
+iteration, in one process, so that load from other processes hits them alike; times are medians, speed-ups the
+median of the per-iteration ratios, wall clock and CPU (process) time. fp32 on CPU, where malloc is tuned as for
+CPU runs (allocator.py); on CUDA autocast bf16 (fp16 where bf16 is missing), with the peak memory per contender.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import copy
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,7 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from allocator import tune_cpu_allocator  # noqa: E402
+from allocator import tune_allocator_for  # noqa: E402
+from models import _dtdy_cpu  # noqa: E402
 from models._dtdy import DTDYConv2d  # noqa: E402
 from models._frontend import crop_samples  # noqa: E402
 from models._official import convert_official_checkpoint  # noqa: E402
@@ -44,6 +49,9 @@ MODELS = {"ResNet34_quarter": None, "ResNet34_half": None,
 # (C_in, C_out, kernel, stride, F, T) of the DTDY layers of the x0.50 net at 64 mels and 202 frames
 LAYERS = [(32, 32, 3, 1, 32, 202), (32, 64, 3, 2, 32, 202), (32, 64, 1, 2, 32, 202), (64, 64, 3, 1, 16, 101),
           (64, 128, 3, 2, 16, 101), (128, 128, 3, 1, 8, 51), (128, 256, 3, 1, 8, 51), (256, 256, 3, 1, 8, 51)]
+# variants of the CPU inference path: (label, latent padding multiple, Winograd from this many input channels)
+FAST_VARIANTS = [("folded", _dtdy_cpu.LANE, _dtdy_cpu.WINOGRAD_MIN_CHANNELS),
+                 ("no Winograd", _dtdy_cpu.LANE, 1 << 30), ("no padding", 1, _dtdy_cpu.WINOGRAD_MIN_CHANNELS)]
 ENCODER_TYPE = "ASP"
 N_MELS = 64
 NOUT = 512
@@ -76,33 +84,42 @@ def twins(widths: tuple[int, ...], wave: torch.Tensor) -> tuple[torch.nn.Module,
 
 
 class Times(NamedTuple):
-    """Per-iteration wall-clock and process times of one contender, in seconds."""
+    """Per-iteration wall-clock and process times of one contender, in seconds, and its peak GPU memory."""
 
     wall: list[float]
     cpu: list[float]
+    peak_bytes: int
 
     @property
     def median(self) -> float:
         return statistics.median(self.wall)
 
 
-def speedup(ref: Times, ours: Times, clock: str = "wall") -> float:
-    """The median over iterations of ref_i / ours_i: the two ran back to back, so each ratio sees about the same
+def speedup(base: Times, new: Times, clock: str = "wall") -> float:
+    """The median over iterations of base_i / new_i: the two ran back to back, so each ratio sees about the same
     load from other processes, where a ratio of medians mixes moments."""
-    return statistics.median(r / o for r, o in zip(getattr(ref, clock), getattr(ours, clock), strict=True))
+    return statistics.median(b / n for b, n in zip(getattr(base, clock), getattr(new, clock), strict=True))
 
 
 class Timer:
-    """Interleaved timing of several contenders: wall and process time per call."""
+    """Interleaved timing of several contenders: wall and process time per call, peak memory on CUDA."""
 
-    def __init__(self, sync: Callable[[], None]) -> None:
-        self.sync = sync
+    def __init__(self, device: str) -> None:
+        self.cuda = device == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
 
     def run(self, fns: list[Callable[[], object]], iters: int, warmup: int = 1) -> list[Times]:
+        peaks = []
         for fn in fns:
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats()
             for _ in range(warmup):
                 fn()
-        self.sync()
+            self.sync()
+            peaks.append(torch.cuda.max_memory_allocated() if self.cuda else 0)
         wall: list[list[float]] = [[] for _ in fns]
         cpu: list[list[float]] = [[] for _ in fns]
         for _ in range(iters):
@@ -112,7 +129,7 @@ class Timer:
                 self.sync()
                 wall[i].append(time.perf_counter() - t0)
                 cpu[i].append(time.process_time() - c0)
-        return [Times(w, c) for w, c in zip(wall, cpu, strict=True)]
+        return [Times(w, c, p) for w, c, p in zip(wall, cpu, peaks, strict=True)]
 
 
 def framework_adam(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -153,91 +170,140 @@ def amp_for(device: str) -> AbstractContextManager:
     return torch.autocast("cuda", dtype=dtype)
 
 
-def max_diff(ref: torch.nn.Module, ours: torch.nn.Module, wave: torch.Tensor, train: bool) -> float:
-    """max |ours - ref| of the outputs, in eval mode without autograd or in train mode with it (the modes that
-    are timed, so that a compiled model is not compiled once more for this)."""
+def max_diff(a: torch.nn.Module, b: torch.nn.Module, wave: torch.Tensor, train: bool) -> float:
+    """max |a - b| of the outputs, in eval mode without autograd or in train mode with it."""
     with torch.set_grad_enabled(train):
-        return (ref.train(train)(wave) - ours.train(train)(wave)).abs().max().item()
+        return (a.train(train)(wave) - b.train(train)(wave)).abs().max().item()
+
+
+@contextmanager
+def fast_variant(lane: int, winograd_min_channels: int) -> Iterator[None]:
+    """models/_dtdy_cpu.py's constants while the folded operands are made (they are read only then)."""
+    saved = _dtdy_cpu.LANE, _dtdy_cpu.WINOGRAD_MIN_CHANNELS
+    _dtdy_cpu.LANE, _dtdy_cpu.WINOGRAD_MIN_CHANNELS = lane, winograd_min_channels
+    try:
+        yield
+    finally:
+        _dtdy_cpu.LANE, _dtdy_cpu.WINOGRAD_MIN_CHANNELS = saved
+
+
+def compare_readable(name: str, wave: torch.Tensor, args: argparse.Namespace, timer: Timer,
+                     amp: AbstractContextManager) -> None:
+    """Readable (and compiled) against the reference, training step and inference."""
+    ref, ours = (m.to(wave.device) for m in twins(MODELS[name], wave[:2].cpu()))
+    contenders = {name: ours}
+    if args.compile:  # a copy, compiled in place: same weights, same state_dict keys
+        contenders[name + " compiled"] = compiled = copy.deepcopy(ours)
+        compiled.compile()
+        for mode, fn in (("infer", infer(compiled, wave, amp)), ("train", train_step(compiled, wave, amp))):
+            t0 = time.perf_counter()
+            fn()
+            timer.sync()
+            print(f"{name + ' compiled':<32}{mode:<7}one-time compilation: {time.perf_counter() - t0:.1f} s")
+        compiled.load_state_dict(ours.state_dict())  # undo the compiling training step
+    # outputs before any timed step changes the weights: eval first (a train-mode forward updates the statistics)
+    diffs = {label: [max_diff(ref, model, wave, False)] for label, model in contenders.items()}
+    for label, model in contenders.items():
+        diffs[label].append(max_diff(ref, model, wave, True))
+    for label, model in contenders.items():
+        t = timer.run([train_step(model, wave, amp), train_step(ref, wave, amp, official_adam)], args.iters)
+        t += timer.run([infer(model, wave, amp), infer(ref, wave, amp)], args.iters)
+        for mode, (o, r) in (("train", (t[0], t[1])), ("infer", (t[2], t[3]))):
+            note = f"{diffs[label][0]:.1e} / {diffs[label][1]:.1e}" if mode == "train" else ""
+            print(f"{label:<32}{mode:<7}{args.batch / o.median:>9.2f}{args.batch / r.median:>9.2f}"
+                  f"{speedup(r, o):>8.2f}{speedup(r, o, 'cpu'):>8.2f}{note:>24}")
+
+
+def compare_fast(name: str, wave: torch.Tensor, args: argparse.Namespace, timer: Timer) -> None:
+    """fast_cpu_inference (and its variants) against the readable model, the same weights, CPU fp32."""
+    model = build(name)
+    calibrate(model, wave[:2])
+    model.eval()
+    fns, labels = [infer(model, wave, nullcontext())], [name]
+    with ExitStack() as stack, torch.no_grad():
+        expected = model(wave)
+        diffs = []
+        for label, lane, winograd in FAST_VARIANTS:
+            fast = stack.enter_context(_dtdy_cpu.fast_cpu_inference(copy.deepcopy(model)))
+            with fast_variant(lane, winograd):
+                diffs.append((fast(wave) - expected).abs().max().item())  # folds the operands
+            fns.append(infer(fast, wave, nullcontext()))
+            labels.append(label)
+        t = timer.run(fns, args.iters)
+    for label, times, diff in zip(labels[1:], t[1:], diffs, strict=True):
+        print(f"{name:<24}{label:<14}{args.batch / times.median:>9.2f}{args.batch / t[0].median:>10.2f}"
+              f"{speedup(t[0], times):>8.2f}{speedup(t[0], times, 'cpu'):>8.2f}{diff:>12.1e}")
+
+
+def compare_layers(args: argparse.Namespace, timer: Timer, device: str, amp: AbstractContextManager) -> None:
+    print("\nDTDY layer alone, ms per call: readable vs reference (train: forward + backward, infer) and, on CPU, the "
+          "folded path vs readable (infer)")
+    print(f"{'C_in->C_out k s  F x T':<26}{'train':>8}{'ref':>8}{'x':>6}{'infer':>8}{'ref':>8}{'x':>6}"
+          f"{'folded':>8}{'x':>6}")
+    for c_in, c_out, k, s, freq, frames in LAYERS:
+        ours = DTDYConv2d(c_in, c_out, k, s, freq).to(device, memory_format=torch.channels_last)
+        ref = ReferenceDTDYConv2d(c_in, c_out, k, s, freq).to(device)
+        x_ref = torch.randn(args.batch, c_in, freq, frames, device=device)
+        x_ours = x_ref.transpose(2, 3).contiguous(memory_format=torch.channels_last)
+        train_fns, infer_fns = [], []
+        for layer, x in ((ours, x_ours), (ref, x_ref)):
+            def fwd_bwd(layer=layer, x=x) -> None:
+                with amp:
+                    out = layer.train()(x)
+                out.float().sum().backward()
+            train_fns.append(fwd_bwd)
+            infer_fns.append(infer(layer, x, amp))
+        if device == "cpu":
+            with torch.no_grad():
+                folded = _dtdy_cpu.fold_dtdy(ours.eval(), torch.ones(c_out), torch.zeros(c_out))
+
+            def fast(x=x_ours, layer=ours, folded=folded) -> None:
+                with torch.no_grad():
+                    _dtdy_cpu.folded_dtdy_forward(layer, folded, x)
+            infer_fns.append(fast)
+        t = timer.run(train_fns, args.iters) + timer.run(infer_fns, args.iters)  # apart: the BatchNorm modes
+        cells = "".join(f"{1e3 * a.median:>8.2f}{1e3 * b.median:>8.2f}{speedup(b, a):>6.2f}"
+                        for a, b in ((t[0], t[1]), (t[2], t[3])))
+        if device == "cpu":
+            cells += f"{1e3 * t[4].median:>8.2f}{speedup(t[2], t[4]):>6.2f}"
+        print(f"{f'{c_in}->{c_out} {k} {s}  {freq} x {frames}':<26}{cells}")
 
 
 def run_device(device: str, args: argparse.Namespace) -> None:
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    timer, amp = Timer(sync), amp_for(device)
+    timer, amp = Timer(device), amp_for(device)
     torch.manual_seed(0)
     wave = torch.randn(args.batch, crop_samples(args.frames), device=device)
     precision = "fp32" if device == "cpu" else f"autocast {amp.fast_dtype}"
     print(f"\n== {device}, {precision}, threads {torch.get_num_threads()}, batch {args.batch}, "
           f"{crop_samples(args.frames)} samples per crop, median of {args.iters} interleaved iterations ==")
 
-    print(f"\n{'model':<24}{'params':>12}{'train utt/s':>14}{'infer utt/s':>14}")
+    print(f"\n{'model':<24}{'params':>12}{'train crops/s':>15}{'infer crops/s':>15}{'peak MiB t/i':>16}")
     models = {name: build(name) for name in args.models}
     for model in models.values():
         calibrate(model, wave[:2].cpu())  # random weights with eval-mode statistics of init would blow up
     models = {name: model.to(device) for name, model in models.items()}
-    # training and inference timed apart: between training steps the weights change, and inference would have to
-    # redo what it computes once per set of weights (models/_dtdy.py's folded operands)
     train_times = timer.run([train_step(m, wave, amp) for m in models.values()], args.iters)
     infer_times = timer.run([infer(m, wave, amp) for m in models.values()], args.iters)
     for (name, model), train_t, infer_t in zip(models.items(), train_times, infer_times, strict=True):
         n = sum(p.numel() for p in model.parameters())
-        print(f"{name:<24}{n:>12,}{args.batch / train_t.median:>14.2f}{args.batch / infer_t.median:>14.2f}")
+        peak = f"{train_t.peak_bytes / 2**20:.0f} / {infer_t.peak_bytes / 2**20:.0f}" if device == "cuda" else "-"
+        print(f"{name:<24}{n:>12,}{args.batch / train_t.median:>15.2f}{args.batch / infer_t.median:>15.2f}"
+              f"{peak:>16}")
     del models
 
     dtdy = [n for n in args.models if MODELS[n] is not None]
     if dtdy:
-        print("\nDTDY models, ours vs the straightforward formulation (same weights), utt/s and speed-up")
+        print("\nDTDY models, readable vs the straightforward formulation (same weights), crops/s and speed-up")
         print(f"{'model':<32}{'mode':<7}{'ours':>9}{'ref':>9}{'x wall':>8}{'x cpu':>8}{'max|diff| eval/train':>24}")
     for name in dtdy:
-        ref, ours = (m.to(device) for m in twins(MODELS[name], wave[:2].cpu()))
-        contenders = {name: ours}
-        if args.compile:  # a copy, compiled in place: same weights, same state_dict keys
-            contenders[name + " compiled"] = compiled = copy.deepcopy(ours)
-            compiled.compile()
-            for mode, fn in (("infer", infer(compiled, wave, amp)), ("train", train_step(compiled, wave, amp))):
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                print(f"{name + ' compiled':<32}{mode:<7}one-time compilation: {time.perf_counter() - t0:.1f} s")
-            compiled.load_state_dict(ours.state_dict())  # undo the compiling training step
-        # outputs against the reference before any timed step changes the weights: eval mode first (a train-mode
-        # forward updates the BatchNorm statistics), then train mode (batch statistics)
-        diffs = {label: [max_diff(ref, model, wave, False)] for label, model in contenders.items()}
-        for label, model in contenders.items():
-            diffs[label].append(max_diff(ref, model, wave, True))
-        for label, model in contenders.items():
-            t = timer.run([train_step(model, wave, amp), train_step(ref, wave, amp, official_adam)], args.iters)
-            t += timer.run([infer(model, wave, amp), infer(ref, wave, amp)], args.iters)
-            for mode, (o, r) in (("train", (t[0], t[1])), ("infer", (t[2], t[3]))):
-                note = f"{diffs[label][0]:.1e} / {diffs[label][1]:.1e}" if mode == "train" else ""
-                print(f"{label:<32}{mode:<7}{args.batch / o.median:>9.2f}{args.batch / r.median:>9.2f}"
-                      f"{speedup(r, o):>8.2f}{speedup(r, o, 'cpu'):>8.2f}{note:>24}")
-
+        compare_readable(name, wave, args, timer, amp)
+    if device == "cpu":
+        print("\nCPU inference path (fast_cpu_inference) vs the readable model, eval, crops/s and speed-up")
+        print(f"{'model':<24}{'variant':<14}{'fast':>9}{'readable':>10}{'x wall':>8}{'x cpu':>8}{'max|diff|':>12}")
+        for name in args.models:
+            compare_fast(name, wave, args, timer)
     if args.layers:
-        print("\nDTDY layer alone, ours vs the straightforward formulation, ms per call and speed-up")
-        print(f"{'C_in->C_out k s  F x T':<26}{'train ours':>11}{'ref':>8}{'x wall':>8}{'x cpu':>7}"
-              f"{'infer ours':>12}{'ref':>8}{'x wall':>8}{'x cpu':>7}")
-        for c_in, c_out, k, s, freq, frames in LAYERS:
-            ours = DTDYConv2d(c_in, c_out, k, s, freq).to(device, memory_format=torch.channels_last)
-            ref = ReferenceDTDYConv2d(c_in, c_out, k, s, freq).to(device)
-            x_ref = torch.randn(args.batch, c_in, freq, frames, device=device)
-            x_ours = x_ref.transpose(2, 3).contiguous(memory_format=torch.channels_last)
-            train_fns, infer_fns = [], []
-            for layer, x in ((ours, x_ours), (ref, x_ref)):
-                def fwd_bwd(layer=layer, x=x) -> None:
-                    with amp:
-                        out = layer.train()(x)
-                    out.float().sum().backward()
-
-                def fwd(layer=layer, x=x) -> None:
-                    with torch.no_grad(), amp:
-                        layer.eval()(x)
-                train_fns.append(fwd_bwd)
-                infer_fns.append(fwd)
-            t = timer.run(train_fns, args.iters) + timer.run(infer_fns, args.iters)  # apart, as above
-            label = f"{c_in}->{c_out} {k} {s}  {freq} x {frames}"
-            print(f"{label:<26}{1e3 * t[0].median:>11.2f}{1e3 * t[1].median:>8.2f}{speedup(t[1], t[0]):>8.2f}"
-                  f"{speedup(t[1], t[0], 'cpu'):>7.2f}{1e3 * t[2].median:>12.2f}{1e3 * t[3].median:>8.2f}"
-                  f"{speedup(t[3], t[2]):>8.2f}{speedup(t[3], t[2], 'cpu'):>7.2f}")
+        compare_layers(args, timer, device, amp)
 
 
 def main() -> None:
@@ -251,11 +317,12 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="where to run; 'all': CPU, then CUDA when available")
     parser.add_argument("--no-layers", dest="layers", action="store_false", help="skip the per-layer table")
-    parser.add_argument("--compile", action="store_true", help="also time our DTDY models under torch.compile")
+    parser.add_argument("--compile", action="store_true", help="also time the readable DTDY models compiled")
     args = parser.parse_args()
-    tune_cpu_allocator()  # as trainSpeakerNet.py does; the same process runs both contenders
     torch.set_num_threads(args.threads)
     devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else ["cpu", "cuda"]
+    if "cpu" in devices:
+        tune_allocator_for(torch.device("cpu"))  # as CPU runs of trainSpeakerNet.py; every contender alike
     for device in devices:
         if device == "cuda" and not torch.cuda.is_available():
             print("\n(CUDA not available: GPU timings skipped)")

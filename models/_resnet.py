@@ -66,19 +66,10 @@ class BasicBlock(nn.Module):
                                             nn.BatchNorm2d(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else _conv_bn(self.downsample[0], self.downsample[1], x)
-        out = self.relu(_conv_bn(self.conv1, self.bn1, x))
-        out = _conv_bn(self.conv2, self.bn2, out)
+        shortcut = x if self.downsample is None else self.downsample(x)  # (B, C_out, T', F')
+        out = self.relu(self.bn1(self.conv1(x)))  # (B, C_out, T', F')
+        out = self.bn2(self.conv2(out))
         return self.relu(out + shortcut)
-
-
-def _conv_bn(conv: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """bn(conv(x)). During inference (eval mode, no autograd) a DTDY conv folds the BatchNorm into its operands,
-    unless the conv has hooks, which must see its own output."""
-    if (isinstance(conv, DTDYConv2d) and not conv.training and not bn.training and not torch.is_grad_enabled()
-            and not conv._forward_hooks and not conv._forward_pre_hooks):
-        return conv.forward_bn(x, bn)
-    return bn(conv(x))
 
 
 class ResNetSpeakerEncoder(nn.Module):

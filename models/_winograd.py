@@ -1,22 +1,19 @@
-"""Winograd F(4x4, 3x3): a 3 x 3 convolution (stride 1, padding 1) with 4x fewer multiplications.
+"""Winograd F(4x4, 3x3): a 3 x 3 convolution (stride 1, padding 1) with 4x fewer multiplications, for inference.
 
 A. Lavin, S. Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016. Every 4 x 4 block of outputs
 comes from the 6 x 6 block of inputs around it: ``Y = A^T [(G g G^T) * (B^T d B)] A``, summed over the input
 channels. With the tiles' 36 transformed values as a leading axis, the sum over channels is one batched matmul,
 ``(36, tiles, C_in) @ (36, C_in, C_out)``, against 9 multiplications per output of the direct algorithm; the
-transforms are matmuls with 36 x 36 and 16 x 36 constant matrices. The backward is the same steps transposed, with
-the same saving, written out (``_backward``); under torch.compile the training graph calls forward and backward as
-two opaque operators (``torch.ops.dtdy``), tested against F.conv2d in tests/test_winograd.py.
+transforms are matmuls with 36 x 36 and 16 x 36 constant matrices. Used only by the CPU inference path of
+models/_dtdy_cpu.py (no autograd, no custom operators), tested against F.conv2d in tests/test_winograd.py.
 
 Interpolation points 0, 1, -1, 1/2, -2 (and infinity): in fp32 the error is a few times that of a direct
 convolution (about 5e-6 relative, measured against fp64), 2-3x smaller than with the textbook points 0, +-1, +-2.
 In fp64 it is exact to rounding.
 
-Where it pays (bench/model_speed.py, 2 CPU threads): the 128- and 256-channel layers of the DTDY ResNets, whose
-direct convolutions already run near the CPU's peak, forward and backward. Below 128 channels the transforms
-(memory-bound, 2.25x the input's size) cost more than the multiplications saved. On GPUs and under autocast the
-library's convolutions are used instead (cuDNN has its own; reduced precision would amplify the transforms'
-rounding).
+Where it pays (bench/model_speed.py, docs/benchmarks.md): the 128- and 256-channel stride-1 layers of the DTDY
+ResNets, whose direct convolutions run near the CPU's peak. Below 128 channels the transforms (memory-bound,
+2.25x the input's size) cost more than the multiplications saved.
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ from collections.abc import Sequence
 from fractions import Fraction as Q
 
 import torch
-import torch.nn.functional as F
 
 TILE = 4  # outputs per tile side (m); the input tile is m + 2 = 6
 _AT = [[1, 1, 1, 1, 1, 0],
@@ -74,22 +70,18 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     """``F.conv2d(x, w, bias, 1, 1).split(sizes, 1)`` with ``u = winograd_kernel(w)``, each part channels-last.
 
     x (B, C_in, H, W) (channels-last memory is read in place), u (36, C_in, C_out), bias (C_out,) or None, sizes
-    summing to C_out -> tensors (B, size, H, W) in channels-last memory.
-
-    Eagerly, without autograd: the computation itself; with autograd: ``_WinogradConv``, whose backward is written
-    out (the same steps transposed). Under torch.compile the training graph calls it as one opaque operator
-    (``torch.ops.dtdy``, forward and backward), which runs as eagerly: the compiler's code for the tile copies and
-    transforms was slower than these (compiled x0.50 training ran at 0.7x its eager speed); compiled inference
-    uses plain pad, unfold and crop, which the compiler fuses well.
+    summing to C_out -> tensors (B, size, H, W) in channels-last memory. Inference only: the bias is added in
+    place and the tile copies are not meant for autograd.
     """
-    sizes = list(sizes)
-    if torch.compiler.is_compiling():
-        if torch.is_grad_enabled():
-            return list(torch.ops.dtdy.winograd_conv3x3(x, u, bias, sizes)[:-1])
-        return _compiled_inference(x, u, bias, sizes)
-    if torch.is_grad_enabled():
-        return list(_WinogradConv.apply(x, u, bias, sizes))
-    return _forward(x, u, bias, sizes)[0]
+    B, C, H, W = x.shape
+    _, transform_in, transform_out = _matrices(x)
+    nh, nw = _tile_counts(H, W)
+    v = (transform_in @ _tiles(x.permute(0, 2, 3, 1)).view(36, -1)).view(36, -1, C)  # (36, tiles, C_in)
+    m = torch.bmm(v, u)  # (36, tiles, C_out)
+    if bias is not None:
+        m[BIAS_CELL] += bias
+    y = (transform_out @ m.view(36, -1)).view(TILE, TILE, B, nh, nw, -1).permute(2, 3, 0, 4, 1, 5)
+    return [_untile(part, H, W).permute(0, 3, 1, 2) for part in y.split(list(sizes), dim=5)]  # (B, size, H, W)
 
 
 def _tile_counts(H: int, W: int) -> tuple[int, int]:
@@ -97,137 +89,12 @@ def _tile_counts(H: int, W: int) -> tuple[int, int]:
     return -(-H // TILE), -(-W // TILE)
 
 
-def _forward(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, sizes: list[int],
-             ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The output parts and the transformed input tiles ``v`` (36, tiles, C_in), which the backward needs."""
-    B, C, H, W = x.shape
-    _, transform_in, transform_out = _matrices(x)
-    nh, nw = _tile_counts(H, W)
-    v = (transform_in @ _tiles(x.permute(0, 2, 3, 1)).view(36, -1)).view(36, -1, C)
-    m = torch.bmm(v, u)  # (36, tiles, C_out)
-    if bias is not None:
-        m[BIAS_CELL] += bias
-    y = (transform_out @ m.view(36, -1)).view(TILE, TILE, B, nh, nw, -1).permute(2, 3, 0, 4, 1, 5)
-    return [_untile(part, H, W).permute(0, 3, 1, 2) for part in y.split(sizes, dim=5)], v
-
-
-def _backward(grads: Sequence[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x_size: Sequence[int],
-              sizes: Sequence[int], has_bias: bool, need_x: bool,
-              ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """(grad x, grad u, grad bias) from the gradients of the output parts (B, size, H, W); grad x only when
-    ``need_x`` (a first layer's input needs none), grad bias when there is a bias."""
-    B, C, H, W = x_size
-    _, transform_in, transform_out = _matrices(v)
-    nh, nw = _tile_counts(H, W)
-    grad_y = v.new_zeros(TILE, TILE, B, nh, nw, u.shape[2])  # the cropped outputs get zero gradient
-    tiles = grad_y.permute(2, 3, 0, 4, 1, 5)  # (B, nh, 4, nw, 4, C_out), as in the forward
-    start = 0
-    for grad, size in zip(grads, sizes, strict=True):
-        for target, source in _untile_blocks(tiles[..., start:start + size], grad.permute(0, 2, 3, 1).contiguous()):
-            target.copy_(source)
-        start += size
-    grad_m = (transform_out.t() @ grad_y.view(TILE * TILE, -1)).view(36, -1, u.shape[2])
-    grad_bias = grad_m[BIAS_CELL].sum(0) if has_bias else None
-    grad_u = torch.bmm(v.transpose(1, 2), grad_m)
-    if not need_x:
-        return None, grad_u, grad_bias
-    grad_v = torch.bmm(grad_m, u.transpose(1, 2))
-    grad_tiles = (transform_in.t() @ grad_v.view(36, -1)).view(6, 6, B, nh, nw, C)
-    return _tiles_backward(grad_tiles, H, W).permute(0, 3, 1, 2), grad_u, grad_bias
-
-
-class _WinogradConv(torch.autograd.Function):
-    """``_forward`` with its backward written out: the output tiles' gradient assembled in one buffer, two
-    batched matmuls, the tile copies reversed (four strided block adds, where ``unfold``'s backward scatters
-    every element separately, ten times slower here)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
-                sizes: list[int]) -> tuple[torch.Tensor, ...]:
-        parts, v = _forward(x, u, bias, sizes)
-        ctx.save_for_backward(v, u)
-        ctx.x_size, ctx.sizes, ctx.has_bias = x.shape, sizes, bias is not None
-        return tuple(parts)
-
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        v, u = ctx.saved_tensors
-        return (*_backward(grads, v, u, ctx.x_size, ctx.sizes, ctx.has_bias, ctx.needs_input_grad[0]), None)
-
-
-def _compiled_inference(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
-                        sizes: list[int]) -> list[torch.Tensor]:
-    """The forward with plain pad, unfold and crop, for the compiler to fuse (compiled inference)."""
-    B, C, H, W = x.shape
-    _, transform_in, transform_out = _matrices(x)
-    nh, nw = _tile_counts(H, W)
-    rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, TILE * nw + 1 - W, 1, TILE * nh + 1 - H))
-    d = rows.unfold(1, 6, TILE).unfold(2, 6, TILE).permute(4, 5, 0, 1, 2, 3).reshape(36, -1)
-    m = torch.bmm((transform_in @ d).view(36, -1, C), u)
-    if bias is not None:
-        m = m + F.pad(bias.view(1, 1, -1), (0, 0, 0, 0, BIAS_CELL, 35 - BIAS_CELL))
-    y = (transform_out @ m.view(36, -1)).view(TILE, TILE, B, nh, nw, -1).permute(2, 3, 0, 4, 1, 5)
-    return [part.reshape(B, TILE * nh, TILE * nw, -1)[:, :H, :W].permute(0, 3, 1, 2)
-            for part in y.split(sizes, dim=5)]
-
-
-@torch.library.custom_op("dtdy::winograd_conv3x3", mutates_args=())
-def _op(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, sizes: list[int]) -> list[torch.Tensor]:
-    """``_forward`` as one operator for compiled training: the output parts, then ``v``."""
-    parts, v = _forward(x, u, bias, sizes)
-    return [*parts, v]
-
-
-@_op.register_fake
-def _(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, sizes: list[int]) -> list[torch.Tensor]:
-    B, C, H, W = x.shape
-    nh, nw = _tile_counts(H, W)
-    return [*(x.new_empty(B, H, W, size).permute(0, 3, 1, 2) for size in sizes), x.new_empty(36, B * nh * nw, C)]
-
-
-@torch.library.custom_op("dtdy::winograd_conv3x3_backward", mutates_args=())
-def _op_backward(grads: list[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x_size: list[int],
-                 sizes: list[int], has_bias: bool, need_x: bool) -> list[torch.Tensor]:
-    """``_backward`` as one operator: [grad u], then grad bias when there is a bias, then grad x if needed."""
-    grad_x, grad_u, grad_bias = _backward(grads, v, u, x_size, sizes, has_bias, need_x)
-    return [t for t in (grad_u, grad_bias, grad_x) if t is not None]
-
-
-@_op_backward.register_fake
-def _(grads: list[torch.Tensor], v: torch.Tensor, u: torch.Tensor, x_size: list[int], sizes: list[int],
-      has_bias: bool, need_x: bool) -> list[torch.Tensor]:
-    B, C, H, W = x_size
-    nh, nw = _tile_counts(H, W)
-    rows = v.new_empty(B, TILE * nh + 4, TILE * nw + 4, C)
-    grad_x = rows[:, 1:H + 1, 1:W + 1].permute(0, 3, 1, 2)  # a view of the padded rows, as _tiles_backward's
-    return [torch.empty_like(u)] + ([u.new_empty(u.shape[2])] if has_bias else []) + ([grad_x] if need_x else [])
-
-
-def _op_setup_context(ctx, inputs: tuple, output: list[torch.Tensor]) -> None:
-    x, u, bias, sizes = inputs
-    ctx.save_for_backward(output[-1], u)
-    ctx.x_size, ctx.sizes, ctx.has_bias = list(x.shape), sizes, bias is not None
-
-
-def _op_autograd(ctx, grads: list[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
-    """Autograd gives every output a gradient, zeros for an unused one."""
-    v, u = ctx.saved_tensors
-    need_x = ctx.needs_input_grad[0]
-    grad_u, *rest = torch.ops.dtdy.winograd_conv3x3_backward(list(grads[:-1]), v, u, ctx.x_size, ctx.sizes,
-                                                             ctx.has_bias, need_x)  # not v's
-    grad_bias = rest.pop(0) if ctx.has_bias else None
-    return rest[0] if need_x else None, grad_u, grad_bias, None
-
-
-_op.register_autograd(_op_autograd, setup_context=_op_setup_context)
-
-
 def _tiles(x: torch.Tensor) -> torch.Tensor:
     """The overlapping 6 x 6 tiles, stride 4, of the input padded by one zero row and column on every side:
     x (B, H, W, C) -> (6, 6, B, nh, nw, C), ``tiles[a, b, n, i, j] = padded[n, 4 i + a, 4 j + b]``.
 
-    Offsets 0-3 of every tile partition the padded rows and 4-5 are offsets 0-1 of the next tile, so both
-    directions are four strided block copies (``_tiles_backward``).
+    Offsets 0-3 of every tile partition the padded rows and 4-5 are offsets 0-1 of the next tile, so the tiles
+    are four strided block copies.
     """
     B, H, W, C = x.shape
     nh, nw = _tile_counts(H, W)
@@ -241,20 +108,6 @@ def _tiles(x: torch.Tensor) -> torch.Tensor:
     for a, b, block in _blocks(rows, nh, nw):
         tiles[a, b].copy_(block)
     return tiles
-
-
-def _tiles_backward(grad: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """The gradient of ``_tiles``: (6, 6, B, nh, nw, C) -> (B, H, W, C), a view of a padded buffer: the first
-    block copied, the three others added in place."""
-    _, _, B, nh, nw, C = grad.shape
-    rows = grad.new_empty(B, TILE * nh + 4, TILE * nw + 4, C)
-    rows[:, TILE * nh:].zero_()  # the strips outside the first block, which covers the rest exactly
-    rows[:, :, TILE * nw:].zero_()
-    (a, b, block), *overlapping = _blocks(rows, nh, nw)
-    block.copy_(grad[a, b])
-    for a, b, block in overlapping:
-        block.add_(grad[a, b])
-    return rows[:, 1:H + 1, 1:W + 1]
 
 
 def _untile(tiles: torch.Tensor, H: int, W: int) -> torch.Tensor:

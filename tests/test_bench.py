@@ -1,4 +1,5 @@
-"""bench/model_speed.py runs end to end (tiny crops) and reports our DTDY model equal to the reference."""
+"""bench/model_speed.py runs end to end (tiny crops) and reports the readable DTDY model equal to the reference and
+the CPU inference path equal to the readable model."""
 
 import re
 import subprocess
@@ -20,3 +21,7 @@ def test_model_speed_runs_and_outputs_agree():
     assert eval_diff < 1e-4 and train_diff < 1e-4
     for mode in ("train", "infer"):  # ours, ref, x wall, x cpu are positive numbers
         assert all(float(v) > 0 for v in rows[mode][2:6])
+    fast = {line.split()[1]: line.split() for line in out.stdout.splitlines()
+            if line.startswith("DTDY_ResNet34_quarter ") and line.split()[1] in ("folded", "no")}
+    assert set(fast) == {"folded", "no"}, out.stdout  # "no Winograd", "no padding"
+    assert float(fast["folded"][-1]) < 1e-4 and all(float(v) > 0 for v in fast["folded"][2:6])

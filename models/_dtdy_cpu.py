@@ -1,0 +1,239 @@
+"""The CPU inference path of the ResNet encoders: every block's convolution and BatchNorm as folded operands.
+
+``with fast_cpu_inference(model):`` makes the model's BasicBlocks, in eval mode without autograd, compute
+``bn(conv(x))`` from operands folded once per ``with`` block; every fold is an exact rewrite, so outputs equal the
+readable model's (models/_dtdy.py) to rounding, tested in tests/test_dtdy_cpu.py. Outside the block, in training,
+with autograd, under autocast, in a compiled graph or with hooks on a block's modules, the readable forward runs.
+The weights must not change inside the block (a training-mode forward there drops the folded operands).
+
+For a DTDY convolution followed by a BatchNorm (models/_dtdy.py's notation, BN(v) = s v + c in eval mode):
+
+- BN_a folds into Q (scaled rows, a bias); BN_b and the identity residual fold into one matrix per time bin,
+  ``M(t) = diag(s_b) Phi(t) + I``, computed as the Phi branch's last convolution with rescaled columns and a
+  shifted bias, written straight into M(t)^T, and one clamp (the hard sigmoid); ``P c_b`` and the block's
+  BatchNorm fold into W0's bias and the rows of W0 and P.
+- The latent path runs ``Lp = ceil(L / 8) * 8`` wide: the extra channels have zero Q rows, zero bias and zero P
+  columns, so they stay exactly zero, and the CPU kernels run faster on multiples of the vector width.
+- The stride-1 3 x 3 layers with at least ``WINOGRAD_MIN_CHANNELS`` input channels compute [W0; Q] as one
+  Winograd convolution (models/_winograd.py); narrower layers run the two direct convolutions.
+- Tensors stay channels-last: the mixing is one batched matmul over the ``B * T'`` slabs (F', Lp), the Phi
+  branch's 1D convolutions are matmuls over time-major rows, and P adds into the static path's output in place.
+
+A plain Conv2d followed by a BatchNorm (the static twins, the stem is left alone) becomes one convolution with a
+scaled kernel and a bias. What each piece measures is in docs/benchmarks.md (bench/model_speed.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models._dtdy import DTDYConv2d
+from models._resnet import BasicBlock
+from models._winograd import winograd_conv3x3, winograd_kernel
+
+log = logging.getLogger(__name__)
+
+LANE = 8  # the latent path is padded with exact zeros to a multiple of 8 channels (AVX2 width)
+WINOGRAD_MIN_CHANNELS = 128  # stride-1 3 x 3 layers this wide compute W0 and Q as one Winograd convolution
+
+
+@contextmanager
+def fast_cpu_inference(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the ``with`` block, ``model``'s BasicBlocks run the folded CPU inference path (module docstring).
+
+    For CPU evaluation and embedding extraction of an eager (not compiled) model; yields the model itself.
+    """
+    devices = {t.device.type for t in model.parameters()}
+    if devices != {"cpu"}:
+        raise ValueError(f"fast_cpu_inference is for a model on the CPU; this one's parameters are on {devices}. "
+                         "Run GPU models as they are.")
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    for block in blocks:
+        block.forward = _FastBlock(block)
+    try:
+        yield model
+    finally:
+        for block in blocks:
+            del block.forward  # the class's readable forward again
+
+
+class _FastBlock:
+    """BasicBlock.forward with the conv + BatchNorm pairs folded where that is exact and nobody looks."""
+
+    def __init__(self, block: BasicBlock) -> None:
+        self.block = block
+        self.pairs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
+        if block.downsample is not None:
+            self.pairs.append((block.downsample[0], block.downsample[1]))
+        self.operands: list[_Folded | tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        block = self.block
+        if block.training:
+            self.operands = None  # the weights may change before the next inference
+        if not self._applies(x):
+            return BasicBlock.forward(block, x)
+        if self.operands is None:
+            with torch.no_grad():
+                self.operands = [_fold(conv, bn) for conv, bn in self.pairs]
+        out = block.relu(_conv_bn(block.conv1, self.operands[0], x))
+        out = _conv_bn(block.conv2, self.operands[1], out)
+        shortcut = x if block.downsample is None else _conv_bn(block.downsample[0], self.operands[2], x)
+        return block.relu(out.add_(shortcut))
+
+    def _applies(self, x: torch.Tensor) -> bool:
+        if (self.block.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+                or torch.is_autocast_enabled("cpu")):
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.block.modules())
+
+
+def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> _Folded | tuple[torch.Tensor, torch.Tensor]:
+    scale, shift = _bn_affine(bn)
+    if isinstance(conv, DTDYConv2d):
+        return fold_dtdy(conv, scale, shift)
+    return _channels_last(conv.weight * scale.view(-1, 1, 1, 1)), shift  # a plain Conv2d
+
+
+def _conv_bn(conv: nn.Module, folded: _Folded | tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """bn(conv(x)) from the folded operands."""
+    if isinstance(folded, _Folded):
+        return folded_dtdy_forward(conv, folded, x)
+    weight, bias = folded
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding)
+
+
+class _Folded(NamedTuple):
+    """The inference operands of a DTDYConv2d followed by a BatchNorm (``fold_dtdy``)."""
+
+    w0: torch.Tensor  # diag(s) W0 (C_out, C_in, k, k)
+    b0: torch.Tensor  # s * P c_b + c, the output bias (C_out,)
+    q: torch.Tensor  # [diag(s_a) Q; 0] (Lp, C_in, k, k)
+    b_q: torch.Tensor  # [c_a; 0] (Lp,)
+    u: torch.Tensor | None  # [W0; Q] as one Winograd kernel (36, C_in, C_out + Lp), when the layer runs that way
+    w_in: torch.Tensor  # the Phi branch's convolutions as matmul operands (``_rows_kernel``)
+    b_in: torch.Tensor
+    w_gate: torch.Tensor  # (H, H)
+    w_out: torch.Tensor  # (3 H, Lp Lp): the last convolution onto the Lp x Lp grid of M^T, columns scaled
+    b_out: torch.Tensor  # its bias, scaled, plus 1 s_b^T + I
+    low: torch.Tensor  # (Lp Lp,): the clamp that makes the grid M^T
+    high: torch.Tensor
+    p_t: torch.Tensor  # [diag(s) P, 0]^T (Lp, C_out)
+
+
+def fold_dtdy(conv: DTDYConv2d, scale: torch.Tensor, shift: torch.Tensor) -> _Folded:
+    """The operands of ``scale * conv(x) + shift`` for an eval-mode layer, all exact rewrites.
+
+    With hsig2(v) = clamp(v, -3, 3) / 3 + 1 and BN_b(v) = s v + c_b, the latent update BN_b(Phi z) + z is
+    M z + c_b with M[d, j] = (s_d / 3) clamp(v_dj, -3, 3) + s_d + delta_dj = clamp(v'_dj, o_dj - |s_d|,
+    o_dj + |s_d|), where v' = (s_d / 3) v + o and o = s_d + delta_dj: the Phi branch's last convolution, its
+    columns scaled by s_d / 3 and o added to its bias, writes v' into an Lp x Lp grid, and one clamp makes it M^T.
+    """
+    L = conv.latent
+    Lp = L + (-L % LANE)
+    pad = Lp - L
+    a_scale, a_shift = _bn_affine(conv.bn_latent)
+    b_scale, b_shift = _bn_affine(conv.bn_mix)
+    w0, p = conv.w0 * scale.view(-1, 1, 1, 1), conv.p * scale.view(-1, 1)
+    b0 = p @ b_shift + shift
+    q, b_q = _pad_rows(conv.q * a_scale.view(L, 1, 1, 1), pad), _pad_rows(a_shift, pad)
+    phi = conv.phi
+    w_out, b_out = _rows_kernel(phi.conv_out.weight), phi.conv_out.bias
+    d, j = torch.meshgrid(torch.arange(L), torch.arange(L), indexing="ij")
+    cells = (j * Lp + d).flatten()  # where entry d * L + j of Phi goes in the Lp x Lp grid of M^T
+    w_grid = w_out.new_zeros(w_out.shape[0], Lp * Lp).index_copy(1, cells, w_out)
+    b_grid = b_out.new_zeros(Lp * Lp).index_copy(0, cells, b_out)
+    col_scale = F.pad(b_scale / 3, (0, pad)).repeat(Lp)  # s_d / 3 at cell j * Lp + d (column d of M^T)
+    offset = F.pad(b_scale.view(1, L) + torch.eye(L, dtype=b_scale.dtype), (0, pad, 0, pad)).flatten()
+    reach = 3 * col_scale.abs()
+    winograd = conv.kernel_size == 3 and conv.stride == 1 and conv.in_channels >= WINOGRAD_MIN_CHANNELS
+    return _Folded(_channels_last(w0), b0, _channels_last(q), b_q,
+                   winograd_kernel(torch.cat([w0, q])) if winograd else None,
+                   _rows_kernel(phi.conv_in.weight), phi.conv_in.bias, phi.gate.weight[:, :, 0].t(),
+                   w_grid * col_scale, torch.addcmul(offset, b_grid, col_scale), offset - reach, offset + reach,
+                   F.pad(p, (0, pad)).t().contiguous())
+
+
+def folded_dtdy_forward(conv: DTDYConv2d, f: _Folded, x: torch.Tensor) -> torch.Tensor:
+    """``scale * conv(x) + shift`` from ``fold_dtdy``'s operands: x (B, C_in, T, F) -> (B, C_out, T', F')."""
+    B, C, T, Fq = x.shape
+    Lp = f.p_t.shape[0]
+    if f.u is not None:
+        r, z = winograd_conv3x3(x, f.u, torch.cat([f.b0, f.b_q]), (conv.out_channels, Lp))
+    else:
+        r, z = _conv(conv, x, f.w0, f.b0), _conv(conv, x, f.q, f.b_q)  # (B, C_out, T', F'), (B, Lp, T', F')
+    slabs = x.permute(0, 2, 3, 1)  # (B, T, F, C)
+    stats = torch.cat([slabs.mean(dim=2), slabs.mean(dim=3)], dim=2)  # (B, T, C + F), time-major rows
+    k, stride = conv.kernel_size, conv.stride
+    h = _conv1d_rows(stats, f.w_in, f.b_in, k, stride)  # (B, T', H)
+    h = h * (2.0 * F.hardsigmoid(h @ f.w_gate))
+    mixing_t = _conv1d_rows(h, f.w_out, f.b_out, 3, 1).clamp_(f.low, f.high)  # (B, T', Lp Lp), M(t)^T
+    T_out = mixing_t.shape[1]
+    z_slabs = z.permute(0, 2, 3, 1).reshape(B * T_out, -1, Lp)  # (B T', F', Lp)
+    mixed = torch.bmm(z_slabs, mixing_t.view(B * T_out, Lp, Lp))  # (M(t) z)^T: (B T', F', Lp)
+    rows = r.permute(0, 2, 3, 1).reshape(-1, conv.out_channels)  # (B T' F', C_out), a view when channels-last
+    if rows.data_ptr() == r.data_ptr():
+        rows.addmm_(mixed.view(-1, Lp), f.p_t)  # P (M z) added in place into r
+        return r
+    return torch.addmm(rows, mixed.view(-1, Lp), f.p_t).view(B, T_out, -1, conv.out_channels).permute(0, 3, 1, 2)
+
+
+def _conv(conv: DTDYConv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The layer's k x k convolution with another kernel; a strided 1 x 1 one is a matmul over channel rows."""
+    if conv.kernel_size != 1:
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding)
+    x = x[:, :, ::conv.stride, ::conv.stride]
+    B, C, T, Fq = x.shape
+    rows = torch.addmm(bias, x.permute(0, 2, 3, 1).reshape(-1, C), weight.view(-1, C).t())  # (B T F, O)
+    return rows.view(B, T, Fq, -1).permute(0, 3, 1, 2)
+
+
+def _rows_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """A Conv1d kernel (O, D, k) as the right operand of ``_conv1d_rows``: (k D, O), row j * D + d."""
+    return weight.permute(2, 1, 0).reshape(-1, weight.shape[0])
+
+
+def _conv1d_rows(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, stride: int) -> torch.Tensor:
+    """Conv1d (odd kernel k, padding (k - 1) / 2) over time-major rows: u (B, T, D), weight (k D, O) -> (B, T', O).
+
+    One matmul: with fewer outputs than inputs (the first convolution) the rows are multiplied by the k taps at
+    once and the k shifted products summed; otherwise the k shifted copies of the rows are multiplied side by side.
+    """
+    B, T, D = u.shape
+    frames, out = (T - 1) // stride + 1, weight.shape[1]
+    if k == 1:
+        return torch.addmm(bias, u[:, ::stride].reshape(B * frames, D), weight).view(B, frames, out)
+    padded = F.pad(u, (0, 0, (k - 1) // 2, (k - 1) // 2))
+    span = stride * (frames - 1) + 1
+    if out < D:
+        taps = weight.view(k, D, out).transpose(0, 1).reshape(D, k * out)
+        products = (padded.reshape(-1, D) @ taps).view(B, -1, k, out)
+        result = bias + products[:, :span:stride, 0]
+        for j in range(1, k):
+            result = result + products[:, j:j + span:stride, j]
+        return result
+    windows = torch.cat([padded[:, j:j + span:stride] for j in range(k)], dim=2)
+    return torch.addmm(bias, windows.reshape(B * frames, k * D), weight).view(B, frames, out)
+
+
+def _channels_last(weight: torch.Tensor) -> torch.Tensor:
+    return weight.contiguous(memory_format=torch.channels_last)
+
+
+def _pad_rows(t: torch.Tensor, pad: int) -> torch.Tensor:
+    """Append ``pad`` zero rows (output channels) to a weight or bias."""
+    return torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) if pad else t
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with BN(v) = scale * v + shift in eval mode."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
