@@ -158,8 +158,6 @@ def export_torchscript(eager: nn.Module, path: Path, expected: list[np.ndarray])
 def export_onnx(eager: nn.Module, path: Path, expected: list[np.ndarray], opset: int) -> dict[str, Any]:
     """Export the readable ``eager`` model to ONNX at ``path`` (input 'wave' (batch, samples), output 'embedding'
     (batch, nOut)), written only if onnxruntime's embeddings equal ``expected``; returns the parity result."""
-    if opset < MIN_OPSET:
-        raise ExportError(f"--opset {opset}: the models need opset {MIN_OPSET} or newer (Einsum).")
     with atomic_path(path, ".onnx") as tmp:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter, chosen on purpose
@@ -167,7 +165,7 @@ def export_onnx(eager: nn.Module, path: Path, expected: list[np.ndarray], opset:
             torch.onnx.export(onnx_ready(eager), (parity_waves()[0],), str(tmp), dynamo=False, opset_version=opset,
                               input_names=["wave"], output_names=["embedding"],
                               dynamic_axes={"wave": {0: "batch", 1: "samples"}, "embedding": {0: "batch"}})
-        return {**_check_parity(speakerapi.OnnxBackend(tmp), expected, "onnx"), "opset": opset}
+        return {**_check_parity(speakerapi.OnnxBackend(tmp, torch.get_num_threads()), expected, "onnx"), "opset": opset}
 
 
 def export_model(model: nn.Module, out: str | Path, formats: tuple[str, ...], meta: dict[str, Any],
@@ -177,6 +175,8 @@ def export_model(model: nn.Module, out: str | Path, formats: tuple[str, ...], me
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"Unknown export format(s) {unknown or formats}; valid: {', '.join(FORMATS)} or both.")
+    if "onnx" in formats and opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset}: the models need opset {MIN_OPSET} or newer (Einsum).")
     out = Path(out)
     eager = readable_copy(model)
     with torch.no_grad():

@@ -58,15 +58,18 @@ class TorchScriptBackend:
 
 
 class OnnxBackend:
-    """An ONNX export (``model.onnx``) run by onnxruntime on the CPU."""
+    """An ONNX export (``model.onnx``) run by onnxruntime on the CPU with ``threads`` intra-op threads (0:
+    onnxruntime's default, one per core)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
         try:
             import onnxruntime
         except ImportError:
             raise ApiError("Running an ONNX export needs onnxruntime (`pip install onnxruntime`); or load the "
                            "TorchScript export (model.pt).") from None
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, waves: np.ndarray) -> np.ndarray:
         return self.session.run(["embedding"], {"wave": np.ascontiguousarray(waves, dtype=np.float32)})[0]
@@ -110,10 +113,11 @@ class SpeakerVerifier:
         return cls(EagerBackend(embedder), cfg.nOut, resample, {"checkpoint": str(checkpoint), "model": cfg.model})
 
     @classmethod
-    def from_export(cls, path: str | Path, prefer: str = "onnx", device: str = "cpu",
-                    resample: bool = False) -> SpeakerVerifier:
+    def from_export(cls, path: str | Path, prefer: str = "onnx", device: str = "cpu", resample: bool = False,
+                    threads: int = 0) -> SpeakerVerifier:
         """An export of export.py: its folder (``prefer`` 'onnx' or 'torchscript' where both are there; ONNX
-        needs onnxruntime) or one of its files (model.onnx, model.pt, with export.json beside it)."""
+        needs onnxruntime) or one of its files (model.onnx, model.pt, with export.json beside it). ``threads``:
+        onnxruntime's intra-op threads (0: one per core)."""
         path = Path(path)
         folder = path if path.is_dir() else path.parent
         sidecar = folder / SIDECAR
@@ -135,7 +139,7 @@ class SpeakerVerifier:
         else:
             fmt = "onnx" if path.suffix == ".onnx" else "torchscript"
         file = files[fmt] if path.is_dir() else path
-        backend = OnnxBackend(file) if fmt == "onnx" else TorchScriptBackend(file, device)
+        backend = OnnxBackend(file, threads) if fmt == "onnx" else TorchScriptBackend(file, device)
         log.info("loaded the %s export '%s'", fmt, file)
         return cls(backend, int(info["embedding_size"]), resample, {**info, "format": fmt})
 
