@@ -12,8 +12,8 @@ mel front-end is inside the graph.
 - The export runs the readable model on the CPU in eval mode: never under ``fast_cpu_inference``
   (models/_dtdy_cpu.py), never compiled, so no custom operator reaches a graph.
 - TorchScript is a trace of the eager model (``torch.jit.trace``); the models have no data-dependent control flow.
-- ONNX uses torch's TorchScript-based exporter (``dynamo=False``): it needs no package beyond ``onnx``, exports a
-  ResNet-34 in seconds, and keeps the batch and time axes symbolic. It cannot export the complex STFT of
+- ONNX uses torch's TorchScript-based exporter (``dynamo=False``): it needs no onnxscript, exports a ResNet-34 in
+  seconds, and keeps the batch and time axes symbolic. It cannot export the complex STFT of
   torchaudio's MelSpectrogram, so the ONNX graph computes the same power mel spectrogram as a conv1d with a
   windowed DFT basis (``DftMelSpectrogram``, equal to the eager front-end to 1e-5, tested); the trained model is
   not changed.
@@ -97,7 +97,9 @@ class DftMelSpectrogram(nn.Module):
 def readable_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in eval mode on the CPU, refused if it runs the CPU inference path or is compiled."""
     patched = [name for name, m in model.named_modules() if "forward" in vars(m)]
-    if patched or hasattr(model, "_orig_mod"):
+    compiled = hasattr(model, "_orig_mod") or any(getattr(m, "_compiled_call_impl", None) is not None
+                                                  for m in model.modules())
+    if patched or compiled:
         raise ExportError("Export runs the readable model: leave `fast_cpu_inference` (models/_dtdy_cpu.py) and do "
                           "not torch.compile the model before exporting" +
                           (f" (patched forward in {', '.join(patched[:3]) or 'the model'})." if patched else "."))
@@ -218,13 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = build_parser().parse_args(argv)
-    formats = FORMATS if args.format == "both" else (args.format,)
     try:
-        export_checkpoint(args.config or None, args.initial_model, args.out, formats, args.opset)
+        export_checkpoint(args.config or None, args.initial_model, args.out,
+                          FORMATS if args.format == "both" else (args.format,), args.opset)
+        return 0
     except UserError as err:
         log.error("%s", err)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class ApiError(UserError):
 class TorchScriptBackend:
     """A TorchScript export (``model.pt``) run by torch on ``device``."""
 
-    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.module = torch.jit.load(str(path), map_location=self.device).eval()
 
@@ -136,10 +136,12 @@ class SpeakerVerifier:
             fmt = found[0]
             if fmt == "onnx" and "torchscript" in found and not _has_onnxruntime():
                 fmt = "torchscript"
-        else:
+        elif path.suffix in (".onnx", ".pt"):
             fmt = "onnx" if path.suffix == ".onnx" else "torchscript"
+        else:
+            raise ApiError(f"'{path}' is neither an ONNX (.onnx) nor a TorchScript (.pt) export.")
         file = files[fmt] if path.is_dir() else path
-        backend = OnnxBackend(file, threads) if fmt == "onnx" else TorchScriptBackend(file, device)
+        backend = OnnxBackend(file, threads) if fmt == "onnx" else TorchScriptBackend(file, pick_device(device))
         log.info("loaded the %s export '%s'", fmt, file)
         return cls(backend, int(info["embedding_size"]), resample, {**info, "format": fmt})
 

@@ -94,10 +94,13 @@ def test_dft_front_end_equals_torchaudio(n_mels):
         assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
-def test_export_refuses_the_cpu_inference_path(tmp_path):
+def test_export_refuses_the_cpu_inference_path_and_compiled_models(tmp_path):
     model = small_model("ResNet34_quarter")
     with fast_cpu_inference(model), pytest.raises(export.ExportError, match="fast_cpu_inference"):
         export.export_model(model, tmp_path, ("onnx",), {"embedding_size": 32})
+    model.compile()  # compiles lazily, at the first call: nothing runs here
+    with pytest.raises(export.ExportError, match="torch.compile"):
+        export.export_model(model, tmp_path, ("torchscript",), {"embedding_size": 32})
     assert list(tmp_path.iterdir()) == []
 
 
