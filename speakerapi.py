@@ -118,6 +118,8 @@ class SpeakerVerifier:
         """An export of export.py: its folder (``prefer`` 'onnx' or 'torchscript' where both are there; ONNX
         needs onnxruntime) or one of its files (model.onnx, model.pt, with export.json beside it). ``threads``:
         onnxruntime's intra-op threads (0: one per core)."""
+        if prefer not in ("onnx", "torchscript"):
+            raise ApiError(f"prefer is 'onnx' or 'torchscript', got {prefer!r}.")
         path = Path(path)
         folder = path if path.is_dir() else path.parent
         sidecar = folder / SIDECAR
@@ -157,9 +159,9 @@ class SpeakerVerifier:
         else:
             wave = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
             name = "The waveform"
-            if wave.ndim != 1 or wave.dtype.kind not in "fiu":
-                raise AudioError(f"{name} must be a 1-D array of samples at {SAMPLE_RATE} Hz (mono), got shape "
-                                 f"{wave.shape} of {wave.dtype}.")
+            if wave.ndim != 1 or wave.dtype.kind != "f":
+                raise AudioError(f"{name} must be a 1-D float array of samples in [-1, 1] at {SAMPLE_RATE} Hz (mono; "
+                                 f"int16 PCM divided by 32768), got shape {wave.shape} of {wave.dtype}.")
             wave = wave.astype(np.float32)
             if not np.isfinite(wave).all():
                 raise AudioError(f"{name} holds NaN or infinite samples.")

@@ -184,6 +184,8 @@ def test_bad_arrays_lists_and_exports_are_refused(demo, verifiers, tmp_path):
         sv.embed(np.zeros(100, dtype=np.float32))
     with pytest.raises(AudioError, match="1-D array"):
         sv.embed(np.zeros((2, 16000), dtype=np.float32))
+    with pytest.raises(AudioError, match="1-D float array"):
+        sv.embed(np.zeros(16000, dtype=np.int16))
     with pytest.raises(AudioError, match="NaN"):
         sv.embed(np.full(16000, np.nan, dtype=np.float32))
     with pytest.raises(ApiError, match="at least one"):
