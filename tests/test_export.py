@@ -1,0 +1,119 @@
+"""Exports (export.py): every model plugin to TorchScript and ONNX, run by torch and onnxruntime, gives the eager
+model's embeddings on lengths and batch sizes other than those it was traced and checked with; no custom operator
+reaches a graph; the ONNX front-end equals torchaudio's; exports that would not match are not written."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import export
+import plugins
+from config import Config
+from models._dtdy_cpu import fast_cpu_inference
+from models._frontend import make_mel_spectrogram
+from speakerapi import SpeakerVerifier
+
+CHECK_SECONDS = ((0.9, 1), (1.6, 2))  # (length, batch): not the export's own parity inputs
+pytestmark = pytest.mark.usefixtures("one_thread")  # two threads on a busy 2-core machine wait on each other
+
+SMALL = {"nOut": 32, "n_mels": 24, "encoder_type": "SAP"}  # options a plugin does not declare are not passed
+
+
+def small_model(name: str) -> nn.Module:
+    """Plugin ``name`` built small, its BatchNorm statistics those of a few noise batches (as after training: a
+    model with initial statistics in eval mode has activations of 1e27, useless for comparing numbers)."""
+    torch.manual_seed(0)
+    model = plugins.build("model", name, Config(model=name, **SMALL))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # a plain average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        model(0.1 * torch.randn(3, 12000, generator=torch.Generator().manual_seed(1)))
+    return model.eval()
+
+
+def check_waves() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return [0.1 * torch.randn(batch, int(seconds * 16000), generator=g) for seconds, batch in CHECK_SECONDS]
+
+
+@pytest.fixture(scope="module", params=plugins.available("model"))
+def exported(request, tmp_path_factory):
+    """(plugin name, its small model, the export folder, the sidecar) of every model plugin, both formats."""
+    model = small_model(request.param)
+    out = tmp_path_factory.mktemp(f"export_{request.param}")
+    sidecar = export.export_model(model, out, export.FORMATS, {"embedding_size": SMALL["nOut"]})
+    return request.param, model, out, sidecar
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_export_gives_the_eager_embeddings(exported, fmt):
+    _, model, out, sidecar = exported
+    assert sidecar["parity"][fmt]["passed"] and sidecar["parity"][fmt]["max_rel_diff"] <= 1e-4
+    assert json.loads((out / export.SIDECAR).read_text()) == sidecar
+    sv = SpeakerVerifier.from_export(out, prefer=fmt, threads=1)
+    assert sv.info["format"] == fmt and sv.embedding_size == SMALL["nOut"]
+    for wave in check_waves():
+        with torch.no_grad():
+            eager = model(wave).numpy()
+        got = sv.backend(wave.numpy())
+        assert got.shape == eager.shape == (wave.shape[0], SMALL["nOut"])
+        assert np.abs(eager).max() > 1e-2  # a model whose numbers say something
+        np.testing.assert_allclose(got, eager, rtol=0, atol=1e-4 * max(1.0, float(np.abs(eager).max())))
+
+
+def test_graphs_hold_only_standard_operators_and_dynamic_axes(exported):
+    _, _, out, sidecar = exported
+    graph = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(graph)
+    assert {node.domain for node in graph.graph.node} <= {"", "ai.onnx"}  # no custom ('dtdy') operator domain
+    assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [export.DEFAULT_OPSET]
+    wave_dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param != "" for d in wave_dims] == [True, True]  # batch and samples are symbolic
+    assert "STFT" not in {node.op_type for node in graph.graph.node}  # the DFT convolution front-end
+    kinds = {node.kind() for node in torch.jit.load(str(out / "model.pt")).inlined_graph.nodes()}
+    assert all(k.split("::")[0] in ("aten", "prim") for k in kinds), sorted(kinds)
+    assert sidecar["files"] == {"torchscript": "model.pt", "onnx": "model.onnx"}
+
+
+@pytest.mark.parametrize("n_mels", [40, 64])
+def test_dft_front_end_equals_torchaudio(n_mels):
+    torchfb = make_mel_spectrogram(n_mels)
+    dft = export.DftMelSpectrogram(torchfb)
+    g = torch.Generator().manual_seed(3)
+    for samples in (400, 11_237, 32_240):
+        wave = 0.1 * torch.randn(2, samples, generator=g)
+        expected = torchfb(wave)
+        got = dft(wave)
+        assert got.shape == expected.shape == (2, n_mels, 1 + samples // 160)
+        assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_export_refuses_the_cpu_inference_path_and_compiled_models(tmp_path):
+    model = small_model("ResNet34_quarter")
+    with fast_cpu_inference(model), pytest.raises(export.ExportError, match="fast_cpu_inference"):
+        export.export_model(model, tmp_path, ("onnx",), {"embedding_size": 32})
+    model.compile()  # compiles lazily, at the first call: nothing runs here
+    with pytest.raises(export.ExportError, match="torch.compile"):
+        export.export_model(model, tmp_path, ("torchscript",), {"embedding_size": 32})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_off_the_eager_model_is_not_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # no difference passes
+    with pytest.raises(export.ExportError, match="differs from the eager model"):
+        export.export_model(small_model("ResNet34_quarter"), tmp_path, ("torchscript",), {"embedding_size": 32})
+    assert list(tmp_path.iterdir()) == []  # neither the model, nor a temporary, nor the sidecar
+
+
+def test_bad_formats_and_opsets_are_refused(tmp_path):
+    model = small_model("ResNet34_quarter")
+    with pytest.raises(export.ExportError, match="valid: torchscript, onnx"):
+        export.export_model(model, tmp_path, ("tflite",), {})
+    with pytest.raises(export.ExportError, match="opset 12 or newer"):
+        export.export_model(model, tmp_path, ("onnx",), {}, opset=11)
