@@ -1,4 +1,4 @@
-"""Training and test datasets and the speaker-balanced sampler (voxceleb_trainer semantics, REFERENCE.md s5).
+"""Training and test datasets and the speaker-balanced sampler (voxceleb_trainer semantics).
 
 A training item is ``nPerSpeaker`` random crops of ``max_frames`` frames of one speaker's files (audio.load_crop:
 partial reads, short files repeated to length). Every crop position is drawn from a generator seeded by (seed,

@@ -1,4 +1,4 @@
-"""List files (voxceleb_trainer's formats, REFERENCE.md section 5): train lists and trial lists, read and written.
+"""List files (voxceleb_trainer's formats): train lists and trial lists, read and written.
 
     train list   '<speaker_id> <path relative to --train_path>'      e.g. 'id00012 id00012/21Uxsk56VDQ/00001.wav'
     trial list   '<label 0|1> <enroll path> <test path>', or '<enroll> <test>' (unlabeled), relative to --test_path

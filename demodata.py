@@ -1,7 +1,7 @@
 """Synthetic multi-speaker corpus for the demo recipe (``make demo``): no download, a few minutes on a CPU.
 
 The voices and channels are speechsynth.py's, so the task is learnable but not trivial. Layout and lists follow
-VoxCeleb / voxceleb_trainer (REFERENCE.md section 5)::
+VoxCeleb / voxceleb_trainer::
 
     out_dir/train/wav/id00001/<video>/00001.wav    out_dir/train_list.txt   "<speaker> <path under train/wav>"
     out_dir/test/wav/id10001/<video>/00001.wav     out_dir/test_list.txt    "<label 0|1> <enroll> <test>"
