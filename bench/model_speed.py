@@ -8,8 +8,7 @@ the model) and inference (eval, no_grad) on crops of 32,240 samples (200 frames)
 - the readable DTDY model (models/_dtdy.py, what training, GPUs and export run) against the straightforward
   formulation of the official code (tests/reference_dtdy.py), training step and inference; with ``--compile``
   also the readable model under torch.compile (the one-time compilation reported apart);
-- on CPU, the inference path of models/_dtdy_cpu.py (``fast_cpu_inference``) against the readable model, and
-  with its Winograd convolutions switched off;
+- on CPU, the inference path of models/_dtdy_cpu.py (``fast_cpu_inference``) against the readable model;
 - per DTDY layer of the x0.50 net, readable against reference and the folded path against readable.
 
 Our models step with the framework's optimizer (optimizer/adam.py, fused Adam), the reference with
@@ -28,8 +27,8 @@ import copy
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,8 +54,6 @@ BASELINE_SETTINGS = {"ECAPA_TDNN_c512": ("ASP", 80, 192), "ECAPA_TDNN_c1024": ("
 # (C_in, C_out, kernel, stride, F, T) of the DTDY layers of the x0.50 net at 64 mels and 202 frames
 LAYERS = [(32, 32, 3, 1, 32, 202), (32, 64, 3, 2, 32, 202), (32, 64, 1, 2, 32, 202), (64, 64, 3, 1, 16, 101),
           (64, 128, 3, 2, 16, 101), (128, 128, 3, 1, 8, 51), (128, 256, 3, 1, 8, 51), (256, 256, 3, 1, 8, 51)]
-# variants of the CPU inference path: (label, Winograd from this many input channels)
-FAST_VARIANTS = [("folded", _dtdy_cpu.WINOGRAD_MIN_CHANNELS), ("no Winograd", 1 << 30)]
 ENCODER_TYPE = "ASP"
 N_MELS = 64
 NOUT = 512
@@ -182,17 +179,6 @@ def max_diff(a: torch.nn.Module, b: torch.nn.Module, wave: torch.Tensor, train: 
         return (a.train(train)(wave) - b.train(train)(wave)).abs().max().item()
 
 
-@contextmanager
-def fast_variant(winograd_min_channels: int) -> Iterator[None]:
-    """models/_dtdy_cpu.py's Winograd threshold while the folded operands are made (it is read only then)."""
-    saved = _dtdy_cpu.WINOGRAD_MIN_CHANNELS
-    _dtdy_cpu.WINOGRAD_MIN_CHANNELS = winograd_min_channels
-    try:
-        yield
-    finally:
-        _dtdy_cpu.WINOGRAD_MIN_CHANNELS = saved
-
-
 def compare_readable(name: str, wave: torch.Tensor, args: argparse.Namespace, timer: Timer,
                      amp: AbstractContextManager) -> None:
     """Readable (and compiled) against the reference, training step and inference."""
@@ -225,18 +211,11 @@ def compare_fast(name: str, wave: torch.Tensor, args: argparse.Namespace, timer:
     model = build(name)
     calibrate(model, wave[:2])
     model.eval()
-    fns, labels = [infer(model, wave, nullcontext())], [name]
-    with ExitStack() as stack, torch.no_grad():
+    with torch.no_grad(), _dtdy_cpu.fast_cpu_inference(copy.deepcopy(model)) as fast:
         expected = model(wave)
-        diffs = []
-        for label, winograd in FAST_VARIANTS:
-            fast = stack.enter_context(_dtdy_cpu.fast_cpu_inference(copy.deepcopy(model)))
-            with fast_variant(winograd):
-                diffs.append((fast(wave) - expected).abs().max().item())  # folds the operands
-            fns.append(infer(fast, wave, nullcontext()))
-            labels.append(label)
-        t = timer.run(fns, args.iters)
-    for label, times, diff in zip(labels[1:], t[1:], diffs, strict=True):
+        diff = (fast(wave) - expected).abs().max().item()  # folds the operands
+        t = timer.run([infer(model, wave, nullcontext()), infer(fast, wave, nullcontext())], args.iters)
+    for label, times in (("folded", t[1]),):
         print(f"{name:<24}{label:<14}{args.batch / times.median:>9.2f}{args.batch / t[0].median:>10.2f}"
               f"{speedup(t[0], times):>8.2f}{speedup(t[0], times, 'cpu'):>8.2f}{diff:>12.1e}")
 

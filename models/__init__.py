@@ -23,7 +23,7 @@ The hooks the framework uses:
 
 Modules starting with ``_`` are building blocks, not choices: ``_frontend`` (log-mel, the shared front-end base
 of the baselines), ``_pooling`` (SAP, ASP, AVG, STP, ECAPA's context ASP), ``_dtdy`` (the DTDY convolution, the
-paper's layer as written), ``_dtdy_cpu`` and ``_winograd`` (the CPU inference path), ``_resnet`` (the ResNet-34
+paper's layer as written), ``_dtdy_cpu`` (the CPU inference path), ``_resnet`` (the ResNet-34
 builder shared by the DTDY models and their static twins), ``_ecapa`` and ``_campplus`` (the baselines' blocks),
 ``_official`` (conversion of checkpoints from the official DTDY-CNN code).
 """

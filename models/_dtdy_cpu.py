@@ -12,8 +12,6 @@ For a DTDY convolution followed by a BatchNorm (models/_dtdy.py's notation, BN(v
   ``M(t) = diag(s_b) Phi(t) + I``, computed as the Phi branch's last convolution with rescaled columns and a
   shifted bias, written straight into M(t)^T, and one clamp (the hard sigmoid); ``P c_b`` and the block's
   BatchNorm fold into W0's bias and the rows of W0 and P.
-- The stride-1 3 x 3 layers with at least ``WINOGRAD_MIN_CHANNELS`` input channels compute [W0; Q] as one
-  Winograd convolution (models/_winograd.py); narrower layers run the two direct convolutions.
 - Tensors stay channels-last: the mixing is one batched matmul over the ``B * T'`` slabs (F', L), the Phi
   branch's 1D convolutions are matmuls over time-major rows, and P adds into the static path's output in place.
 
@@ -34,11 +32,9 @@ from torch import nn
 
 from models._dtdy import DTDYConv2d
 from models._resnet import BasicBlock
-from models._winograd import winograd_conv3x3, winograd_kernel
 
 log = logging.getLogger(__name__)
 
-WINOGRAD_MIN_CHANNELS = 128  # stride-1 3 x 3 layers this wide compute W0 and Q as one Winograd convolution
 
 
 @contextmanager
@@ -115,7 +111,6 @@ class _Folded(NamedTuple):
     b0: torch.Tensor  # s * P c_b + c, the output bias (C_out,)
     q: torch.Tensor  # diag(s_a) Q (L, C_in, k, k)
     b_q: torch.Tensor  # c_a (L,)
-    u: torch.Tensor | None  # [W0; Q] as one Winograd kernel (36, C_in, C_out + L), when the layer runs that way
     w_in: torch.Tensor  # the Phi branch's convolutions as matmul operands (``_rows_kernel``)
     b_in: torch.Tensor
     w_gate: torch.Tensor  # (H, H)
@@ -146,9 +141,7 @@ def fold_dtdy(conv: DTDYConv2d, scale: torch.Tensor, shift: torch.Tensor) -> _Fo
     col_scale = (b_scale / 3).repeat(L)  # s_d / 3 at j L + d
     offset = (b_scale.view(1, L) + torch.eye(L, dtype=b_scale.dtype)).flatten()  # s_d + delta_dj at j L + d
     reach = 3 * col_scale.abs()
-    winograd = conv.kernel_size == 3 and conv.stride == 1 and conv.in_channels >= WINOGRAD_MIN_CHANNELS
     return _Folded(_channels_last(w0), b0, _channels_last(q), b_q,
-                   winograd_kernel(torch.cat([w0, q])) if winograd else None,
                    _rows_kernel(phi.conv_in.weight), phi.conv_in.bias, phi.gate.weight[:, :, 0].t(),
                    w_out * col_scale, torch.addcmul(offset, b_out, col_scale), offset - reach, offset + reach,
                    p.t().contiguous())
@@ -158,10 +151,7 @@ def folded_dtdy_forward(conv: DTDYConv2d, f: _Folded, x: torch.Tensor) -> torch.
     """``scale * conv(x) + shift`` from ``fold_dtdy``'s operands: x (B, C_in, T, F) -> (B, C_out, T', F')."""
     B, C, T, Fq = x.shape
     L = f.p_t.shape[0]
-    if f.u is not None:
-        r, z = winograd_conv3x3(x, f.u, torch.cat([f.b0, f.b_q]), (conv.out_channels, L))
-    else:
-        r, z = _conv(conv, x, f.w0, f.b0), _conv(conv, x, f.q, f.b_q)  # (B, C_out, T', F'), (B, L, T', F')
+    r, z = _conv(conv, x, f.w0, f.b0), _conv(conv, x, f.q, f.b_q)  # (B, C_out, T', F'), (B, L, T', F')
     slabs = x.permute(0, 2, 3, 1)  # (B, T, F, C)
     stats = torch.cat([slabs.mean(dim=2), slabs.mean(dim=3)], dim=2)  # (B, T, C + F), time-major rows
     k, stride = conv.kernel_size, conv.stride

@@ -25,7 +25,7 @@ def calibrated(name: str, wave: torch.Tensor) -> torch.nn.Module:
 
 @pytest.mark.parametrize("name", ["DTDY_ResNet34_quarter", "DTDY_ResNet34_half", "ResNet34_quarter"])
 def test_fast_path_equals_the_readable_model(name):
-    """Embeddings of several crop lengths (frame counts odd and even, not multiples of the Winograd tiles)."""
+    """Embeddings of several crop lengths (frame counts odd and even)."""
     model = calibrated(name, torch.randn(2, 6400))
     for samples in (4000, 6400, 9120):
         wave = torch.randn(2, samples)
@@ -40,7 +40,7 @@ def test_fast_path_equals_the_readable_model(name):
 @pytest.mark.parametrize("c_in, c_out, stride", [(8, 8, 1), (8, 16, 2), (128, 128, 1), (128, 120, 1)])
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_fast_block_equals_the_readable_block(c_in, c_out, stride, channels_last):
-    """Blocks with latent sizes L = 8, 11, 22, a 1 x 1 shortcut, Winograd layers; both input memory layouts."""
+    """Blocks with latent sizes L = 8, 11, 22, a 1 x 1 shortcut, a 128-channel layer; both input memory layouts."""
     block = BasicBlock(c_in, c_out, stride, 10, dynamic=True).double().eval()
     randomise(block, seed=c_in + c_out)
     x = torch.randn(2, c_in, 13, 10, dtype=torch.float64)
