@@ -23,6 +23,7 @@ import logging
 import torch
 from torch import nn
 
+from config import DEFAULTS
 from models._frontend import FrontEndEncoder
 from models._pooling import make_baseline_pooling
 
@@ -92,11 +93,16 @@ class SERes2Block(nn.Module):
 
 
 class ECAPATDNN(FrontEndEncoder):
-    """Front-end, ECAPA-TDNN trunk of width ``channels``, pooling, BN and embedding layer.
-    wave (B, samples) -> embedding (B, nOut)."""
+    """Front-end, ECAPA-TDNN trunk of width ``channels`` (a class attribute of each plugin), pooling, BN and
+    embedding layer. wave (B, samples) -> embedding (B, nOut); encoder_type ASP (the paper's), STP or AVG.
+    The defaults are the paper's settings, so a plugin's ``MainModel()`` is the paper's model."""
 
-    def __init__(self, *, channels: int, nOut: int, encoder_type: str, n_mels: int, log_input: bool) -> None:
+    channels: int
+
+    def __init__(self, nOut: int = 192, encoder_type: str = "ASP", n_mels: int = 80,
+                 log_input: bool = DEFAULTS.log_input) -> None:
         super().__init__(nOut, n_mels, log_input)
+        channels = self.channels
         self.layer1 = _conv_relu_bn(n_mels, channels, 5, 1)
         self.layer2, self.layer3, self.layer4 = (SERes2Block(channels, 3, d) for d in BLOCK_DILATIONS)
         self.mfa = nn.Sequential(nn.Conv1d(3 * channels, MFA_CHANNELS, 1), nn.ReLU(inplace=True))
