@@ -21,7 +21,7 @@ identity residual around the mixing:
 Layout: tensors are time-major, ``(B, C, T, F)``, and kernels are stored in (time, frequency) orientation;
 ``models/_official.py`` converts official checkpoints, which are frequency-major. tests/test_dtdy.py checks this
 module against the explicit per-time-bin kernel W(t) and against the official formulation of
-tests/reference_dtdy.py. The CPU inference path (BatchNorms folded, Winograd convolutions) is
+tests/reference_dtdy.py. The CPU inference path (BatchNorms folded, the mixing as batched matmuls) is
 models/_dtdy_cpu.py, used only where an entry point asks for it.
 """
 
