@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,18 +27,9 @@ import torch
 
 import checkpoint as ckpt
 from config import MODEL_KEYS, Config, UserError, diff_model_settings
+from runtime import setup_logging
 
 log = logging.getLogger("averageCheckpoints")
-
-_NUMBERED = re.compile(r"^model(\d+)\.model$")
-
-
-def numbered_checkpoints(save_path: str | Path) -> list[Path]:
-    """The numbered checkpoints ``model/modelNNNNNNNNN.model`` of a run, oldest first."""
-    folder = Path(save_path) / "model"
-    found = sorted((int(m.group(1)), p) for p in folder.glob("model*.model") if (m := _NUMBERED.match(p.name)))
-    return [p for _, p in found]
-
 
 def average_states(states: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str],
                    what: str) -> dict[str, torch.Tensor]:
@@ -106,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    setup_logging()
     args = build_parser().parse_args(argv)
     try:
         if bool(args.checkpoints) == bool(args.last):
@@ -114,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.last:
             if not args.save_path:
                 raise UserError("--last needs --save_path (the experiment folder).")
-            found = numbered_checkpoints(args.save_path)
+            found = ckpt.numbered_checkpoints(args.save_path)
             if len(found) < args.last:
                 raise UserError(f"--last {args.last}: '{Path(args.save_path) / 'model'}' holds {len(found)} numbered "
                                 f"checkpoints ({', '.join(p.name for p in found) or 'none'}).")

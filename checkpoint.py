@@ -39,8 +39,15 @@ def latest_checkpoint(save_path: str | Path) -> Path | None:
     folder = Path(save_path) / "model"
     if (folder / "last.model").is_file():
         return folder / "last.model"
+    found = numbered_checkpoints(save_path)
+    return found[-1] if found else None
+
+
+def numbered_checkpoints(save_path: str | Path) -> list[Path]:
+    """The numbered checkpoints ``<save_path>/model/modelNNNNNNNNN.model`` of a run, oldest first."""
+    folder = Path(save_path) / "model"
     found = sorted((int(m.group(1)), p) for p in folder.glob("model*.model") if (m := _NAME.match(p.name)))
-    return found[-1][1] if found else None
+    return [p for _, p in found]
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:

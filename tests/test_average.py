@@ -20,7 +20,7 @@ def run(corpus, tmp_path_factory):
 
 
 def test_save_interval_keeps_a_checkpoint_per_epoch_without_evaluating(run):
-    assert [p.name for p in averageCheckpoints.numbered_checkpoints(run)] == [
+    assert [p.name for p in ckpt.numbered_checkpoints(run)] == [
         "model000000001.model", "model000000002.model", "model000000003.model"]
     assert (run / "result" / "train.log").read_text().count("test_list: EER") == 1  # evaluated at epoch 3 only
 
