@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from audio import AudioError, load_crop, load_eval
 from augment import Augmenter
-from datalists import DataError, TrainList, TrialList
+from dtdysv.data.audio import AudioError, load_crop, load_eval
+from dtdysv.data.lists import DataError, TrainList, TrialList
 
 SPEEDS = (Fraction(1), Fraction(9, 10), Fraction(11, 10))  # speed perturbation, WeSpeaker's order (class offsets)
 

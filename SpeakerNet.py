@@ -1,8 +1,6 @@
-"""The model + loss wrapper and the training loop (no argument parsing, no file formats; embedder.py embeds).
-
-Mixed precision is one code path: ``autocast`` is a no-op and the gradient scaler is disabled when off. On CUDA
-``--mixedprec`` trains in fp16 with a gradient scaler (or bf16 with ``--mixedprec_dtype bf16``, no scaler needed);
-on CPU in bf16. The models keep their mel front-end in fp32 whatever the autocast.
+"""The network in its two modes, as voxceleb_trainer's SpeakerNet.py: ``ModelTrainer`` trains the model with its
+loss head, ``Embedder`` embeds waveforms with the model alone. Both follow one precision policy (``Precision``).
+No argument parsing, no file formats.
 """
 
 from __future__ import annotations
@@ -10,13 +8,16 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import UserError
-from distributed import DistEnv, all_true
+from dtdysv.errors import UserError
+from dtdysv.runtime.distributed import DistEnv, all_gather, all_true
+from models._dtdy_cpu import fast_cpu_inference
 
 
 class NonFiniteLossError(UserError):
@@ -38,13 +39,25 @@ class SpeakerNet(nn.Module):
         return self.loss(emb.reshape(batch, per_speaker, -1).float(), label)
 
 
-def autocast_dtype(device: torch.device, name: str) -> torch.dtype:
-    """fp16 or bf16 on CUDA as asked; always bf16 on CPU (CPU fp16 autocast is slow and partial)."""
-    return torch.float16 if device.type == "cuda" and name == "fp16" else torch.bfloat16
+@dataclass(frozen=True)
+class Precision:
+    """--mixedprec as one policy for training and embedding. Off: autocast is a no-op and the scaler disabled. On
+    CUDA fp16 with a gradient scaler (``name="fp16"``) or bf16 without one; on CPU always bf16 (CPU fp16 autocast is
+    slow and partial). The models keep their mel front-end in fp32 whatever the autocast."""
 
+    device: torch.device
+    enabled: bool = False
+    name: str = "fp16"
 
-def autocast(device: torch.device, enabled: bool, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float16 if self.device.type == "cuda" and self.name == "fp16" else torch.bfloat16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.enabled)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device.type, enabled=self.enabled and self.dtype == torch.float16)
 
 
 class ModelTrainer:
@@ -61,10 +74,9 @@ class ModelTrainer:
         self.scheduler = scheduler
         self.step_per = step_per
         self.device = device
-        self.mixedprec = mixedprec
-        self.dtype = autocast_dtype(device, mixedprec_dtype)
+        self.precision = Precision(device, mixedprec, mixedprec_dtype)
         self.env = env or DistEnv()
-        self.scaler = torch.amp.GradScaler(device.type, enabled=mixedprec and self.dtype == torch.float16)
+        self.scaler = self.precision.scaler()
         self.on_iteration = on_iteration
 
     @property
@@ -90,7 +102,7 @@ class ModelTrainer:
                 self.on_iteration(epoch - 1 + step / max(steps, 1))
             data = data.to(self.device, non_blocking=True)
             label = label.to(self.device, non_blocking=True)
-            with autocast(self.device, self.mixedprec, self.dtype):
+            with self.precision.autocast():
                 loss, acc = self.net(data, label)
             if not all_true(bool(torch.isfinite(loss)), self.env, self.device):  # every rank stops together
                 raise NonFiniteLossError(f"The loss became non-finite ({loss.item()} on rank {self.env.rank}) at "
@@ -115,3 +127,66 @@ class ModelTrainer:
         count = max(count, 1)
         return {"loss": total_loss / count, "acc": total_acc / count,
                 "utt_per_s": utts * self.env.world_size / (time.perf_counter() - start)}
+
+
+@dataclass
+class Embedder:
+    """``model`` (waveform (B, samples) -> embedding (B, nOut)) in eval mode on ``device``, with the process's place
+    in a DDP job. With ``fast_cpu`` (``--fast_cpu_inference``) a model on the CPU embeds through the folded path of
+    models/_dtdy_cpu.py, equal to the readable model to rounding; elsewhere it changes nothing.
+
+        vectors = Embedder(model, torch.device("cpu")).embed_waves(waves)   # (B, samples) -> (B, nOut)
+    """
+
+    model: nn.Module
+    device: torch.device
+    env: DistEnv = field(default_factory=DistEnv)
+    mixedprec: bool = False
+    mixedprec_dtype: str = "fp16"
+    fast_cpu: bool = False
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        self.precision = Precision(self.device, self.mixedprec, self.mixedprec_dtype)
+
+    def _inference(self) -> contextlib.AbstractContextManager:
+        """The folded CPU inference path when asked for and the model is on the CPU, else nothing."""
+        if self.fast_cpu and self.device.type == "cpu":
+            return fast_cpu_inference(self.model)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def embed_waves(self, waves: torch.Tensor) -> torch.Tensor:
+        """waves (B, samples) -> embeddings (B, nOut) float32 on the CPU, as the model outputs them."""
+        with self._inference():
+            return self._embed(waves)
+
+    def _embed(self, waves: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        with self.precision.autocast():
+            emb = self.model(waves.to(self.device))
+        return emb.float().cpu()
+
+    @torch.no_grad()
+    def embed(self, loader: DataLoader, n_files: int, show_progress: bool = True) -> list[torch.Tensor]:
+        """Embeddings of every file of a TestDataset loader (batches of (crops (B, C, samples), index (B,))):
+        a list of (C, nOut) float32 CPU tensors in file order.
+
+        Under DDP each rank embeds every world_size-th batch and every rank receives all embeddings.
+        """
+        if self.env.enabled:
+            batches = list(loader.batch_sampler)[self.env.rank::self.env.world_size]
+            loader = DataLoader(loader.dataset, batch_sampler=batches, num_workers=loader.num_workers,
+                                pin_memory=loader.pin_memory)
+        out: list[torch.Tensor | None] = [None] * n_files
+        local: list[tuple[int, torch.Tensor]] = []
+        with self._inference():  # the folded operands are computed once for the whole loop
+            for crops, index in tqdm(loader, total=len(loader), desc="embedding",
+                                     disable=not (show_progress and self.env.is_main), dynamic_ncols=True):
+                batch, n_crops, samples = crops.shape
+                emb = self._embed(crops.reshape(batch * n_crops, samples))  # (B * C, nOut)
+                local += list(zip(index.tolist(), emb.reshape(batch, n_crops, -1), strict=True))
+        for part in all_gather(local, self.env):
+            for i, e in part:
+                out[i] = e
+        return out  # type: ignore[return-value]

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from scipy.signal import fftconvolve
 
-from audio import read_audio, read_segment
-from config import UserError
+from dtdysv.data.audio import read_audio, read_segment
+from dtdysv.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
-import checkpoint as ckpt
-from config import MODEL_KEYS, Config, UserError, diff_model_settings
-from runtime import setup_logging
+from config import MODEL_KEYS, Config, diff_model_settings
+from dtdysv.errors import UserError
+from dtdysv.runtime import checkpoint as ckpt
+from dtdysv.runtime.setup import setup_logging
 
 log = logging.getLogger("averageCheckpoints")
 

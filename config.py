@@ -19,13 +19,10 @@ from typing import Any
 
 import yaml
 
-from fileio import atomic_write_text
+from dtdysv.errors import UserError
+from dtdysv.runtime.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-class UserError(Exception):
-    """An error the user can fix (bad flag, file, list line, checkpoint). The CLI prints it and exits 2."""
 
 
 class ConfigError(UserError):

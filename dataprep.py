@@ -38,11 +38,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from archives import DOWNLOADS, download, extract_archive, read_url_list
-from audioprep import convert_tree, prepare_rir, split_musan
-from config import UserError
-from datalists import write_train_list
-from demodata import demo_corpus_complete, make_demo_corpus
+from dtdysv.data.lists import write_train_list
+from dtdysv.errors import UserError
+from dtdysv.prep.archives import DOWNLOADS, download, extract_archive, read_url_list
+from dtdysv.prep.convert import convert_tree, prepare_rir, split_musan
+from dtdysv.prep.demo import demo_corpus_complete, make_demo_corpus
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,11 @@ import torchaudio
 from torch import nn
 
 import speakerapi
-from audio import SAMPLE_RATE
-from config import MODEL_KEYS, UserError
-from fileio import atomic_path, atomic_write_text
-from runtime import build_net, load_weights, setup_logging, test_normalize
+from config import MODEL_KEYS
+from dtdysv.data.audio import SAMPLE_RATE
+from dtdysv.errors import UserError
+from dtdysv.runtime.fileio import atomic_path, atomic_write_text
+from dtdysv.runtime.setup import build_net, load_weights, setup_logging, test_normalize
 
 log = logging.getLogger("export")
 

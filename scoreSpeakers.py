@@ -23,10 +23,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from config import UserError
-from datalists import DataError, offenders_message
-from fileio import atomic_write_text
-from runtime import setup_logging
+from dtdysv.data.lists import DataError, offenders_message
+from dtdysv.errors import UserError
+from dtdysv.runtime.fileio import atomic_write_text
+from dtdysv.runtime.setup import setup_logging
 from speakerapi import SpeakerVerifier
 
 log = logging.getLogger("scoreSpeakers")

@@ -27,13 +27,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from audio import HOP_LENGTH, SAMPLE_RATE, load_eval
-from config import Config, UserError, parse_args
-from datalists import read_trial_list
-from distributed import DistEnv
-from fileio import atomic_path
-from runtime import build_embedder, pick_device, setup_logging
-from sam import (
+from config import Config, parse_args
+from dtdysv.data.audio import HOP_LENGTH, SAMPLE_RATE, load_eval
+from dtdysv.data.lists import read_trial_list
+from dtdysv.errors import UserError
+from dtdysv.runtime.distributed import DistEnv
+from dtdysv.runtime.fileio import atomic_path
+from dtdysv.runtime.setup import build_embedder, pick_device, setup_logging
+from dtdysv.sam import (
     SamError,
     TrialSam,
     frequency_profile,

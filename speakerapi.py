@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-import checkpoint as ckpt
-from audio import SAMPLE_RATE, AudioError, read_audio
-from config import Config, UserError, load_yaml, resolve
-from embedder import Embedder
-from runtime import build_net, load_weights, pick_device
+from config import Config, load_yaml, resolve
+from dtdysv.data.audio import SAMPLE_RATE, AudioError, read_audio
+from dtdysv.errors import UserError
+from dtdysv.runtime import checkpoint as ckpt
+from dtdysv.runtime.setup import build_net, load_weights, pick_device
+from SpeakerNet import Embedder
 
 log = logging.getLogger(__name__)
 

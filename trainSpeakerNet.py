@@ -23,20 +23,18 @@ from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.utils.data import DataLoader
 
-import checkpoint as ckpt
-import distributed
-import plugins
-from allocator import tune_cpu_allocator
 from augment import Augmenter, spec_augment
-from config import Config, UserError, parse_args, save_config
-from datalists import read_train_list, read_trial_list
+from config import Config, parse_args, save_config
 from DatasetLoader import SpeakerBalancedSampler, TrainDataset
-from distributed import DistEnv, barrier
-from embedder import Embedder
-from embedding import run_extract
-from evaluation import check_eval_options, evaluate, score_from_cache
-from loss._margin import margin_at
-from runtime import (
+from dtdysv.data.lists import read_train_list, read_trial_list
+from dtdysv.errors import UserError
+from dtdysv.evaluation.embed import run_extract
+from dtdysv.evaluation.pipeline import check_eval_options, evaluate, score_from_cache
+from dtdysv.runtime import checkpoint as ckpt
+from dtdysv.runtime import distributed, plugins
+from dtdysv.runtime.allocator import tune_cpu_allocator
+from dtdysv.runtime.distributed import DistEnv, barrier
+from dtdysv.runtime.setup import (
     build_embedder,
     build_net,
     compile_model,
@@ -48,7 +46,8 @@ from runtime import (
     test_normalize,
     weights_path,
 )
-from SpeakerNet import ModelTrainer
+from loss._margin import margin_at
+from SpeakerNet import Embedder, ModelTrainer
 
 log = logging.getLogger("trainSpeakerNet")
 

@@ -31,9 +31,9 @@ from scipy import signal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from audio import SAMPLE_RATE, crop_samples, load_crop  # noqa: E402
 from augment import KINDS, SNR_DB, SOURCES, Augmenter  # noqa: E402
 from DatasetLoader import SPEEDS  # noqa: E402
+from dtdysv.data.audio import SAMPLE_RATE, crop_samples, load_crop  # noqa: E402
 
 
 def make_data(root: Path, n_files: int, seconds: float, rir_seconds: float) -> list[str]:

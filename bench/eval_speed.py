@@ -34,10 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import plugins  # noqa: E402
+
 from config import Config  # noqa: E402
-from embedder import Embedder  # noqa: E402
-from embedding import embed_files  # noqa: E402
-from scoring import score_trial_list  # noqa: E402
+from dtdysv.evaluation.embed import embed_files  # noqa: E402
+from dtdysv.evaluation.score import score_trial_list  # noqa: E402
+from SpeakerNet import Embedder  # noqa: E402
 from tuneThreshold import compute_metrics  # noqa: E402
 
 VOX1_O = ROOT.parent / "shared" / "data" / "voxceleb1_O_cleaned_trials.txt"

@@ -36,8 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from allocator import tune_allocator_for  # noqa: E402
-from audio import crop_samples  # noqa: E402
+from dtdysv.data.audio import crop_samples  # noqa: E402
+from dtdysv.runtime.allocator import tune_allocator_for  # noqa: E402
 from models import _dtdy_cpu  # noqa: E402
 from models._dtdy import DTDYConv2d  # noqa: E402
 from models._official import convert_official_checkpoint  # noqa: E402

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, WIN_LENGTH
+from dtdysv.data.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, WIN_LENGTH
 
 log = logging.getLogger(__name__)
 

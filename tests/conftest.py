@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """A tiny demo corpus: 6 training speakers, 3 held-out test speakers, 1-s utterances."""
-    from demodata import make_demo_corpus
+    from dtdysv.prep.demo import make_demo_corpus
 
     root = tmp_path_factory.mktemp("demo")
     make_demo_corpus(root, n_train_speakers=6, n_test_speakers=3, utts_per_speaker=4, test_utts_per_speaker=2,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import allocator
+from dtdysv.runtime import allocator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # then faults a few dozen pages for reasons of its own: the interpreter, the kernel).
 SCRIPT = """
 import resource, sys, torch
-from allocator import tune_cpu_allocator
+from dtdysv.runtime.allocator import tune_cpu_allocator
 torch.set_num_threads(1)
 tuned = tune_cpu_allocator() if sys.argv[1] == "tuned" else False
 from models._dtdy import DTDYConv2d

@@ -10,13 +10,13 @@ import pytest
 import soundfile
 import torch
 
-import checkpoint as ckpt
 import export
 import scoreSpeakers
-from audio import AudioError, read_audio
 from config import Config
-from datalists import DataError
-from runtime import build_net
+from dtdysv.data.audio import AudioError, read_audio
+from dtdysv.data.lists import DataError
+from dtdysv.runtime import checkpoint as ckpt
+from dtdysv.runtime.setup import build_net
 from speakerapi import MIN_SAMPLES, ApiError, SpeakerVerifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")

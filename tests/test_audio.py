@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from audio import AudioError, crop_samples, load_crop, load_eval, read_audio, write_wav
+from dtdysv.data.audio import AudioError, crop_samples, load_crop, load_eval, read_audio, write_wav
 
 
 def write_test_wav(path, samples, rate=16000, channels=1):

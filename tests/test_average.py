@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import averageCheckpoints
-import checkpoint as ckpt
 import trainSpeakerNet
 from conftest import tiny_argv
+from dtdysv.runtime import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")

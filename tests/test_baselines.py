@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import trainSpeakerNet
-from audio import crop_samples
 from conftest import tiny_argv
+from dtdysv.data.audio import crop_samples
 from models._campplus import FCM, CAMDenseBlock, segment_means
 from models._ecapa import Res2Conv1d, SERes2Block
 from models._pooling import ATTENTION_HIDDEN, ContextASP

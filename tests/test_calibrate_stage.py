@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import calibrate
 import config
-import evaluation as ev
-from datalists import TrialList
-from embedding import EvalError, save_npz
-from normalisation import load_cohort, norm_stage, train_mean
-from scoring import read_scores, score_stage
+from dtdysv.data.lists import TrialList
+from dtdysv.evaluation import calibrate
+from dtdysv.evaluation import pipeline as ev
+from dtdysv.evaluation.embed import EvalError, save_npz
+from dtdysv.evaluation.normalise import load_cohort, norm_stage, train_mean
+from dtdysv.evaluation.score import read_scores, score_stage
 
 D, SPEAKERS, PER_SPEAKER = 6, 4, 4
 

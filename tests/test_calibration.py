@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from calibration import Calibration, actual_dcf, bayes_threshold, cllr, fit_calibration
+from dtdysv.evaluation.calibration import Calibration, actual_dcf, bayes_threshold, cllr, fit_calibration
 
 
 def gaussian_trials(n: int, mu_t: float, mu_n: float, sigma: float, seed: int = 0):

@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-import plugins
 from config import Config, ConfigError, parse_args, save_config
+from dtdysv.runtime import plugins
 
 
 def write_yaml(tmp_path, data):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import plugins
 from config import MODEL_KEYS, load_yaml, resolve
+from dtdysv.runtime import plugins
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 BASELINES = ("ECAPA_TDNN_c512", "ECAPA_TDNN_c1024", "CAMPPlus")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from audio import AudioError, crop_samples, load_crop
-from datalists import DataError, TrainList, read_train_list, read_trial_list
 from DatasetLoader import SPEEDS, SpeakerBalancedSampler, TrainDataset
 from DatasetLoader import TestDataset as EvalDataset  # not collected as a test class
+from dtdysv.data.audio import AudioError, crop_samples, load_crop
+from dtdysv.data.lists import DataError, TrainList, read_train_list, read_trial_list
 
 
 def write_wav(path, samples, rate=16000, channels=1):

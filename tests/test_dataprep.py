@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import soundfile
 
-import archives
-import audioprep
 import dataprep
-from archives import ArchiveError
-from audioprep import AudioPrepError
 from augment import Augmenter
+from dtdysv.prep import archives
+from dtdysv.prep import convert as audioprep
+from dtdysv.prep.archives import ArchiveError
+from dtdysv.prep.convert import AudioPrepError
 
 
 def sine(freq: float, seconds: float, rate: int) -> np.ndarray:

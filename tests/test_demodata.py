@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile
 
-import datalists
 import dataprep
-import demodata
-import speechsynth
+from dtdysv.data import lists as datalists
+from dtdysv.prep import demo as demodata
+from dtdysv.prep import speechsynth
 
 SMALL = {"n_train_speakers": 3, "n_test_speakers": 3, "utts_per_speaker": 4, "test_utts_per_speaker": 4,
          "videos_per_speaker": 2, "n_trials": 20, "min_seconds": 1.0, "max_seconds": 1.2}

@@ -13,18 +13,18 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_curve
 
-import checkpoint as ckpt
-import embedding
-import evaluation as ev
-import normalisation
-import runtime
 import trainSpeakerNet
 import tuneThreshold as tt
-from audio import load_eval
 from config import Config, parse_args
-from datalists import read_trial_list
-from embedder import Embedder
-from scoring import NEAR_DISTANCE
+from dtdysv.data.audio import load_eval
+from dtdysv.data.lists import read_trial_list
+from dtdysv.evaluation import embed as embedding
+from dtdysv.evaluation import normalise as normalisation
+from dtdysv.evaluation import pipeline as ev
+from dtdysv.evaluation.score import NEAR_DISTANCE
+from dtdysv.runtime import checkpoint as ckpt
+from dtdysv.runtime import setup as runtime
+from SpeakerNet import Embedder
 from tests.scoring_reference import score_trials
 
 VOX1_O = Path(__file__).resolve().parents[2] / "shared" / "data" / "voxceleb1_O_cleaned_trials.txt"
@@ -425,9 +425,9 @@ def test_eval_on_the_real_voxceleb1_o_list(tmp_path):
 
 
 def test_every_stage_reruns_from_its_input_files(corpus, tmp_path, caplog):
-    from detplot import plot_stage
-    from metrics import rerun_metrics
-    from scoring import read_scores, score_stage
+    from dtdysv.evaluation.metrics import rerun_metrics
+    from dtdysv.evaluation.plot import plot_stage
+    from dtdysv.evaluation.score import read_scores, score_stage
 
     cfg = make_cfg(corpus, tmp_path, score_norm="asnorm", norm_cohort_utts=2,
                    test_list=[str(corpus / "list1.txt"), str(corpus / "other" / "list1.txt")])

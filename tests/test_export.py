@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import export
-import plugins
 from config import Config
+from dtdysv.runtime import plugins
 from models._dtdy_cpu import fast_cpu_inference
 from models._frontend import make_mel_spectrogram
 from speakerapi import SpeakerVerifier

@@ -1,4 +1,5 @@
-"""The import graph of the production modules, read statically: no circle, and no module imports a script.
+"""The import graph of the production modules, read statically: no circle, no module imports a script, and the
+inference side never reaches the training loop.
 
 Every ``import`` and ``from ... import`` counts, also those inside functions and under ``TYPE_CHECKING``. Scripts
 are the top-level modules with an ``if __name__ == "__main__":`` block (the CLIs); tests and bench/ may import them.
@@ -63,8 +64,9 @@ SCRIPTS = sorted(name for name, path in MODULES.items()
 
 def test_the_graph_is_read():
     assert {"trainSpeakerNet", "speakerActivationMap", "dataprep"} <= set(SCRIPTS)
-    assert {"audio", "config", "fileio"} <= GRAPH["DatasetLoader"] | GRAPH["audio"]
-    assert "audio" in GRAPH["models._frontend"] and "models._frontend" in GRAPH["models._resnet"]
+    assert {"dtdysv.data.audio", "dtdysv.data.lists"} <= GRAPH["DatasetLoader"]
+    assert {"dtdysv.errors", "dtdysv.runtime.fileio"} <= GRAPH["dtdysv.data.audio"]
+    assert "dtdysv.data.audio" in GRAPH["models._frontend"] and "models._frontend" in GRAPH["models._resnet"]
 
 
 def test_no_import_circle():
@@ -90,3 +92,28 @@ def test_no_import_circle():
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_no_module_imports_a_script(name):
     assert sorted(GRAPH[name] & set(SCRIPTS)) == []
+
+
+def reachable(name: str) -> set[str]:
+    seen, todo = set(), [name]
+    while todo:
+        for target in GRAPH[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+TRAINING = {name for name in MODULES if name == "trainSpeakerNet" or name.split(".")[0] in ("optimizer", "scheduler")}
+INFERENCE = sorted(name for name in MODULES
+                   if name in ("speakerapi", "export", "scoreSpeakers", "speakerActivationMap", "SpeakerNet")
+                   or name.startswith("dtdysv.evaluation"))
+
+
+def test_inference_sides_are_listed():
+    assert {"speakerapi", "dtdysv.evaluation.embed", "dtdysv.evaluation.pipeline"} <= set(INFERENCE)
+    assert {"trainSpeakerNet", "optimizer.sgd", "scheduler.exponential"} <= TRAINING
+
+
+@pytest.mark.parametrize("name", INFERENCE)
+def test_inference_never_imports_the_training_loop(name):
+    assert sorted(reachable(name) & TRAINING) == []

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-import plugins
 import trainSpeakerNet
 from conftest import ROOT, tiny_argv
+from dtdysv.runtime import plugins
 
 
 @pytest.mark.parametrize("trainfunc", plugins.available("loss"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from audio import crop_samples
+from dtdysv.data.audio import crop_samples
 from models._dtdy import DTDYConv2d
 from models._frontend import log_mel, make_mel_spectrogram
 from models._pooling import ASP, AVG, BASELINE_POOLINGS, POOLINGS, SAP, STP, make_pooling

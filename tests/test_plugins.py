@@ -2,8 +2,8 @@
 
 import pytest
 
-import plugins
 from config import Config
+from dtdysv.runtime import plugins
 
 
 @pytest.mark.parametrize("kind", list(plugins.KINDS))

@@ -8,16 +8,16 @@ import pytest
 
 import averageCheckpoints
 import trainSpeakerNet
-from calibration import cllr
 from conftest import tiny_argv
-from scoring import read_scores
+from dtdysv.evaluation.calibration import cllr
+from dtdysv.evaluation.score import read_scores
 
 
 @pytest.fixture(scope="module")
 def recipe_corpus(tmp_path_factory):
     """A demo corpus with enough trials to split in two (1-2 s utterances, so durations vary): 6 training speakers,
     6 test speakers of 6 utterances, 400 trials."""
-    from demodata import make_demo_corpus
+    from dtdysv.prep.demo import make_demo_corpus
 
     root = tmp_path_factory.mktemp("recipe_demo")
     make_demo_corpus(root, n_train_speakers=6, n_test_speakers=6, utts_per_speaker=4, test_utts_per_speaker=6,

@@ -10,12 +10,13 @@ import pytest
 import soundfile
 import torch
 
-import checkpoint as ckpt
-import embedding
-import runtime
-from config import Config, UserError
-from distributed import DistEnv
-from embedder import Embedder
+from config import Config
+from dtdysv.errors import UserError
+from dtdysv.evaluation import embed as embedding
+from dtdysv.runtime import checkpoint as ckpt
+from dtdysv.runtime import setup as runtime
+from dtdysv.runtime.distributed import DistEnv
+from SpeakerNet import Embedder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-import checkpoint as ckpt
-import plugins
-import runtime
-import sam
-from audio import SAMPLE_RATE
 from config import Config, parse_args
+from dtdysv import sam
+from dtdysv.data.audio import SAMPLE_RATE
+from dtdysv.runtime import checkpoint as ckpt
+from dtdysv.runtime import plugins
+from dtdysv.runtime import setup as runtime
 from models._frontend import make_mel_spectrogram
 from speakerActivationMap import main as cli_main
 

@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
-import checkpoint as ckpt
 import trainSpeakerNet
 from conftest import ROOT
 from conftest import tiny_argv as argv
+from dtdysv.runtime import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import plugins
 from config import Config
+from dtdysv.runtime import plugins
 from loss.softmaxproto import LossFunction as SoftmaxProto
 from models._official import convert_official_checkpoint, map_official_key
 from models._resnet import RESNET34_DEPTHS, WIDTHS_HALF, WIDTHS_QUARTER

@@ -15,8 +15,8 @@ import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
-from config import UserError
-from fileio import atomic_path
+from dtdysv.errors import UserError
+from dtdysv.runtime.fileio import atomic_path
 
 SAMPLE_RATE = 16000
 N_FFT = 512

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 from scipy.signal import butter, fftconvolve, lfilter, sosfilt
 
-from audio import SAMPLE_RATE
+from dtdysv.data.audio import SAMPLE_RATE
 
 CONTROL_HOP = 80  # samples per control block (5 ms): formants, F0 and envelopes are set at this rate
 

@@ -36,12 +36,10 @@ from typing import Any
 
 import torch
 
-from calibrate import calibrate_stage, read_calibration_list
 from config import Config
-from datalists import TrialList
-from detplot import plot_stage
-from embedder import Embedder
-from embedding import (
+from dtdysv.data.lists import TrialList
+from dtdysv.evaluation.calibrate import calibrate_stage, read_calibration_list
+from dtdysv.evaluation.embed import (
     EvalError,
     checkpoint_fingerprint,
     differences,
@@ -50,9 +48,11 @@ from embedding import (
     load_npz,
     weights_fingerprint,
 )
-from metrics import metrics_stage
-from normalisation import cohort_identity, cohort_stage, load_cohort, norm_stage, train_mean
-from scoring import score_stage, score_stems
+from dtdysv.evaluation.metrics import metrics_stage
+from dtdysv.evaluation.normalise import cohort_identity, cohort_stage, load_cohort, norm_stage, train_mean
+from dtdysv.evaluation.plot import plot_stage
+from dtdysv.evaluation.score import score_stage, score_stems
+from SpeakerNet import Embedder
 
 log = logging.getLogger(__name__)
 

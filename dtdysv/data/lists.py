@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from config import UserError
-from fileio import atomic_write_text
+from dtdysv.errors import UserError
+from dtdysv.runtime.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 

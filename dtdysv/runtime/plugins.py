@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from config import Config, UserError
+from config import Config
+from dtdysv.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root, which holds the plugin folders
 
 # kind -> (package folder, entry point, the flag that names it)
 KINDS = {

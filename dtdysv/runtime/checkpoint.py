@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from config import MODEL_KEYS, Config, UserError, diff_model_settings
-from fileio import atomic_path, remove_temporaries
+from config import MODEL_KEYS, Config, diff_model_settings
+from dtdysv.errors import UserError
+from dtdysv.runtime.fileio import atomic_path, remove_temporaries
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from fileio import atomic_path
-from metrics import entries_of, read_metrics
-from scoring import read_scores
+from dtdysv.evaluation.metrics import entries_of, read_metrics
+from dtdysv.evaluation.score import read_scores
+from dtdysv.runtime.fileio import atomic_path
 from tuneThreshold import det_curve, rates_at
 
 DET_FILE = "det.png"

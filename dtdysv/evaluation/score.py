@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from datalists import TrialList
-from embedding import EvalError, load_npz, protocol_of
-from fileio import atomic_write_text
+from dtdysv.data.lists import TrialList
+from dtdysv.evaluation.embed import EvalError, load_npz, protocol_of
+from dtdysv.runtime.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from typing import Any
 import soundfile
 from tqdm import tqdm
 
-from audio import SAMPLE_RATE, AudioError, open_audio, read_audio, write_wav
-from config import UserError
-from datalists import offenders_message
-from fileio import atomic_path, remove_temporaries
+from dtdysv.data.audio import SAMPLE_RATE, AudioError, open_audio, read_audio, write_wav
+from dtdysv.data.lists import offenders_message
+from dtdysv.errors import UserError
+from dtdysv.runtime.fileio import atomic_path, remove_temporaries
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import IO
 
 from tqdm import tqdm
 
-from config import UserError
-from datalists import offenders_message
-from fileio import atomic_path
+from dtdysv.data.lists import offenders_message
+from dtdysv.errors import UserError
+from dtdysv.runtime.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 

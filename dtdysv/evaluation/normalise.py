@@ -27,10 +27,17 @@ import torch
 import torch.nn.functional as F
 
 from config import Config
-from datalists import TrialList, read_train_list
-from embedder import Embedder
-from embedding import EvalError, differences, embed_files, identity, load_npz, save_npz
-from scoring import check_finite, cohort_statistics, norm_with_statistics, score_stems, score_trial_list, write_scores
+from dtdysv.data.lists import TrialList, read_train_list
+from dtdysv.evaluation.embed import EvalError, differences, embed_files, identity, load_npz, save_npz
+from dtdysv.evaluation.score import (
+    check_finite,
+    cohort_statistics,
+    norm_with_statistics,
+    score_stems,
+    score_trial_list,
+    write_scores,
+)
+from SpeakerNet import Embedder
 
 log = logging.getLogger(__name__)
 

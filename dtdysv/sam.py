@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audio import crop_samples
-from config import UserError
+from dtdysv.data.audio import crop_samples
+from dtdysv.errors import UserError
 from models._frontend import log_mel
 
 PROBE_FRAMES = (96, 160)  # two input lengths that tell a layer's time axis from its frequency axis

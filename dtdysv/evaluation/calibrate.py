@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from calibration import Calibration, cllr, fit_calibration
 from config import Config
-from datalists import DataError, TrialList, read_trial_list
-from embedding import EvalError, load_npz
-from fileio import atomic_write_text
-from normalisation import FileStatistics, file_statistics
-from scoring import read_scores, write_scores
+from dtdysv.data.lists import DataError, TrialList, read_trial_list
+from dtdysv.evaluation.calibration import Calibration, cllr, fit_calibration
+from dtdysv.evaluation.embed import EvalError, load_npz
+from dtdysv.evaluation.normalise import FileStatistics, file_statistics
+from dtdysv.evaluation.score import read_scores, write_scores
+from dtdysv.runtime.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-import checkpoint as ckpt
-import plugins
-from config import Config, UserError
-from distributed import DistEnv
-from embedder import Embedder
-from SpeakerNet import SpeakerNet
+from config import Config
+from dtdysv.errors import UserError
+from dtdysv.runtime import checkpoint as ckpt
+from dtdysv.runtime import plugins
+from dtdysv.runtime.distributed import DistEnv
+from SpeakerNet import Embedder, SpeakerNet
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from audio import SAMPLE_RATE, write_wav
-from config import UserError
-from fileio import atomic_write_text
-from speechsynth import draw_channel, draw_voice, record, synthesize
+from dtdysv.data.audio import SAMPLE_RATE, write_wav
+from dtdysv.errors import UserError
+from dtdysv.prep.speechsynth import draw_channel, draw_voice, record, synthesize
+from dtdysv.runtime.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from calibration import actual_dcf, cllr
-from fileio import atomic_write_text
-from scoring import read_scores
+from dtdysv.evaluation.calibration import actual_dcf, cllr
+from dtdysv.evaluation.score import read_scores
+from dtdysv.runtime.fileio import atomic_write_text
 from tuneThreshold import compute_metrics
 
 log = logging.getLogger(__name__)

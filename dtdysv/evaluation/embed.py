@@ -29,14 +29,15 @@ import soundfile
 import torch
 from torch.utils.data import DataLoader
 
-import checkpoint as ckpt
-from audio import crop_samples
-from config import MODEL_KEYS, Config, UserError
-from datalists import DataError
+from config import MODEL_KEYS, Config
 from DatasetLoader import TestDataset
-from embedder import Embedder
-from fileio import atomic_path
-from runtime import loader_workers
+from dtdysv.data.audio import crop_samples
+from dtdysv.data.lists import DataError
+from dtdysv.errors import UserError
+from dtdysv.runtime import checkpoint as ckpt
+from dtdysv.runtime.fileio import atomic_path
+from dtdysv.runtime.setup import loader_workers
+from SpeakerNet import Embedder
 
 log = logging.getLogger(__name__)
 
