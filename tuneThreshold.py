@@ -1,4 +1,5 @@
-"""Speaker-verification metrics: EER, minDCF and the DET curve, as pure vectorised NumPy (arrays in, numbers out).
+"""Speaker-verification metrics: EER, minDCF, the DET curve and, for calibrated scores (log-likelihood ratios),
+Cllr and the actual DCF, as pure vectorised NumPy (arrays in, numbers out).
 
 Convention: a trial is accepted when ``score >= threshold``; label 1 is a target (same speaker) trial, label 0 a
 non-target. FNR (miss, false rejection) is the fraction of targets rejected, FPR (false alarm, false acceptance)
@@ -15,6 +16,7 @@ names, signatures and numbers (without sklearn at run time), so existing scripts
 file runs past 300 lines: voxceleb_trainer's users import them from here.
 """
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -273,6 +275,31 @@ def compute_metrics(
         n_nontarget=c.n_nontarget,
     )
     return metrics
+
+
+def cllr(llrs: ArrayLike, labels: ArrayLike) -> float:
+    """The log-likelihood-ratio cost in bits (Brümmer 2010): 1 for llrs that say nothing (all zero), 0 for perfect
+    ones; above 1 the scores mislead. ``(mean_t log2(1 + e^-l) + mean_n log2(1 + e^l)) / 2``."""
+    s, y = _check_inputs(llrs, labels)
+    return float((np.logaddexp(0.0, -s[y]).mean() + np.logaddexp(0.0, s[~y]).mean()) / (2 * math.log(2.0)))
+
+
+def bayes_threshold(p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """The llr above which deciding 'target' costs less: log(C_fa (1 - p) / (C_miss p))."""
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must lie in (0, 1), got {p_target}")
+    return math.log(c_fa * (1.0 - p_target) / (c_miss * p_target))
+
+
+def actual_dcf(llrs: ArrayLike, labels: ArrayLike, p_target: float, c_miss: float = 1.0,
+               c_fa: float = 1.0) -> float:
+    """The detection cost of deciding at the Bayes threshold of the llrs, normalised as minDCF is (divided by
+    ``min(C_miss p, C_fa (1 - p))``): equal to minDCF for well-calibrated llrs, higher otherwise."""
+    s, y = _check_inputs(llrs, labels)
+    accept = s > bayes_threshold(p_target, c_miss, c_fa)
+    p_miss, p_fa = float((~accept[y]).mean()), float(accept[~y].mean())
+    cost = c_miss * p_target * p_miss + c_fa * (1.0 - p_target) * p_fa
+    return cost / min(c_miss * p_target, c_fa * (1.0 - p_target))
 
 
 def det_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

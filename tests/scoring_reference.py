@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dtdysv.evaluation.score import _check_protocol, _paper_scores, cohort_statistics
+from dtdysv.evaluation.normalise import cohort_statistics
+from dtdysv.evaluation.score import _check_protocol, _paper_scores
 
 
 def normalize_embeddings(emb: Tensor, enabled: bool) -> Tensor:

@@ -6,15 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import config
 from dtdysv.data.lists import TrialList
 from dtdysv.evaluation import calibrate
 from dtdysv.evaluation import pipeline as ev
-from dtdysv.evaluation.embed import EvalError, save_npz
-from dtdysv.evaluation.normalise import load_cohort, norm_stage, train_mean
-from dtdysv.evaluation.score import read_scores, score_stage
+from dtdysv.evaluation.normalise import file_statistics, norm_stage
+from dtdysv.evaluation.results import EvalError, EvalRun, list_results, read_scores, save_npz
+from dtdysv.evaluation.score import score_stage
 
 D, SPEAKERS, PER_SPEAKER = 6, 4, 4
 
@@ -54,25 +53,32 @@ def halves(trials: TrialList) -> tuple[TrialList, TrialList]:
     return part(0, "calib.txt"), part(1, "heldout.txt")
 
 
+def report(cfg: config.Config, lists, out, calibration=None) -> dict:
+    return ev.score_and_report(EvalRun(cfg, out), list_results(lists, calibration))
+
+
 def test_mean_subtraction_scores_as_the_formula_says(folder):
     out, data = folder
-    mean = train_mean(load_cohort(out / "cohort.npz", "test")[1], out / "cohort.npz")
-    np.testing.assert_allclose(mean.numpy(), data["file_means"].mean(0), rtol=1e-6)
+    run = EvalRun(make_cfg(), out)
+    np.testing.assert_allclose(run.train_mean().numpy(), data["file_means"].mean(0), rtol=1e-6)
     trials = data["trials"]
-    entries = score_stage(out / "embeddings.npz", [trials], out, torch.device("cpu"), mean)
-    assert entries["all"]["mean_subtraction"] is True and "training-set mean" in entries["all"]["protocol_detail"]
+    lists = list_results([trials])
+    score_stage(run, lists)
+    info = lists[0].raw.info
+    assert info["mean_subtraction"] is True and "training-set mean" in info["protocol_detail"]
     # paper protocol: crops L2-normalised, the mean subtracted, L2-normalised again; -mean distance of crop pairs
     crops = unit(unit(data["crops"]) - data["file_means"].mean(0))
     index = {n: i for i, n in enumerate(data["names"])}
     expected = [-np.linalg.norm(crops[index[e]][:, None] - crops[index[t]][None], axis=-1).mean()
                 for e, t in zip(trials.enroll, trials.test, strict=True)]
     np.testing.assert_allclose(read_scores(out / "scores.txt").scores, expected, atol=2e-6)
-    plain = score_stage(out / "embeddings.npz", [trials], out, torch.device("cpu"))
-    assert plain["all"]["mean_subtraction"] is False
+    plain = list_results([trials])
+    score_stage(EvalRun(make_cfg(mean_subtraction=False), out), plain)
+    assert plain[0].raw.info["mean_subtraction"] is False
     assert np.abs(read_scores(out / "scores.txt").scores - np.array(expected)).max() > 0.05
 
     # AS-norm: test and cohort vectors unit(crop mean - m); cohort speakers the mean of their files' vectors
-    norm_stage(out / "embeddings.npz", out / "cohort.npz", [trials], out, "asnorm", 3, torch.device("cpu"), True)
+    norm_stage(run, lists)
     m = data["file_means"].mean(0)
     vectors = unit(unit(data["crops"]).mean(1) - m)
     cohort_files = unit(data["file_means"] - m)
@@ -92,8 +98,7 @@ def make_cfg(**overrides) -> config.Config:
 def test_calibration_trains_on_one_list_and_applies_the_model_file_again(folder):
     out, data = folder
     calib, heldout = halves(data["trials"])
-    metrics = ev.score_and_report(make_cfg(calibration_list="calib.txt"), [heldout], out, None,
-                                  torch.device("cpu"), calib)
+    metrics = report(make_cfg(calibration_list="calib.txt"), [heldout], out, calib)
     model = json.loads((out / "calibration.json").read_text())
     assert model["features"] == ["score_asnorm", "log_seconds_enroll", "log_seconds_test",
                                  "cohort_top3_mean_enroll", "cohort_top3_mean_test"]
@@ -104,8 +109,7 @@ def test_calibration_trains_on_one_list_and_applies_the_model_file_again(folder)
     # the llrs are the model's linear map of the features: the AS-norm score, log durations, cohort means
     cal = read_scores(out / "scores.cal.txt")
     norm = read_scores(out / "scores.asnorm.txt")
-    stats = calibrate.file_statistics(out / "embeddings.npz", out / "cohort.npz", "asnorm", 3, True,
-                                      torch.device("cpu"))
+    stats = file_statistics(EvalRun(make_cfg(), out))
     mean = stats.mean.numpy()
     features = np.stack([norm.scores, np.log([data["seconds"][f] for f in norm.enroll]),
                          np.log([data["seconds"][f] for f in norm.test]),
@@ -118,39 +122,34 @@ def test_calibration_trains_on_one_list_and_applies_the_model_file_again(folder)
     # applied from the model file alone (no list): the same calibrated scores; without calibration none are left
     first = (out / "scores.cal.txt").read_bytes()
     (out / "scores.cal.txt").unlink()
-    ev.score_and_report(make_cfg(calibration_model=str(out / "calibration.json")), [heldout], out, None,
-                        torch.device("cpu"))
+    report(make_cfg(calibration_model=str(out / "calibration.json")), [heldout], out)
     assert (out / "scores.cal.txt").read_bytes() == first
-    again = ev.score_and_report(make_cfg(), [heldout], out, None, torch.device("cpu"))
+    again = report(make_cfg(), [heldout], out)
     assert "cal" not in again and not (out / "scores.cal.txt").exists()
 
 
 def test_a_model_of_other_features_or_settings_is_refused(folder):
     out, data = folder
     calib, heldout = halves(data["trials"])
-    ev.score_and_report(make_cfg(calibration_list="calib.txt"), [heldout], out, None, torch.device("cpu"), calib)
+    report(make_cfg(calibration_list="calib.txt"), [heldout], out, calib)
     model = str(out / "calibration.json")
     with pytest.raises(EvalError, match=r"calibration.json' was trained on other features or settings \(score_norm: "
                                         r"model 'asnorm', now 'none'.*features: model \['score_asnorm'"):
-        ev.score_and_report(make_cfg(score_norm="none", calibration_model=model), [heldout], out, None,
-                            torch.device("cpu"))
+        report(make_cfg(score_norm="none", calibration_model=model), [heldout], out)
     with pytest.raises(EvalError, match="mean_subtraction: model True, now False"):
-        ev.score_and_report(make_cfg(mean_subtraction=False, calibration_model=model), [heldout], out, None,
-                            torch.device("cpu"))
+        report(make_cfg(mean_subtraction=False, calibration_model=model), [heldout], out)
     (out / "bad.json").write_text(json.dumps({"weights": [1.0], "bias": 0.0, "features": ["score"]}))
     with pytest.raises(EvalError, match="bad.json' is not a calibration model"):
-        ev.score_and_report(make_cfg(calibration_model=str(out / "bad.json")), [heldout], out, None,
-                            torch.device("cpu"))
+        report(make_cfg(calibration_model=str(out / "bad.json")), [heldout], out)
     with pytest.raises(EvalError, match="absent.json' does not exist; give --calibration_list"):
-        ev.score_and_report(make_cfg(calibration_model=str(out / "absent.json")), [heldout], out, None,
-                            torch.device("cpu"))
+        report(make_cfg(calibration_model=str(out / "absent.json")), [heldout], out)
 
 
 def test_without_a_cohort_the_features_are_score_and_durations(folder, caplog):
     out, data = folder
     calib, heldout = halves(data["trials"])
-    metrics = ev.score_and_report(make_cfg(score_norm="none", mean_subtraction=False, calibration_list="c.txt"),
-                                  [heldout, data["trials"]], out, None, torch.device("cpu"), calib)
+    metrics = report(make_cfg(score_norm="none", mean_subtraction=False, calibration_list="c.txt"),
+                     [heldout, data["trials"]], out, calib)
     assert "heldout.txt" not in caplog.text
     assert f"{len(calib.labels)} of the {len(data['trials'].labels)} trials of 'all.txt' are trials of" in caplog.text
     assert json.loads((out / "calibration.json").read_text())["features"] == ["score", "log_seconds_enroll",

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from dtdysv.evaluation.calibration import Calibration, actual_dcf, bayes_threshold, cllr, fit_calibration
+from dtdysv.evaluation.calibrate import Calibration, fit_calibration
+from tuneThreshold import actual_dcf, bayes_threshold, cllr
 
 
 def gaussian_trials(n: int, mu_t: float, mu_n: float, sigma: float, seed: int = 0):

@@ -427,7 +427,8 @@ def test_eval_on_the_real_voxceleb1_o_list(tmp_path):
 def test_every_stage_reruns_from_its_input_files(corpus, tmp_path, caplog):
     from dtdysv.evaluation.metrics import rerun_metrics
     from dtdysv.evaluation.plot import plot_stage
-    from dtdysv.evaluation.score import read_scores, score_stage
+    from dtdysv.evaluation.results import EvalRun, list_results, read_scores
+    from dtdysv.evaluation.score import score_stage
 
     cfg = make_cfg(corpus, tmp_path, score_norm="asnorm", norm_cohort_utts=2,
                    test_list=[str(corpus / "list1.txt"), str(corpus / "other" / "list1.txt")])
@@ -441,28 +442,29 @@ def test_every_stage_reruns_from_its_input_files(corpus, tmp_path, caplog):
     for name in first:
         if name.endswith(".txt"):
             (out / name).unlink()
-    entries = score_stage(out / "embeddings.npz", lists(cfg), out, torch.device("cpu"))
-    norms = normalisation.norm_stage(out / "embeddings.npz", out / "cohort.npz", lists(cfg), out, "asnorm", 2,
-                                     torch.device("cpu"))
+    run = EvalRun(cfg, out, checkpoint="ckpt.model")
+    stages = list_results(lists(cfg))
+    score_stage(run, stages)
+    normalisation.norm_stage(run, stages)
     assert {p.name: p.read_bytes() for p in out.glob("*.txt")} == {k: v for k, v in first.items()
                                                                   if k.endswith(".txt")}
     saved = json.loads(first["metrics.json"])
-    assert entries["list1"]["scores_file"] == saved["scores_file"] and norms["list1"]["top_n"] == 2
+    assert stages[0].raw.scores_file == saved["scores_file"] and stages[0].norm.info["top_n"] == 2
 
     # metrics stage: metrics.json again from the score files it names
-    rerun_metrics(out, ev.p_targets_of(cfg), cfg.dcf_c_miss, cfg.dcf_c_fa, cfg.dcf_p_target)
+    rerun_metrics(run)
     assert (out / "metrics.json").read_bytes() == first["metrics.json"]
     # ... and it reads them: a score file with its scores negated gives that file's metrics
     lines = [line.split() for line in (out / "scores.txt").read_text().splitlines()]
     (out / "scores.txt").write_text("".join(f"{-float(s):.6f} {lab} {e} {t}\n" for s, lab, e, t in lines))
-    changed = rerun_metrics(out, ev.p_targets_of(cfg), cfg.dcf_c_miss, cfg.dcf_c_fa, cfg.dcf_p_target)
+    changed = rerun_metrics(run)
     negated = read_scores(out / "scores.txt")
     assert changed["eer_percent"] == tt.compute_metrics(negated.scores, negated.labels)["eer_percent"]
     assert changed["lists"]["list1_2"] == saved["lists"]["list1_2"]
 
     # plot stage: det.png from metrics.json and the score files
     (out / "scores.txt").write_bytes(first["scores.txt"])
-    rerun_metrics(out, ev.p_targets_of(cfg), cfg.dcf_c_miss, cfg.dcf_c_fa, cfg.dcf_p_target)
+    rerun_metrics(run)
     (out / "det.png").unlink()
     assert plot_stage(out) == out / "det.png"
     assert (out / "det.png").read_bytes() == first["det.png"]
@@ -470,9 +472,9 @@ def test_every_stage_reruns_from_its_input_files(corpus, tmp_path, caplog):
     # embed stage: a deleted embeddings file is embedded again, to the same embeddings
     (out / "embeddings.npz").unlink()
     with caplog.at_level("INFO"):
-        embedding.embed_stage(embedder, list(dict.fromkeys(f for t in lists(cfg) for f in t.files)), cfg,
-                              out / "embeddings.npz", embedding.weights_fingerprint(embedder.model.state_dict()),
-                              normalize, "ckpt.model", show_progress=False)
+        embedding.embed_stage(run, embedder, list(dict.fromkeys(f for t in lists(cfg) for f in t.files)),
+                              embedding.weights_fingerprint(embedder.model.state_dict()), normalize,
+                              show_progress=False)
     assert "embedded 7 test files" in caplog.text
     again = embedding.load_npz(out / "embeddings.npz")
     before = np.load(io.BytesIO(first["embeddings.npz"]))

@@ -9,8 +9,8 @@ import pytest
 import averageCheckpoints
 import trainSpeakerNet
 from conftest import tiny_argv
-from dtdysv.evaluation.calibration import cllr
-from dtdysv.evaluation.score import read_scores
+from dtdysv.evaluation.results import read_scores
+from tuneThreshold import cllr
 
 
 @pytest.fixture(scope="module")

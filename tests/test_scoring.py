@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dtdysv.evaluation.score import PROTOCOLS, cohort_statistics, norm_with_statistics, score_trial_list
+from dtdysv.evaluation.normalise import cohort_statistics, norm_with_statistics
+from dtdysv.evaluation.score import PROTOCOLS, score_trial_list
 from tests.scoring_reference import as_norm, normalize_embeddings, s_norm, score_trials
 
 

@@ -1,7 +1,11 @@
-"""The calibration stage (``--calibration_list``, ``--calibration_model``): score files -> calibrated score files
-``<stem>.cal.txt`` (log-likelihood ratios) beside the raw and normalised ones, and the calibration model file.
+"""Score calibration: the calibration model (scores -> log-likelihood ratios) and the calibration stage
+(``--calibration_list``, ``--calibration_model``): score files -> ``<stem>.cal.txt`` llrs beside the raw and normalised
+ones, and ``calibration.json``.
 
-Quality-aware calibration (QMF, as in WeSpeaker's and 3D-Speaker's VoxCeleb recipes; the maths in calibration.py):
+A calibrated score is a log-likelihood ratio, so the Bayes decision for a prior and costs is a fixed threshold
+(``tuneThreshold.bayes_threshold``). Quality-aware calibration (QMF, as in WeSpeaker's and 3D-Speaker's VoxCeleb
+recipes), trained by prior-weighted logistic regression (N. Brümmer, "Measuring, refining and calibrating speaker
+and language information extracted from speech", PhD thesis, Stellenbosch 2010):
 ``llr = w . f + b`` over the features of a trial
 
     score                         the final score: the --score_norm score if any, else the raw score, as written
@@ -22,26 +26,144 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-import torch
+from numpy.typing import ArrayLike
 
-from config import Config
 from dtdysv.data.lists import DataError, TrialList, read_trial_list
-from dtdysv.evaluation.calibration import Calibration, cllr, fit_calibration
-from dtdysv.evaluation.embed import EvalError, load_npz
 from dtdysv.evaluation.normalise import FileStatistics, file_statistics
-from dtdysv.evaluation.score import read_scores, write_scores
+from dtdysv.evaluation.results import (
+    CALIBRATION_FILE,
+    EvalError,
+    EvalRun,
+    ListResult,
+    ScoreNorm,
+    ScoreSet,
+    read_scores,
+    write_scores,
+)
 from dtdysv.runtime.fileio import atomic_write_text
+from tuneThreshold import cllr
 
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "dtdy-sv-calibration"
-MODEL_FILE = "calibration.json"
 PRIOR = 0.5  # the training prior: the logistic-regression objective at 0.5 is Cllr
+
+class Calibration(NamedTuple):
+    """``llr = features @ weights + bias``; ``features`` names each column (stored with the model)."""
+
+    weights: np.ndarray  # (K,)
+    bias: float
+    features: tuple[str, ...]
+
+    def apply(self, features: ArrayLike) -> np.ndarray:
+        """features (N, K) -> llrs (N,)."""
+        f = _features(features, len(self.weights))
+        return f @ self.weights + self.bias
+
+    def to_dict(self) -> dict:
+        return {"weights": [float(w) for w in self.weights], "bias": float(self.bias), "features": list(self.features)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Calibration:
+        try:
+            weights = np.asarray(data["weights"], dtype=np.float64)
+            features = tuple(str(name) for name in data["features"])
+            bias = float(data["bias"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a calibration model (needs weights, bias, features): {err}") from None
+        if weights.ndim != 1 or len(weights) != len(features):
+            raise ValueError(f"a calibration model needs one weight per feature, got {weights.shape} weights for "
+                             f"{len(features)} features")
+        return cls(weights, bias, features)
+
+
+def _features(features: ArrayLike, width: int | None = None) -> np.ndarray:
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim == 1:
+        f = f[:, None]
+    if f.ndim != 2 or (width is not None and f.shape[1] != width):
+        raise ValueError(f"features must be (trials, {width or 'K'}), got shape {f.shape}")
+    if not np.isfinite(f).all():
+        raise ValueError("features contain non-finite values")
+    return f
+
+
+def _labels(labels: ArrayLike, n: int) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.shape != (n,) or not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be {n} values of 0 or 1, got shape {y.shape}")
+    y = y.astype(bool)
+    if y.all() or not y.any():
+        raise ValueError("calibration needs both target (1) and non-target (0) trials")
+    return y
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + exp(x)) without overflow."""
+    return np.logaddexp(0.0, x)
+
+
+def fit_calibration(features: ArrayLike, labels: ArrayLike, names: tuple[str, ...] | None = None,
+                    prior: float = 0.5, l2: float = 1e-6, max_iter: int = 100) -> Calibration:
+    """Prior-weighted logistic regression: the linear map of ``features`` (N, K) to llrs that minimises the
+    cross-entropy at ``prior`` (targets and non-targets weighted ``prior`` and ``1 - prior`` whatever their
+    counts), with a tiny ``l2`` penalty so that separable data has a finite answer. Newton's method on
+    standardised features, with step halving; converges in a few iterations.
+    """
+    f = _features(features)
+    y = _labels(labels, f.shape[0])
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"prior must lie in (0, 1), got {prior}")
+    names = names or tuple(f"f{i}" for i in range(f.shape[1]))
+    if len(names) != f.shape[1]:
+        raise ValueError(f"{len(names)} feature names for {f.shape[1]} features")
+    mean, std = f.mean(axis=0), f.std(axis=0)
+    std[std == 0] = 1.0
+    x = np.hstack([(f - mean) / std, np.ones((f.shape[0], 1))])  # (N, K + 1), the last column the bias
+    weight = np.where(y, prior / y.sum(), (1.0 - prior) / (~y).sum())  # (N,)
+    sign = np.where(y, 1.0, -1.0)
+    offset = logit(prior)
+    penalty = np.full(x.shape[1], l2)
+    penalty[-1] = 0.0
+
+    def objective(theta: np.ndarray) -> float:
+        return float(weight @ _softplus(-sign * (x @ theta + offset)) + 0.5 * penalty @ theta**2)
+
+    theta = np.zeros(x.shape[1])
+    value = objective(theta)
+    for _ in range(max_iter):
+        margin = sign * (x @ theta + offset)
+        p_wrong = 1.0 / (1.0 + np.exp(margin))  # sigmoid(-margin), the derivative of softplus(-margin)
+        grad = -(x.T @ (weight * sign * p_wrong)) + penalty * theta
+        hess = (x.T * (weight * p_wrong * (1.0 - p_wrong))) @ x + np.diag(penalty + 1e-12)
+        step = np.linalg.solve(hess, grad)
+        size = 1.0
+        while size > 1e-8:
+            candidate = theta - size * step
+            new = objective(candidate)
+            if new <= value:
+                break
+            size /= 2
+        else:
+            break
+        theta, done = candidate, value - new < 1e-12
+        value = new
+        if done:
+            break
+    weights = theta[:-1] / std
+    bias = float(theta[-1] - weights @ mean)
+    return Calibration(weights, bias, tuple(names))
+
 
 def ridge(n_trials: int) -> float:
     """The ridge penalty on the standardised features: 1 / n_trials, the per-trial share of scikit-learn's default
@@ -66,33 +188,25 @@ def read_calibration_list(path: str | Path, test_path: str | Path, check_files: 
     return trials
 
 
-def model_path_of(cfg: Config, result_dir: Path) -> Path:
-    return Path(cfg.calibration_model) if cfg.calibration_model else Path(result_dir) / MODEL_FILE
-
-
-def feature_names(score_norm: str, top_n: int) -> tuple[str, ...]:
+def feature_names(score_norm: ScoreNorm, top_n: int) -> tuple[str, ...]:
     """The names of the features for a --score_norm and --norm_top_n."""
-    names = ("score" if score_norm == "none" else f"score_{score_norm}", "log_seconds_enroll", "log_seconds_test")
-    if score_norm == "none":
+    names = ("score" if score_norm == ScoreNorm.NONE else f"score_{score_norm}", "log_seconds_enroll",
+             "log_seconds_test")
+    if score_norm == ScoreNorm.NONE:
         return names
-    cohort = f"cohort_top{top_n}_mean" if score_norm == "asnorm" else "cohort_mean"
+    cohort = f"cohort_top{top_n}_mean" if score_norm == ScoreNorm.ASNORM else "cohort_mean"
     return (*names, f"{cohort}_enroll", f"{cohort}_test")
 
 
-def final_scores_file(entry: Mapping[str, Any]) -> str:
-    """The score file a list's calibration reads: the normalised one if any, else the raw one."""
-    return entry["norm"]["scores_file"] if "norm" in entry else entry["scores_file"]
-
-
-def trial_features(result_dir: Path, entry: Mapping[str, Any], seconds: Mapping[str, float],
+def trial_features(run: EvalRun, item: ListResult, seconds: Mapping[str, float],
                    stats: FileStatistics | None) -> tuple[np.ndarray, TrialList]:
     """The (N, K) features of a list's trials (in ``feature_names`` order) and its trials, from its score file."""
-    scores = read_scores(Path(result_dir) / final_scores_file(entry))
+    scores = read_scores(run.result_dir / item.final().scores_file)
     columns = [scores.scores, *(np.log([seconds[f] for f in side]) for side in (scores.enroll, scores.test))]
     if stats is not None:
         mean = stats.mean.double().cpu().numpy()
         columns += [mean[[stats.index[f] for f in side]] for side in (scores.enroll, scores.test)]
-    trials = TrialList(entry.get("test_list", ""), scores.labels, scores.enroll, scores.test)
+    trials = TrialList(item.trials.path if item.trials else "", scores.labels, scores.enroll, scores.test)
     return np.stack(columns, axis=1), trials
 
 
@@ -131,30 +245,24 @@ def load_model(path: Path, names: tuple[str, ...], settings: Mapping[str, Any]) 
     return model, str(data.get("trained_on", ""))
 
 
-def calibrate_stage(cfg: Config, result_dir: Path, entries: Mapping[str, Mapping[str, Any]],
-                    calibration_name: str | None, device: torch.device) -> dict[str, dict]:
-    """Train the calibration on the list ``calibration_name`` of ``entries`` (None: apply --calibration_model) and
-    write every list's calibrated scores to ``<result_dir>/<stem>.cal.txt``; returns each list's description
-    (method, model, features, trained_on, score, n_trials, scores_file)."""
-    result_dir = Path(result_dir)
-    found = load_npz(result_dir / "embeddings.npz")
-    if found is None or "seconds" not in found[1]:
-        raise EvalError(f"Calibration needs the durations in '{result_dir / 'embeddings.npz'}', which "
-                        f"{'does not exist' if found is None else 'has none (an older version)'}: run --eval without "
-                        f"--score_from_cache.")
-    meta, arrays = found
+def calibrate_stage(run: EvalRun, lists: list[ListResult]) -> None:
+    """Train the calibration on the --calibration_list among ``lists`` (none there: apply --calibration_model) and
+    write every list's calibrated scores to ``<stem>.cal.txt`` (``ListResult.cal``)."""
+    cfg = run.cfg
+    meta, arrays = run.embeddings("Calibration")
+    if "seconds" not in arrays:
+        raise EvalError(f"Calibration needs the durations in '{run.embeddings_file}', which has none (an older "
+                        f"version): run --eval without --score_from_cache.")
     seconds = dict(zip(arrays["names"].tolist(), arrays["seconds"].tolist(), strict=True))
-    stats = None
-    if cfg.score_norm != "none":
-        stats = file_statistics(result_dir / "embeddings.npz", result_dir / "cohort.npz", cfg.score_norm,
-                                cfg.norm_top_n, cfg.mean_subtraction, device)
-    names = feature_names(cfg.score_norm, stats.top_n if stats else cfg.norm_top_n)
-    settings = {"protocol": meta.get("protocol"), "score_norm": cfg.score_norm,
+    stats = file_statistics(run) if run.score_norm != ScoreNorm.NONE else None
+    names = feature_names(run.score_norm, stats.top_n if stats else cfg.norm_top_n)
+    settings = {"protocol": meta.get("protocol"), "score_norm": str(run.score_norm),
                 "norm_top_n": stats.top_n if stats else None, "mean_subtraction": cfg.mean_subtraction}
-    features = {name: trial_features(result_dir, entry, seconds, stats) for name, entry in entries.items()}
-    path = model_path_of(cfg, result_dir)
-    if calibration_name is not None:
-        x, trials = features[calibration_name]
+    features = {item.name: trial_features(run, item, seconds, stats) for item in lists}
+    path = Path(cfg.calibration_model) if cfg.calibration_model else run.result_dir / CALIBRATION_FILE
+    training = next((item for item in lists if item.calibration), None)
+    if training is not None:
+        x, trials = features[training.name]
         model = fit_calibration(x, trials.labels, names, prior=PRIOR, l2=ridge(len(x)))
         train_cllr, raw_cllr = cllr(model.apply(x), trials.labels), cllr(x[:, 0], trials.labels)
         trained_on = cfg.calibration_list
@@ -163,12 +271,10 @@ def calibrate_stage(cfg: Config, result_dir: Path, entries: Mapping[str, Mapping
                  cfg.calibration_list, raw_cllr, train_cllr, path)
     else:
         model, trained_on = load_model(path, names, settings)
-    out = {}
-    for name, entry in entries.items():
-        x, trials = features[name]
-        stem = Path(entry["scores_file"]).stem
-        write_scores(result_dir / f"{stem}.cal.txt", model.apply(x), trials)
-        out[name] = {"method": "calibration", "model": str(path), "features": list(names),
-                     "trained_on": trained_on, "score": final_scores_file(entry),
-                     "n_trials": len(x), "scores_file": f"{stem}.cal.txt"}
-    return out
+    for item in lists:
+        x, trials = features[item.name]
+        out = run.result_dir / f"{item.stem}.cal.txt"
+        write_scores(out, model.apply(x), trials)
+        item.cal = ScoreSet(out.name, {"method": "calibration", "model": str(path), "features": list(names),
+                                       "trained_on": trained_on, "score": item.final().scores_file,
+                                       "n_trials": len(x)})

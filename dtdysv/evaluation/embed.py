@@ -1,12 +1,6 @@
-"""The embed stage: audio files -> an embeddings file (``embeddings.npz``, a cache reused while it fits), and
-``--extract`` of a file list to a .npz.
-
-Protocols, named in every file and result:
-- ``paper`` (``eval_frames`` > 0): ``num_eval`` evenly spaced crops of ``eval_frames`` frames per file; crop
-  embeddings L2-normalised when the loss says so (``test_normalize``); trial score = minus the mean Euclidean
-  distance over the num_eval x num_eval crop pairs (DTDY-CNN, arXiv 2203.15277; voxceleb_trainer).
-- ``whole`` (``eval_frames`` 0): one embedding per whole utterance, cosine score. Only files of exactly equal length
-  are batched together (no padding, no cropping), so every embedding is that of the file alone.
+"""The embed stage: audio files -> ``embeddings.npz`` (a cache reused while it fits), and ``--extract`` of a file
+list to a .npz. For whole utterances only files of exactly equal length are batched together (no padding, no
+cropping), so every embedding is that of the file alone.
 
 An embeddings file holds 'names' (F,), 'embeddings' float32 (F, C, nOut) exactly as the model outputs them
 (C = num_eval crops, or 1 for whole utterances), 'seconds' (F,) float64 (each file's duration, for calibration)
@@ -16,11 +10,9 @@ settings, test_normalize); it is all the score and normalisation stages need.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +21,20 @@ import soundfile
 import torch
 from torch.utils.data import DataLoader
 
-from config import MODEL_KEYS, Config
+from config import Config
 from DatasetLoader import TestDataset
 from dtdysv.data.audio import crop_samples
 from dtdysv.data.lists import DataError
-from dtdysv.errors import UserError
-from dtdysv.runtime import checkpoint as ckpt
-from dtdysv.runtime.fileio import atomic_path
+from dtdysv.evaluation.results import (
+    EvalError,
+    EvalRun,
+    differences,
+    identity,
+    load_npz,
+    protocol_of,
+    save_npz,
+    weights_fingerprint,
+)
 from dtdysv.runtime.setup import loader_workers
 from SpeakerNet import Embedder
 
@@ -43,78 +42,6 @@ log = logging.getLogger(__name__)
 
 CROPS_PER_BATCH = 64  # paper protocol: test crops embedded together
 WHOLE_BATCH_SAMPLES = CROPS_PER_BATCH * crop_samples(400)  # whole utterances: samples per batch at most
-CACHE_FORMAT = "dtdy-sv-embeddings"
-
-
-class EvalError(UserError):
-    pass
-
-
-def protocol_of(eval_frames: int, num_eval: int) -> dict[str, Any]:
-    """The embedding protocol as recorded in results and caches: name, scoring, crops, description."""
-    if eval_frames > 0:
-        return {"name": "paper", "scoring": "paper", "eval_frames": eval_frames, "num_eval": num_eval,
-                "detail": f"{num_eval} crops of {eval_frames} frames per file, score = -mean Euclidean "
-                          f"distance over the {num_eval}x{num_eval} crop pairs"}
-    return {"name": "whole", "scoring": "cosine", "eval_frames": 0, "num_eval": 1,
-            "detail": "whole utterances, cosine score"}
-
-
-def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-1 of a model state dict (names, shapes and values), whatever device it lives on."""
-    digest = hashlib.sha1()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
-            tensor = tensor.float()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def checkpoint_fingerprint(path: str | Path, cfg: Config) -> str:
-    """``weights_fingerprint`` of the model weights in a checkpoint file (ours or the official format)."""
-    obj = ckpt.read(path)
-    if obj.get("format") == ckpt.FORMAT:
-        return weights_fingerprint(obj["model"])
-    import plugins  # only an official checkpoint needs the model's parameter names
-
-    model_sd, _, _ = ckpt.split_weights(obj, path, plugins.build("model", cfg.model, cfg).state_dict())
-    return weights_fingerprint(model_sd)
-
-
-def identity(cfg: Config, weights: str | None) -> dict[str, Any]:
-    """What an embeddings file must agree on to be reused (``weights`` None: any weights)."""
-    proto = protocol_of(cfg.eval_frames, cfg.num_eval)
-    return {"format": CACHE_FORMAT, "version": 1, "protocol": proto["name"], "eval_frames": proto["eval_frames"],
-            "num_eval": proto["num_eval"], "model": {k: getattr(cfg, k) for k in MODEL_KEYS}, "weights": weights}
-
-
-def differences(meta: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
-    """'key: cached x, now y' for every expected value (not None) that ``meta`` does not hold."""
-    return [f"{key}: cached {meta.get(key)!r}, now {value!r}" for key, value in expected.items()
-            if value is not None and meta.get(key) != value]
-
-
-def save_npz(path: str | Path, meta: Mapping[str, Any], **arrays: np.ndarray) -> None:
-    """np.savez (uncompressed) of ``arrays`` and the JSON ``meta``, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-
-
-def load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """(meta, arrays) of an embeddings, cohort or --extract file; None if absent or unreadable (logged)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-        return json.loads(str(arrays.pop("meta"))), arrays
-    except (OSError, ValueError, KeyError) as err:
-        log.warning("cannot read '%s' (%s); ignoring it", path, err)
-        return None
-
 
 def _audio_info(path: Path) -> tuple[int, int]:
     """(frames, sample rate) of an audio file, from its header."""
@@ -164,11 +91,12 @@ def embed_files(embedder: Embedder, files: Sequence[str], root: str | Path, cfg:
     return embeddings
 
 
-def embed_stage(embedder: Embedder, files: Sequence[str], cfg: Config, path: Path, weights: str, normalize: bool,
-                checkpoint: str | Path | None = None, show_progress: bool = True) -> None:
-    """Make the embeddings file ``path`` hold every one of ``files`` (under --test_path): rows of a fitting file are
-    reused, the others embedded, and the file (the union) rewritten by rank 0. A file of other weights, protocol,
-    model or test_path is rebuilt. Under DDP every rank takes part in the embedding."""
+def embed_stage(run: EvalRun, embedder: Embedder, files: Sequence[str], weights: str, normalize: bool,
+                show_progress: bool = True) -> None:
+    """Make embeddings.npz hold every one of ``files`` (under --test_path): rows of a fitting file are reused, the
+    others embedded, and the file (the union) rewritten by rank 0. A file of other weights, protocol, model or
+    test_path is rebuilt. Under DDP every rank takes part in the embedding."""
+    cfg, path, checkpoint = run.cfg, run.embeddings_file, run.checkpoint
     expected = {**identity(cfg, weights), "test_path": str(Path(cfg.test_path).resolve())}
     names: list[str] = []
     table: torch.Tensor | None = None

@@ -1,48 +1,36 @@
-"""The metrics stage: score files -> ``metrics.json`` (EER, voxceleb_trainer's EER, minDCF: tuneThreshold; Cllr
-and actual DCF: calibration.py).
+"""The metrics stage: score files -> ``metrics.json`` (all maths in tuneThreshold.py).
 
 metrics.json holds the first list's description and metrics at the top level, with several lists also
 "lists": {name: ...}; normalised scores have their own under "norm", calibrated scores (llrs) under "cal"; an
 unlabeled list has no metrics. Cllr (``cllr_bits``) and the actual DCF (``act_dcf_p<p>``, deciding at the Bayes
 threshold of the scores read as llrs) are reported for every score file, so that the gain of calibration shows
-against the raw and normalised scores, which are not llrs. The metrics are
-computed from the score files as written, so ``rerun_metrics`` recomputes the same metrics.json from them alone.
+against the raw and normalised scores, which are not llrs. The metrics are computed from the score files as
+written, so ``rerun_metrics`` recomputes the same metrics.json from them alone.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from dtdysv.evaluation.calibration import actual_dcf, cllr
-from dtdysv.evaluation.score import read_scores
-from dtdysv.runtime.fileio import atomic_write_text
-from tuneThreshold import compute_metrics
+from dtdysv.evaluation.results import (
+    EvalRun,
+    ListResult,
+    ScoreSet,
+    entries_of,
+    read_metrics,
+    read_scores,
+    write_metrics,
+)
+from tuneThreshold import actual_dcf, cllr, compute_metrics
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 _COMPUTED = ("eer_percent", "eer_threshold", "eer_vt_percent", "dcf_c_miss", "dcf_c_fa", "n_target", "n_nontarget",
              "cllr_bits")
-SUB_ENTRIES = ("norm", "cal")  # normalised and calibrated scores of a list
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no infinity: non-finite floats (e.g. a reject-all threshold) become null."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
-
-
-def _description(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """An entry without its computed metrics (and without "norm", "cal")."""
-    return {k: v for k, v in entry.items()
-            if k not in SUB_ENTRIES and k not in _COMPUTED and not k.startswith(("min_dcf_p", "act_dcf_p"))}
+PURPOSE_CALIBRATION = {"purpose": "calibration"}  # marks the --calibration_list: its figures are training figures
 
 
 def _summary(entry: Mapping[str, Any], p: float) -> str:
@@ -53,51 +41,51 @@ def _summary(entry: Mapping[str, Any], p: float) -> str:
             f"{entry['cllr_bits']:.4f}, actDCF {entry[f'act_dcf_p{float(p)}']:.4f} (p={p:g})")
 
 
-def _with_metrics(entry: Mapping[str, Any], result_dir: Path, p_targets: Sequence[float], c_miss: float,
-                  c_fa: float) -> dict[str, Any]:
-    out = _description(entry)
-    scores = read_scores(result_dir / out["scores_file"])
+def _with_metrics(run: EvalRun, scores_set: ScoreSet) -> dict[str, Any]:
+    out = scores_set.description()
+    scores = read_scores(run.result_dir / scores_set.scores_file)
     if scores.labels is not None:
-        out.update(compute_metrics(scores.scores, scores.labels, p_targets, c_miss, c_fa))
+        cfg = run.cfg
+        out.update(compute_metrics(scores.scores, scores.labels, run.p_targets, cfg.dcf_c_miss, cfg.dcf_c_fa))
         out["cllr_bits"] = cllr(scores.scores, scores.labels)
-        out.update({f"act_dcf_p{float(p)}": actual_dcf(scores.scores, scores.labels, p, c_miss, c_fa)
-                    for p in p_targets})
+        out.update({f"act_dcf_p{float(p)}": actual_dcf(scores.scores, scores.labels, p, cfg.dcf_c_miss, cfg.dcf_c_fa)
+                    for p in run.p_targets})
     return out
 
 
-def metrics_stage(result_dir: Path, entries: Mapping[str, Mapping[str, Any]], checkpoint: str | Path | None,
-                  p_targets: Sequence[float], c_miss: float, c_fa: float, p_report: float) -> dict[str, Any]:
-    """Metrics of every list (``entries``: name -> description with "scores_file" and optionally "norm") from its
-    score files; writes ``<result_dir>/metrics.json`` and returns its content. ``p_report``: the p_target logged."""
-    lists: dict[str, dict[str, Any]] = {}
-    for name, entry in entries.items():
-        lists[name] = _with_metrics(entry, result_dir, p_targets, c_miss, c_fa)
-        log.info("%s: %s", name, _summary(lists[name], p_report))
-        for key in SUB_ENTRIES:
-            if key in entry:
-                lists[name][key] = _with_metrics(entry[key], result_dir, p_targets, c_miss, c_fa)
-                log.info("%s, %s: %s", name, entry[key].get("method", key), _summary(lists[name][key], p_report))
-    metrics = {**next(iter(lists.values())), "checkpoint": str(checkpoint or "")}
-    if len(lists) > 1:
-        metrics["lists"] = lists
-    atomic_write_text(result_dir / METRICS_FILE, json.dumps(_finite(metrics), indent=2) + "\n")
+def metrics_stage(run: EvalRun, lists: list[ListResult]) -> dict[str, Any]:
+    """Metrics of every score file of every list; writes metrics.json and returns its content."""
+    p_report = run.cfg.dcf_p_target
+    entries: dict[str, dict[str, Any]] = {}
+    for item in lists:
+        entry = _with_metrics(run, item.raw)
+        what = f"{item.name} (calibration list: training figures)" if item.calibration else item.name
+        log.info("%s: %s", what, _summary(entry, p_report))
+        if item.calibration:
+            entry.update(PURPOSE_CALIBRATION)
+        for key, part in (("norm", item.norm), ("cal", item.cal)):
+            if part is not None:
+                entry[key] = _with_metrics(run, part)
+                log.info("%s, %s: %s", what, part.info.get("method", key), _summary(entry[key], p_report))
+        entries[item.name] = entry
+    metrics = {**next(iter(entries.values())), "checkpoint": str(run.checkpoint or "")}
+    if len(entries) > 1:
+        metrics["lists"] = entries
+    write_metrics(run.result_dir, metrics)
     return metrics
 
 
-def read_metrics(result_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(result_dir) / METRICS_FILE).read_text())
+def _score_set(entry: Mapping[str, Any]) -> ScoreSet:
+    """A score file's description in metrics.json without its computed metrics."""
+    info = {k: v for k, v in entry.items() if k not in ("norm", "cal", "purpose", "scores_file")
+            and k not in _COMPUTED and not k.startswith(("min_dcf_p", "act_dcf_p"))}
+    return ScoreSet(entry["scores_file"], info)
 
 
-def entries_of(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """name -> entry of every list of a metrics.json (the top level is the first list)."""
-    if "lists" in metrics:
-        return dict(metrics["lists"])
-    first = {k: v for k, v in metrics.items() if k != "checkpoint"}
-    return {Path(first["test_list"]).stem or "list": first}
-
-
-def rerun_metrics(result_dir: Path, p_targets: Sequence[float], c_miss: float, c_fa: float,
-                  p_report: float) -> dict[str, Any]:
+def rerun_metrics(run: EvalRun) -> dict[str, Any]:
     """metrics.json again from the score files it names (e.g. after editing or recalibrating them)."""
-    old = read_metrics(result_dir)
-    return metrics_stage(Path(result_dir), entries_of(old), old.get("checkpoint"), p_targets, c_miss, c_fa, p_report)
+    old = read_metrics(run.result_dir)
+    lists = [ListResult(name, Path(entry["scores_file"]).stem, None, entry.get("purpose") == "calibration",
+                        _score_set(entry), *(_score_set(entry[k]) if k in entry else None for k in ("norm", "cal")))
+             for name, entry in entries_of(old).items()]
+    return metrics_stage(EvalRun(run.cfg, run.result_dir, run.device, old.get("checkpoint") or run.checkpoint), lists)

@@ -1,5 +1,5 @@
-"""Score normalisation stages (``--score_norm asnorm|snorm``): the cohort stage (train list -> ``cohort.npz``) and
-the norm stage (embeddings file + cohort file + trial lists -> ``<stem>.<norm>.txt`` beside the raw scores).
+"""Score normalisation (``--score_norm asnorm|snorm``, as in WeSpeaker): its maths, the cohort stage (train list ->
+``cohort.npz``) and the norm stage (embeddings.npz + cohort.npz + trial lists -> ``<stem>.<norm>.txt``).
 
 The cohort is one vector per training speaker (``--train_list``): the mean of the L2-normalised crop-mean
 embeddings of ``norm_cohort_utts`` utterances spread over its list entries. Cohort scores are cosines, so the score
@@ -18,30 +18,35 @@ either cohort is computed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from config import Config
-from dtdysv.data.lists import TrialList, read_train_list
-from dtdysv.evaluation.embed import EvalError, differences, embed_files, identity, load_npz, save_npz
-from dtdysv.evaluation.score import (
+from dtdysv.data.lists import read_train_list
+from dtdysv.evaluation.embed import embed_files
+from dtdysv.evaluation.results import (
+    EvalError,
+    EvalRun,
+    ListResult,
+    ScoreNorm,
+    ScoreSet,
     check_finite,
-    cohort_statistics,
-    norm_with_statistics,
-    score_stems,
-    score_trial_list,
+    differences,
+    identity,
+    load_npz,
+    save_npz,
     write_scores,
 )
+from dtdysv.evaluation.score import score_trial_list
 from SpeakerNet import Embedder
 
 log = logging.getLogger(__name__)
 
-NORMS = ("asnorm", "snorm")
 NORM_SCORE = "cosine of the L2-normalised crop-mean embeddings"
 
 
@@ -67,38 +72,16 @@ def speaker_vectors(file_means: torch.Tensor, owner: torch.Tensor, n_speakers: i
     return cohort / torch.bincount(owner, minlength=n_speakers).to(cohort).unsqueeze(1)
 
 
-def cohort_file_means(cohort_arrays: dict[str, np.ndarray], cohort_file: Path) -> torch.Tensor:
-    """The (U, D) ``crop_means`` of the cohort files stored in a cohort file."""
-    if "file_means" not in cohort_arrays:
-        raise EvalError(f"The cohort file '{cohort_file}' has no per-file means (an older version): run --eval "
-                        f"without --score_from_cache to rebuild it.")
-    return torch.from_numpy(cohort_arrays["file_means"])
-
-
-def train_mean(cohort_arrays: dict[str, np.ndarray], cohort_file: Path) -> torch.Tensor:
-    """The training-set mean embedding (D,) of --mean_subtraction: the mean of the cohort files' ``crop_means``."""
-    return cohort_file_means(cohort_arrays, cohort_file).double().mean(0).float()
-
-
 def cohort_identity(cfg: Config, weights: str | None, normalize: bool | None) -> dict[str, Any]:
     """What a cohort file must agree on to be reused (None: any)."""
     return {**identity(cfg, weights), "cohort_version": 2, "train_list": str(Path(cfg.train_list).resolve()),
             "norm_cohort_utts": cfg.norm_cohort_utts, "test_normalize": normalize}
 
 
-def load_cohort(cohort_file: Path, why: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(meta, arrays) of a cohort file; ``why`` (the option that needs it) names it in the error if absent."""
-    found = load_npz(cohort_file)
-    if found is None:
-        raise EvalError(f"{why} needs the cohort file '{cohort_file}', which does not exist: run --eval (it writes "
-                        f"it from --train_list).")
-    return found
-
-
-def cohort_stage(embedder: Embedder, cfg: Config, path: Path, weights: str, normalize: bool,
-                 show_progress: bool = True) -> None:
-    """Make ``path`` hold the (M, nOut) speaker vectors of the cohort (see the module docstring); a fitting file
+def cohort_stage(run: EvalRun, embedder: Embedder, weights: str, normalize: bool, show_progress: bool = True) -> None:
+    """Make cohort.npz hold the (M, nOut) speaker vectors of the cohort (see the module docstring); a fitting file
     is kept. Under DDP every rank takes part in the embedding and rank 0 writes."""
+    cfg, path = run.cfg, run.cohort_file
     train_list = Path(cfg.train_list)
     stat = train_list.stat() if train_list.is_file() else None
     expected = {**cohort_identity(cfg, weights, normalize),
@@ -128,6 +111,43 @@ def cohort_stage(embedder: Embedder, cfg: Config, path: Path, weights: str, norm
                  embeddings=cohort.numpy(), file_means=means.numpy(), owner=owner_t.numpy())
 
 
+@torch.no_grad()
+def cohort_statistics(emb: Tensor, cohort: Tensor, top_n: int, chunk_size: int = 4096) -> tuple[Tensor, Tensor]:
+    """Mean and (population) std of each embedding's top_n cosine scores against the cohort.
+
+    emb (U, D), cohort (M, D) -> mean (U,), std (U,); top_n = M uses the whole cohort.
+    """
+    if emb.dim() != 2 or cohort.dim() != 2 or emb.shape[1] != cohort.shape[1]:
+        raise ValueError(f"need emb (U, D) and cohort (M, D), got {tuple(emb.shape)} and {tuple(cohort.shape)}")
+    if not 2 <= top_n <= cohort.shape[0]:
+        raise ValueError(f"top_n must be in [2, cohort size {cohort.shape[0]}], got {top_n}")
+    cohort_t = F.normalize(cohort, dim=-1).T  # (D, M)
+    means, stds = [], []
+    for start in range(0, emb.shape[0], chunk_size):
+        sims = F.normalize(emb[start : start + chunk_size], dim=-1) @ cohort_t  # (u, M)
+        if top_n < cohort.shape[0]:
+            sims = sims.topk(top_n, dim=1, sorted=False).values  # (u, top_n)
+        std, mean = torch.std_mean(sims, dim=1, correction=0)
+        means.append(mean)
+        stds.append(std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def norm_with_statistics(
+    scores: Tensor | np.ndarray, mean: Tensor, std: Tensor, enroll_index: Tensor, test_index: Tensor
+) -> Tensor:
+    """AS-norm / S-norm with cohort statistics computed once per file (``cohort_statistics`` of a file table).
+
+    scores (N,); mean, std (F,) of each file's cohort scores; enroll_index, test_index (N,) rows of each trial's
+    files -> 0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t), (N,), in the dtype of ``scores``.
+    """
+    s = torch.as_tensor(scores)
+    std = std.clamp_min(torch.finfo(std.dtype).eps)
+    mean_e, std_e = mean[enroll_index].to(s), std[enroll_index].to(s)
+    mean_t, std_t = mean[test_index].to(s), std[test_index].to(s)
+    return 0.5 * ((s - mean_e) / std_e + (s - mean_t) / std_t)
+
+
 class FileStatistics(NamedTuple):
     """Every embedded file's unit vector and cohort statistics: index {file: row}, vectors (F, D), mean and std
     (F,) of its top_n cosine scores against the cohort."""
@@ -141,20 +161,18 @@ class FileStatistics(NamedTuple):
     cohort_meta: dict[str, Any]
 
 
-def file_statistics(embeddings_file: Path, cohort_file: Path, method: str, top_n: int, mean_subtraction: bool,
-                    device: torch.device) -> FileStatistics:
-    """The cohort statistics of every file of the embeddings file (``method`` asnorm: its ``top_n`` highest
-    cohort scores; snorm: the whole cohort), with the training-set mean subtracted if ``mean_subtraction``."""
-    if method not in NORMS:
-        raise EvalError(f"Unknown score normalisation {method!r}; valid: {', '.join(NORMS)}.")
-    found = load_npz(embeddings_file)
-    if found is None:
-        raise EvalError(f"--score_norm {method} needs the embeddings file '{embeddings_file}', which does not exist.")
-    (meta, arrays), (cohort_meta, cohort_arrays) = found, load_cohort(cohort_file, f"--score_norm {method}")
-    mean = train_mean(cohort_arrays, cohort_file).to(device) if mean_subtraction else None
-    cohort = speaker_vectors(cohort_file_means(cohort_arrays, cohort_file).to(device),
+def file_statistics(run: EvalRun) -> FileStatistics:
+    """The cohort statistics of every file of embeddings.npz (asnorm: its --norm_top_n highest cohort scores;
+    snorm: the whole cohort), with the training-set mean subtracted under --mean_subtraction."""
+    method, device = run.score_norm, run.device
+    if method == ScoreNorm.NONE:
+        raise EvalError("Cohort statistics need --score_norm asnorm or snorm.")
+    why = f"--score_norm {method}"
+    (meta, arrays), (cohort_meta, cohort_arrays) = run.embeddings(why), run.cohort(why)
+    mean = run.train_mean().to(device) if run.cfg.mean_subtraction else None
+    cohort = speaker_vectors(torch.from_numpy(cohort_arrays["file_means"]).to(device),
                              torch.from_numpy(cohort_arrays["owner"]), len(cohort_arrays["names"]), mean)
-    top_n = cohort.shape[0] if method == "snorm" else top_n
+    top_n = cohort.shape[0] if method == ScoreNorm.SNORM else run.cfg.norm_top_n
     if not 2 <= top_n <= cohort.shape[0]:
         raise EvalError(f"--norm_top_n {top_n} needs a cohort of at least that many (and 2) speakers; "
                         f"--train_list '{cohort_meta.get('train_list')}' has {cohort.shape[0]}. Lower --norm_top_n, "
@@ -166,25 +184,22 @@ def file_statistics(embeddings_file: Path, cohort_file: Path, method: str, top_n
     return FileStatistics(index, vectors, file_mean, file_std, top_n, cohort.shape[0], cohort_meta)
 
 
-def norm_stage(embeddings_file: Path, cohort_file: Path, trial_lists: Sequence[TrialList], result_dir: Path,
-               method: str, top_n: int, device: torch.device, mean_subtraction: bool = False) -> dict[str, dict]:
-    """Normalise the cosine scores of every list (``method`` asnorm with the ``top_n`` highest cohort scores, or
-    snorm with the whole cohort; the training-set mean subtracted first if ``mean_subtraction``) into
-    ``<result_dir>/<stem>.<method>.txt``; returns each list's description (method, score, top_n, cohort_speakers,
-    cohort_utts_per_speaker, mean_subtraction, n_trials, scores_file)."""
-    stats = file_statistics(embeddings_file, cohort_file, method, top_n, mean_subtraction, device)
-    entries = {}
-    for trials, (name, stem) in zip(trial_lists, score_stems(trial_lists).items(), strict=True):
+def norm_stage(run: EvalRun, lists: list[ListResult]) -> None:
+    """Normalise the cosine scores of every list (see the module docstring) into ``<stem>.<norm>.txt``
+    (``ListResult.norm``)."""
+    stats = file_statistics(run)
+    method = str(run.score_norm)
+    for item in lists:
+        trials = item.trials
         pairs = list(zip(trials.enroll, trials.test, strict=True))
-        cosine = torch.from_numpy(score_trial_list((stats.index, stats.vectors), pairs, "cosine")).to(device)
-        rows = [torch.tensor([stats.index[f] for f in side], dtype=torch.long, device=device)
+        cosine = torch.from_numpy(score_trial_list((stats.index, stats.vectors), pairs, "cosine")).to(run.device)
+        rows = [torch.tensor([stats.index[f] for f in side], dtype=torch.long, device=run.device)
                 for side in (trials.enroll, trials.test)]
         normed = norm_with_statistics(cosine, stats.mean, stats.std, *rows).cpu().numpy()
         check_finite(normed, trials)
-        write_scores(result_dir / f"{stem}.{method}.txt", normed, trials)
-        entries[name] = {"method": method, "score": NORM_SCORE, "top_n": stats.top_n,
-                         "cohort_speakers": stats.cohort_speakers,
-                         "cohort_utts_per_speaker": stats.cohort_meta.get("norm_cohort_utts"),
-                         "mean_subtraction": mean_subtraction, "n_trials": len(normed),
-                         "scores_file": f"{stem}.{method}.txt"}
-    return entries
+        path = run.result_dir / f"{item.stem}.{method}.txt"
+        write_scores(path, normed, trials)
+        item.norm = ScoreSet(path.name, {"method": method, "score": NORM_SCORE, "top_n": stats.top_n,
+                                         "cohort_speakers": stats.cohort_speakers,
+                                         "cohort_utts_per_speaker": stats.cohort_meta.get("norm_cohort_utts"),
+                                         "mean_subtraction": run.cfg.mean_subtraction, "n_trials": len(normed)})

@@ -9,12 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from dtdysv.evaluation.metrics import entries_of, read_metrics
-from dtdysv.evaluation.score import read_scores
+from dtdysv.evaluation.results import DET_FILE, entries_of, read_metrics, read_scores
 from dtdysv.runtime.fileio import atomic_path
 from tuneThreshold import det_curve, rates_at
-
-DET_FILE = "det.png"
 
 
 def _thin(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

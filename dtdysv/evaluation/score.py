@@ -1,24 +1,12 @@
-"""Trial scoring: the maths (pure torch, no model, no device choice), the score files, and the score stage
-(embeddings file + trial lists -> score files).
+"""The score stage (embeddings.npz + trial lists -> score files) and its maths (pure torch, no device choice).
 
 Scoring protocols (``PROTOCOLS``):
 - "paper": the score of voxceleb_trainer and of DTDY-CNN (Kim, Nam, Park, "Decomposed Temporal Dynamic CNN",
   arXiv 2203.15277): minus the mean Euclidean distance over all C x C pairs of enrollment and test crops.
 - "cosine": cosine similarity of the crop-mean embeddings (the whole-utterance protocol uses C = 1).
 
-The "paper" score is computed with ||e - t||^2 = |e|^2 + |t|^2 - 2 e.t (one batched matrix product per chunk of
-trials) in the precision of the inputs (float32 embeddings: float32); pairs whose squared distance is below
-``NEAR_DISTANCE`` times |e|^2 + |t|^2, where that form loses its precision to cancellation, are recomputed as direct
-differences. ``score_trial_list`` gathers the embeddings of a few hundred trials at a time into reused buffers that
-stay in cache, which is what makes scoring fast (VoxCeleb1-O, 37,611 trials x 10 x 10 crops: ~0.5 s on one
-busy CPU core, 17x faster than gathering all trials in float64; bench/eval_speed.py).
-
-Score normalisation maths (``cohort_statistics``, ``norm_with_statistics``): AS-norm (adaptive, top-N cohort) and
-S-norm (whole cohort), with cosine scores against the cohort, as in WeSpeaker (normalisation.py runs them). The
-maths runs on the device of the tensors it is given.
-
-A score file has one line per trial, 'score label enroll test' ('score enroll test' for an unlabeled list), the
-score with 6 decimals; the metrics are computed from the files as written, so they can be recomputed from them.
+The "paper" score uses ||e - t||^2 = |e|^2 + |t|^2 - 2 e.t, one batched matrix product per chunk of trials,
+gathered into reused buffers that stay in cache; pairs where that form loses its precision are recomputed directly.
 """
 
 from __future__ import annotations
@@ -26,17 +14,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dtdysv.data.lists import TrialList
-from dtdysv.evaluation.embed import EvalError, load_npz, protocol_of
-from dtdysv.runtime.fileio import atomic_write_text
+from dtdysv.evaluation.results import EvalRun, ListResult, ScoreSet, check_finite, protocol_of, write_scores
 
 log = logging.getLogger(__name__)
 
@@ -143,136 +127,34 @@ def score_trial_list(
     return out.cpu().double().numpy()
 
 
-@torch.no_grad()
-def cohort_statistics(emb: Tensor, cohort: Tensor, top_n: int, chunk_size: int = 4096) -> tuple[Tensor, Tensor]:
-    """Mean and (population) std of each embedding's top_n cosine scores against the cohort.
+def score_stage(run: EvalRun, lists: list[ListResult]) -> None:
+    """Score every list from embeddings.npz, by the protocol it records, into ``<stem>.txt`` (``ListResult.raw``).
 
-    emb (U, D), cohort (M, D) -> mean (U,), std (U,); top_n = M uses the whole cohort.
+    With --mean_subtraction the training-set mean embedding is subtracted from every crop as the scoring sees it
+    (L2-normalised if the loss says so), which is then L2-normalised again if the loss says so.
     """
-    if emb.dim() != 2 or cohort.dim() != 2 or emb.shape[1] != cohort.shape[1]:
-        raise ValueError(f"need emb (U, D) and cohort (M, D), got {tuple(emb.shape)} and {tuple(cohort.shape)}")
-    if not 2 <= top_n <= cohort.shape[0]:
-        raise ValueError(f"top_n must be in [2, cohort size {cohort.shape[0]}], got {top_n}")
-    cohort_t = F.normalize(cohort, dim=-1).T  # (D, M)
-    means, stds = [], []
-    for start in range(0, emb.shape[0], chunk_size):
-        sims = F.normalize(emb[start : start + chunk_size], dim=-1) @ cohort_t  # (u, M)
-        if top_n < cohort.shape[0]:
-            sims = sims.topk(top_n, dim=1, sorted=False).values  # (u, top_n)
-        std, mean = torch.std_mean(sims, dim=1, correction=0)
-        means.append(mean)
-        stds.append(std)
-    return torch.cat(means), torch.cat(stds)
-
-
-def norm_with_statistics(
-    scores: Tensor | np.ndarray, mean: Tensor, std: Tensor, enroll_index: Tensor, test_index: Tensor
-) -> Tensor:
-    """AS-norm / S-norm with cohort statistics computed once per file (``cohort_statistics`` of a file table).
-
-    scores (N,); mean, std (F,) of each file's cohort scores; enroll_index, test_index (N,) rows of each trial's
-    files -> 0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t), (N,), in the dtype of ``scores``.
-    """
-    s = torch.as_tensor(scores)
-    std = std.clamp_min(torch.finfo(std.dtype).eps)
-    mean_e, std_e = mean[enroll_index].to(s), std[enroll_index].to(s)
-    mean_t, std_t = mean[test_index].to(s), std[test_index].to(s)
-    return 0.5 * ((s - mean_e) / std_e + (s - mean_t) / std_t)
-
-
-# ---- score files and the score stage ------------------------------------------------------------------------------
-
-
-@dataclass
-class ScoreFile:
-    """The trials of a score file: scores (N,) float64, labels (N,) int64 or None (unlabeled), file names."""
-
-    scores: np.ndarray
-    labels: np.ndarray | None
-    enroll: list[str]
-    test: list[str]
-
-
-def write_scores(path: Path, scores: np.ndarray, trials: TrialList) -> None:
-    """One line per trial: 'score label enroll test' (no label column for an unlabeled list), atomically."""
-    if trials.labels is None:
-        lines = [f"{s:.6f} {e} {t}" for s, e, t in zip(scores, trials.enroll, trials.test, strict=True)]
-    else:
-        lines = [f"{s:.6f} {lab} {e} {t}"
-                 for s, lab, e, t in zip(scores, trials.labels, trials.enroll, trials.test, strict=True)]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def read_scores(path: Path) -> ScoreFile:
-    """A score file of ``write_scores``."""
-    rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
-    width = {len(r) for r in rows}
-    if not rows or len(width) != 1 or width.pop() not in (3, 4):
-        raise EvalError(f"Score file '{path}' must have 'score label enroll test' or 'score enroll test' lines, the "
-                        f"same on every line.")
-    labeled = len(rows[0]) == 4
-    return ScoreFile(np.array([float(r[0]) for r in rows]), np.array([int(r[1]) for r in rows]) if labeled else None,
-                     [r[-2] for r in rows], [r[-1] for r in rows])
-
-
-def list_names(trial_lists: Sequence[TrialList]) -> list[str]:
-    """A distinct name per list: the file stem, with _2, _3 ... for repeats."""
-    names: list[str] = []
-    for trials in trial_lists:
-        base = Path(trials.path).stem or "list"
-        name, k = base, 2
-        while name in names:
-            name, k = f"{base}_{k}", k + 1
-        names.append(name)
-    return names
-
-
-def score_stems(trial_lists: Sequence[TrialList]) -> dict[str, str]:
-    """List name -> score file stem: 'scores' for the first list, 'scores_<name>' for every further one."""
-    return {name: "scores" if i == 0 else f"scores_{name}" for i, name in enumerate(list_names(trial_lists))}
-
-
-def check_finite(scores: np.ndarray, trials: TrialList) -> None:
-    if not np.isfinite(scores).all():
-        raise EvalError(f"{int((~np.isfinite(scores)).sum())} of {len(scores)} scores of '{trials.path}' are not "
-                        f"finite: the model's embeddings contain NaN or inf (diverged or corrupt weights?).")
-
-
-def score_stage(embeddings_file: Path, trial_lists: Sequence[TrialList], result_dir: Path,
-                device: torch.device, mean: Tensor | None = None) -> dict[str, dict]:
-    """Score every list from the embeddings file (by the protocol it records) into ``<result_dir>/<stem>.txt``.
-
-    ``mean`` (D,): the training-set mean embedding (--mean_subtraction), subtracted from every crop as the scoring
-    sees it (L2-normalised if the loss says so), which is then L2-normalised again if the loss says so.
-    Returns each list's description for metrics.json: test_list, protocol, protocol_detail, mean_subtraction,
-    n_files, n_trials, scores_file. Every file of the lists must be in the embeddings file (``ValueError`` names
-    one that is not).
-    """
-    found = load_npz(embeddings_file)
-    if found is None:
-        raise EvalError(f"There is no embeddings file '{embeddings_file}' to score from; run --eval to write it.")
-    meta, arrays = found
+    meta, arrays = run.embeddings("Scoring")
     proto = protocol_of(int(meta["eval_frames"]), int(meta["num_eval"]))
     index = {name: i for i, name in enumerate(arrays["names"].tolist())}
-    table = torch.from_numpy(arrays["embeddings"]).to(device)
+    table = torch.from_numpy(arrays["embeddings"]).to(run.device)
     normalize = bool(meta.get("test_normalize", True))
     crops = F.normalize(table, dim=-1) if normalize else table
     detail = proto["detail"]
-    if mean is not None:
-        crops = crops - mean.to(crops)
+    if run.cfg.mean_subtraction:
+        crops = crops - run.train_mean().to(crops)
         crops = F.normalize(crops, dim=-1) if normalize else crops
         detail += ", after subtracting the training-set mean embedding"
-    batch = 256 if device.type == "cpu" else 4096
-    entries = {}
-    for trials, (name, stem) in zip(trial_lists, score_stems(trial_lists).items(), strict=True):
+    batch = 256 if run.device.type == "cpu" else 4096
+    for item in lists:
+        trials = item.trials
         start = time.perf_counter()
         scores = score_trial_list((index, crops), list(zip(trials.enroll, trials.test, strict=True)),
                                   proto["scoring"], batch_size=batch)
         seconds = time.perf_counter() - start
         check_finite(scores, trials)
-        write_scores(result_dir / f"{stem}.txt", scores, trials)
-        log.info("%s: %d trials scored in %.2f s -> %s", name, len(scores), seconds, result_dir / f"{stem}.txt")
-        entries[name] = {"test_list": trials.path, "protocol": proto["name"], "protocol_detail": detail,
-                         "mean_subtraction": mean is not None, "n_files": len(trials.files), "n_trials": len(scores),
-                         "scores_file": f"{stem}.txt"}
-    return entries
+        path = run.result_dir / f"{item.stem}.txt"
+        write_scores(path, scores, trials)
+        log.info("%s: %d trials scored in %.2f s -> %s", item.name, len(scores), seconds, path)
+        item.raw = ScoreSet(path.name, {"test_list": trials.path, "protocol": proto["name"], "protocol_detail": detail,
+                                        "mean_subtraction": run.cfg.mean_subtraction, "n_files": len(trials.files),
+                                        "n_trials": len(scores)})

@@ -1,0 +1,283 @@
+"""The result folder and its formats, shared by every evaluation stage: the file names, the embeddings container
+(``embeddings.npz``, ``cohort.npz``, ``--extract`` files), score files, the embedding protocol, what a cache must
+agree on to be reused, and the typed record of a list's score files that the stages pass along.
+
+Result folder (``<save_path>/result``):
+  scores.txt, scores_<stem>.txt     'score label enroll test' (no label column for an unlabeled list) of the first /
+                                    every further list; normalised: scores*.<norm>.txt; calibrated: scores*.cal.txt
+  calibration.json                  the calibration model (--calibration_list / --calibration_model)
+  metrics.json, det.png             the metrics of every labelled score file; their DET curves
+  embeddings.npz, cohort.npz        'names', 'embeddings' (float32, as the model outputs them), 'meta' (JSON)
+
+Protocols, named in every file and result:
+- ``paper`` (``eval_frames`` > 0): ``num_eval`` evenly spaced crops of ``eval_frames`` frames per file, score =
+  minus the mean Euclidean distance over the crop pairs (DTDY-CNN, arXiv 2203.15277; voxceleb_trainer).
+- ``whole`` (``eval_frames`` 0): one embedding per whole utterance, cosine score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from config import MODEL_KEYS, Config
+from dtdysv.data.lists import TrialList
+from dtdysv.errors import UserError
+from dtdysv.runtime import checkpoint as ckpt
+from dtdysv.runtime.fileio import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS_FILE, COHORT_FILE = "embeddings.npz", "cohort.npz"
+METRICS_FILE, DET_FILE, CALIBRATION_FILE = "metrics.json", "det.png", "calibration.json"
+CACHE_FORMAT = "dtdy-sv-embeddings"
+
+
+class EvalError(UserError):
+    pass
+
+
+class ScoreNorm(StrEnum):
+    """--score_norm: none, AS-norm (the top --norm_top_n cohort scores) or S-norm (the whole cohort)."""
+
+    NONE = "none"
+    ASNORM = "asnorm"
+    SNORM = "snorm"
+
+
+@dataclass
+class ScoreSet:
+    """One score file of a list and its description in metrics.json (protocol, normalisation or calibration)."""
+
+    scores_file: str
+    info: dict[str, Any]
+
+    def description(self) -> dict[str, Any]:
+        return {**self.info, "scores_file": self.scores_file}
+
+
+@dataclass
+class ListResult:
+    """A trial list as the stages see it: its name, its trials and the score files made of it so far."""
+
+    name: str
+    stem: str
+    trials: TrialList | None  # None when rebuilt from metrics.json, which keeps the score files only
+    calibration: bool = False  # the --calibration_list: its figures are training figures, never held-out ones
+    raw: ScoreSet | None = None
+    norm: ScoreSet | None = None
+    cal: ScoreSet | None = None
+
+    def final(self) -> ScoreSet:
+        """The score file calibration reads: the normalised one if any, else the raw one."""
+        final = self.norm or self.raw
+        if final is None:
+            raise EvalError(f"The list '{self.name}' has not been scored yet.")
+        return final
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """What every stage shares: the options, the result folder, the device of the maths and the weights' file."""
+
+    cfg: Config
+    result_dir: Path
+    device: torch.device = torch.device("cpu")
+    checkpoint: str | Path | None = None
+
+    @property
+    def embeddings_file(self) -> Path:
+        return self.result_dir / EMBEDDINGS_FILE
+
+    @property
+    def cohort_file(self) -> Path:
+        return self.result_dir / COHORT_FILE
+
+    @property
+    def score_norm(self) -> ScoreNorm:
+        return ScoreNorm(self.cfg.score_norm)
+
+    @property
+    def p_targets(self) -> tuple[float, ...]:
+        """The p_target values of the minDCF: 0.01, 0.05 and --dcf_p_target."""
+        return tuple(sorted({0.01, 0.05, float(self.cfg.dcf_p_target)}))
+
+    def embeddings(self, why: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(meta, arrays) of embeddings.npz; ``why`` (what needs it) names it in the error if absent."""
+        found = load_npz(self.embeddings_file)
+        if found is None:
+            raise EvalError(f"{why} needs the embeddings file '{self.embeddings_file}', which does not exist: run "
+                            f"--eval to write it.")
+        return found
+
+    def cohort(self, why: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(meta, arrays) of cohort.npz; ``why`` (the option that needs it) names it in the error if absent."""
+        found = load_npz(self.cohort_file)
+        if found is None:
+            raise EvalError(f"{why} needs the cohort file '{self.cohort_file}', which does not exist: run --eval "
+                            f"(it writes it from --train_list).")
+        if "file_means" not in found[1]:
+            raise EvalError(f"The cohort file '{self.cohort_file}' has no per-file means (an older version): run "
+                            f"--eval without --score_from_cache to rebuild it.")
+        return found
+
+    def train_mean(self) -> torch.Tensor:
+        """The training-set mean embedding (D,) of --mean_subtraction: the mean of the cohort files' crop means."""
+        return torch.from_numpy(self.cohort("--mean_subtraction")[1]["file_means"]).double().mean(0).float()
+
+
+def list_results(trial_lists: Sequence[TrialList], calibration: TrialList | None = None) -> list[ListResult]:
+    """The lists of an evaluation, the --calibration_list last, each with a distinct name and score file stem:
+    'scores' for the first list, 'scores_<name>' for every further one."""
+    lists = [*trial_lists, calibration] if calibration is not None else list(trial_lists)
+    names = list_names(lists)
+    return [ListResult(name, "scores" if i == 0 else f"scores_{name}", trials, calibration is not None and
+                       i == len(lists) - 1) for i, (name, trials) in enumerate(zip(names, lists, strict=True))]
+
+
+def protocol_of(eval_frames: int, num_eval: int) -> dict[str, Any]:
+    """The embedding protocol as recorded in results and caches: name, scoring, crops, description."""
+    if eval_frames > 0:
+        return {"name": "paper", "scoring": "paper", "eval_frames": eval_frames, "num_eval": num_eval,
+                "detail": f"{num_eval} crops of {eval_frames} frames per file, score = -mean Euclidean "
+                          f"distance over the {num_eval}x{num_eval} crop pairs"}
+    return {"name": "whole", "scoring": "cosine", "eval_frames": 0, "num_eval": 1,
+            "detail": "whole utterances, cosine score"}
+
+
+def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-1 of a model state dict (names, shapes and values), whatever device it lives on."""
+    digest = hashlib.sha1()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
+            tensor = tensor.float()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def checkpoint_fingerprint(path: str | Path, cfg: Config) -> str:
+    """``weights_fingerprint`` of the model weights in a checkpoint file (ours or the official format)."""
+    obj = ckpt.read(path)
+    if obj.get("format") == ckpt.FORMAT:
+        return weights_fingerprint(obj["model"])
+    from dtdysv.runtime import plugins  # only an official checkpoint needs the model's parameter names
+
+    model_sd, _, _ = ckpt.split_weights(obj, path, plugins.build("model", cfg.model, cfg).state_dict())
+    return weights_fingerprint(model_sd)
+
+
+def identity(cfg: Config, weights: str | None) -> dict[str, Any]:
+    """What an embeddings file must agree on to be reused (``weights`` None: any weights)."""
+    proto = protocol_of(cfg.eval_frames, cfg.num_eval)
+    return {"format": CACHE_FORMAT, "version": 1, "protocol": proto["name"], "eval_frames": proto["eval_frames"],
+            "num_eval": proto["num_eval"], "model": {k: getattr(cfg, k) for k in MODEL_KEYS}, "weights": weights}
+
+
+def differences(meta: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """'key: cached x, now y' for every expected value (not None) that ``meta`` does not hold."""
+    return [f"{key}: cached {meta.get(key)!r}, now {value!r}" for key, value in expected.items()
+            if value is not None and meta.get(key) != value]
+
+
+def save_npz(path: str | Path, meta: Mapping[str, Any], **arrays: np.ndarray) -> None:
+    """np.savez (uncompressed) of ``arrays`` and the JSON ``meta``, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """(meta, arrays) of an embeddings, cohort or --extract file; None if absent or unreadable (logged)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        return json.loads(str(arrays.pop("meta"))), arrays
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("cannot read '%s' (%s); ignoring it", path, err)
+        return None
+
+
+@dataclass
+class ScoreFile:
+    """The trials of a score file: scores (N,) float64, labels (N,) int64 or None (unlabeled), file names."""
+
+    scores: np.ndarray
+    labels: np.ndarray | None
+    enroll: list[str]
+    test: list[str]
+
+
+def write_scores(path: Path, scores: np.ndarray, trials: TrialList) -> None:
+    """One line per trial: 'score label enroll test' (no label column for an unlabeled list), atomically."""
+    if trials.labels is None:
+        lines = [f"{s:.6f} {e} {t}" for s, e, t in zip(scores, trials.enroll, trials.test, strict=True)]
+    else:
+        lines = [f"{s:.6f} {lab} {e} {t}"
+                 for s, lab, e, t in zip(scores, trials.labels, trials.enroll, trials.test, strict=True)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_scores(path: Path) -> ScoreFile:
+    """A score file of ``write_scores``."""
+    rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
+    width = {len(r) for r in rows}
+    if not rows or len(width) != 1 or width.pop() not in (3, 4):
+        raise EvalError(f"Score file '{path}' must have 'score label enroll test' or 'score enroll test' lines, the "
+                        f"same on every line.")
+    labeled = len(rows[0]) == 4
+    return ScoreFile(np.array([float(r[0]) for r in rows]), np.array([int(r[1]) for r in rows]) if labeled else None,
+                     [r[-2] for r in rows], [r[-1] for r in rows])
+
+
+def list_names(trial_lists: Sequence[TrialList]) -> list[str]:
+    """A distinct name per list: the file stem, with _2, _3 ... for repeats."""
+    names: list[str] = []
+    for trials in trial_lists:
+        base = Path(trials.path).stem or "list"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def check_finite(scores: np.ndarray, trials: TrialList) -> None:
+    if not np.isfinite(scores).all():
+        raise EvalError(f"{int((~np.isfinite(scores)).sum())} of {len(scores)} scores of '{trials.path}' are not "
+                        f"finite: the model's embeddings contain NaN or inf (diverged or corrupt weights?).")
+
+
+def read_metrics(result_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(result_dir) / METRICS_FILE).read_text())
+
+
+def write_metrics(result_dir: Path, metrics: Mapping[str, Any]) -> None:
+    atomic_write_text(Path(result_dir) / METRICS_FILE, json.dumps(_finite(metrics), indent=2) + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no infinity: non-finite floats (e.g. a reject-all threshold) become null."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
+
+
+def entries_of(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """name -> entry of every list of a metrics.json (the top level is the first list)."""
+    if "lists" in metrics:
+        return dict(metrics["lists"])
+    first = {k: v for k, v in metrics.items() if k != "checkpoint"}
+    return {Path(first["test_list"]).stem or "list": first}
