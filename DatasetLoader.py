@@ -4,7 +4,7 @@ A training item is ``nPerSpeaker`` random crops of ``max_frames`` frames of one 
 partial reads, short files repeated to length). Every crop position is drawn from a generator seeded by (seed,
 epoch, position in the epoch), so an epoch is reproducible whatever the number of workers. Speed perturbation
 (``--speed_perturb``) resamples while reading; augmentation (``--augment``) is augment.Augmenter, applied per crop
-in the workers. The list readers live in datalists.py.
+in the workers. ``get_data_loader`` assembles them for training, as voxceleb_trainer's does.
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from augment import Augmenter
+from config import Config
 from dtdysv.data.audio import AudioError, load_crop, load_eval
 from dtdysv.data.lists import DataError, TrainList, TrialList
+from dtdysv.errors import UserError
+from dtdysv.runtime.setup import loader_workers
 
 SPEEDS = (Fraction(1), Fraction(9, 10), Fraction(11, 10))  # speed perturbation, WeSpeaker's order (class offsets)
 
@@ -219,3 +222,29 @@ class SpeakerBalancedSampler(Sampler):
 
 def _item_seed(seed: int, epoch: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
+
+
+def get_data_loader(train: TrainList, cfg: Config, rank: int = 0, world_size: int = 1,
+                    pin_memory: bool = False) -> tuple[DataLoader, SpeakerBalancedSampler]:
+    """The training loader of this process (``rank`` of ``world_size``) and its sampler, checked to give at least
+    one batch per epoch and a head (--nClasses) for every class."""
+    augmenter = Augmenter(cfg.musan_path, cfg.rir_path, cfg.resample, cfg.aug_prob) if cfg.augment else None
+    dataset = TrainDataset(train, cfg.max_frames, augmenter=augmenter, speed_perturb=cfg.speed_perturb,
+                           resample=cfg.resample)
+    if dataset.num_classes > cfg.nClasses:
+        speeds = " x 3 speeds of --speed_perturb" if cfg.speed_perturb else ""
+        raise UserError(f"The train list '{cfg.train_list}' has {len(train.speakers)} speakers{speeds}, "
+                        f"{dataset.num_classes} classes, but --nClasses is {cfg.nClasses}; set --nClasses "
+                        f"{dataset.num_classes}.")
+    sampler = SpeakerBalancedSampler(train.labels, cfg.nPerSpeaker, cfg.max_seg_per_spk, cfg.batch_size, cfg.seed,
+                                     rank=rank, world_size=world_size)
+    if sampler.batches_per_epoch() == 0:
+        raise UserError(f"An epoch of '{cfg.train_list}' has no full batch of {cfg.batch_size} speakers x "
+                        f"{cfg.nPerSpeaker} crops per process ({world_size} processes); lower --batch_size or "
+                        f"--nPerSpeaker.")
+    # Crop positions come from the sampler's seeds; the generator only keeps DataLoader off the global RNG.
+    workers = loader_workers(cfg.nDataLoaderThread)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                        pin_memory=pin_memory, persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    return loader, sampler

@@ -66,7 +66,7 @@ class ModelTrainer:
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, step_per: str, device: torch.device,
                  mixedprec: bool, mixedprec_dtype: str = "fp16", env: DistEnv | None = None,
-                 on_iteration: Callable[[float], None] | None = None) -> None:
+                 margin: Callable[[float], float] | None = None) -> None:
         if step_per not in ("epoch", "iteration"):
             raise ValueError(f"scheduler must step per 'epoch' or 'iteration', not {step_per!r}")
         self.net = net  # SpeakerNet, or DDP(SpeakerNet)
@@ -77,7 +77,7 @@ class ModelTrainer:
         self.precision = Precision(device, mixedprec, mixedprec_dtype)
         self.env = env or DistEnv()
         self.scaler = self.precision.scaler()
-        self.on_iteration = on_iteration
+        self.margin = margin  # the loss's margin at a training progress in epochs (a margin schedule's ``at``)
 
     @property
     def speaker_net(self) -> SpeakerNet:
@@ -98,8 +98,8 @@ class ModelTrainer:
         bar = tqdm(loader, total=steps, initial=first_step, desc=f"epoch {epoch}",
                    disable=not (show_progress and self.env.is_main), dynamic_ncols=True)
         for step, (data, label) in enumerate(bar, start=first_step):
-            if self.on_iteration is not None:
-                self.on_iteration(epoch - 1 + step / max(steps, 1))
+            if self.margin is not None:
+                self.speaker_net.loss.margin = self.margin(epoch - 1 + step / max(steps, 1))
             data = data.to(self.device, non_blocking=True)
             label = label.to(self.device, non_blocking=True)
             with self.precision.autocast():

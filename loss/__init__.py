@@ -17,10 +17,9 @@ Contract of a loss plugin (checked by ``tests/test_losses.py`` for every module 
   guarantees it) and use the row index as the target; ``label`` is only checked.
 - Classifiers flatten ``x`` to (B * nPerSpeaker, nOut) and repeat the labels (``repeat_interleave``).
 - Losses with a margin expose a float attribute ``margin`` that the trainer may overwrite between steps (margin
-  schedule, :func:`loss._margin.margin_at`).
+  schedule, :class:`scheduler._margin.MarginSchedule`).
 - No device anywhere: a loss constructs and runs on CPU and follows its input when moved.
 - Parameter names follow voxceleb_trainer so official checkpoints (keys ``__L__.<name>``) load.
 
-Shared pieces: ``_common.py`` (input checks, accuracy), ``_margin.py`` (additive angular margin, margin
-schedule).
+Shared pieces: ``_common.py`` (input checks, accuracy), ``_margin.py`` (additive angular margin).
 """

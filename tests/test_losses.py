@@ -17,7 +17,8 @@ from torch import nn
 
 import config
 import loss as loss_package
-from loss._margin import additive_angular_margin, margin_at
+from loss._margin import additive_angular_margin
+from scheduler._margin import margin_at
 
 LOSSES = sorted(m.name for m in pkgutil.iter_modules(loss_package.__path__) if not m.name.startswith("_"))
 REQUIRED = {"softmax", "amsoftmax", "aamsoftmax", "aamsoftmax_subcenter", "angleproto", "softmaxproto", "ge2e",

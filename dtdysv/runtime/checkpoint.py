@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,51 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str
                               + ". Was it trained with another --model, --encoder_type, --n_mels, --nOut, "
                                 "--trainfunc or --nClasses?")
     module.load_state_dict(state, strict=True)
+
+
+def training_state(trainer: Any, epoch: int, step: int, cfg: Config) -> dict[str, Any]:
+    """The checkpoint dict of a ``SpeakerNet.ModelTrainer``: everything to continue exactly, with ``epoch`` epochs
+    finished and ``step`` batches of the next one done."""
+    net = trainer.speaker_net
+    return {"format": FORMAT, "version": 1, "epoch": epoch, "step": step, "model": net.model.state_dict(),
+            "loss": net.loss.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
+            "rng": rng_state(), "config": cfg.to_dict()}
+
+
+def restore_training(state: dict[str, Any], trainer: Any, path: str | Path) -> tuple[int, int]:
+    """Load a ``training_state`` into a trainer; returns (the epoch to start, the batches of it already done)."""
+    net = trainer.speaker_net
+    load_into(net.model, state["model"], "model", path)
+    load_into(net.loss, state["loss"], "loss head", path)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return state["epoch"] + 1, state.get("step", 0)
+
+
+class Saver:
+    """Where a training run saves: ``last.model`` at every epoch end, a numbered checkpoint when asked, and with
+    ``minutes`` > 0 the position inside a long epoch now and then. Only the main process writes."""
+
+    def __init__(self, save_path: Path, cfg: Config, trainer: Any, steps: int, minutes: float, writes: bool) -> None:
+        self.save_path, self.cfg, self.trainer, self.steps = Path(save_path), cfg, trainer, steps
+        self.minutes, self.writes = minutes, writes
+        self.last_save = time.monotonic()
+
+    def epoch_end(self, epoch: int, numbered: bool) -> None:
+        if self.writes:
+            state = training_state(self.trainer, epoch, 0, self.cfg)
+            atomic_save(state, self.save_path / "model" / "last.model")
+            if numbered:
+                atomic_save(state, checkpoint_path(self.save_path, epoch))
+        self.last_save = time.monotonic()
+
+    def timed(self, epoch: int, done: int) -> None:
+        """Called after every step (``done`` batches of ``epoch`` finished): --checkpoint_minutes saves."""
+        if self.minutes > 0 and done < self.steps and time.monotonic() - self.last_save > 60 * self.minutes:
+            if self.writes:
+                state = training_state(self.trainer, epoch - 1, done, self.cfg)
+                atomic_save(state, self.save_path / "model" / "last.model")
+            self.last_save = time.monotonic()

@@ -1,0 +1,51 @@
+"""The margin schedule: WeSpeaker's exponential margin increase (H. Wang et al., "WeSpeaker: A Research and
+Production Oriented Speaker Embedding Learning Toolkit", ICASSP 2023), a schedule the trainer applies to a loss's
+``margin`` before every step, as the learning-rate schedulers are applied to the optimizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Fraction of the margin still missing at the start of the ramp (WeSpeaker's final_val = 1e-3).
+RAMP_FLOOR = 1e-3
+
+
+def margin_at(epoch: float, final: float, start: float, end: float) -> float:
+    """Margin at training progress ``epoch`` (completed epochs, 0.0 at the start of training, 1.5 halfway through
+    the second epoch) for a ramp from 0 at ``start`` to ``final`` at ``end``.
+
+    ``start == end == 0`` means no schedule (always ``final``). Otherwise the margin is 0 up to ``start``,
+    ``final`` from ``end`` on, and in between rises exponentially as in WeSpeaker, normalised to be continuous:
+    ``final * (1 - 1e-3 ** p) / (1 - 1e-3)`` with ``p = (epoch - start) / (end - start)``; most of the rise
+    happens early (half the margin at p = 0.1).
+    """
+    if start < 0 or end < start:
+        raise ValueError(f"margin schedule needs 0 <= margin_rampup_start <= margin_rampup_end, got start {start}, "
+                         f"end {end} (0/0 disables the schedule)")
+    if start == 0 and end == 0:
+        return final
+    if epoch >= end:
+        return final
+    if epoch <= start:
+        return 0.0
+    progress = (epoch - start) / (end - start)
+    return final * (1.0 - RAMP_FLOOR**progress) / (1.0 - RAMP_FLOOR)
+
+
+@dataclass(frozen=True)
+class MarginSchedule:
+    """--margin ramped from 0 at epoch --margin_rampup_start to its value at --margin_rampup_end (``margin_at``)."""
+
+    final: float
+    start: float
+    end: float
+
+    def __post_init__(self) -> None:
+        margin_at(0.0, self.final, self.start, self.end)  # ValueError for a start after the end
+
+    @property
+    def enabled(self) -> bool:
+        return self.start > 0 or self.end > 0
+
+    def at(self, epoch: float) -> float:
+        return margin_at(epoch, self.final, self.start, self.end)
