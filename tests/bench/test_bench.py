@@ -4,9 +4,8 @@ the CPU inference path equal to the readable model."""
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 
 
 def test_model_speed_runs_and_outputs_agree():

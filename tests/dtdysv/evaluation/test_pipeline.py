@@ -16,6 +16,7 @@ from sklearn.metrics import roc_curve
 import trainSpeakerNet
 import tuneThreshold as tt
 from config import Config, parse_args
+from conftest import ROOT
 from dtdysv.data.audio import load_eval
 from dtdysv.data.lists import read_trial_list
 from dtdysv.evaluation import embed as embedding
@@ -27,7 +28,7 @@ from dtdysv.runtime import setup as runtime
 from SpeakerNet import Embedder
 from tests.scoring_reference import score_trials
 
-VOX1_O = Path(__file__).resolve().parents[2] / "shared" / "data" / "voxceleb1_O_cleaned_trials.txt"
+VOX1_O = ROOT.parent / "shared" / "data" / "voxceleb1_O_cleaned_trials.txt"
 RATE = 16000
 
 

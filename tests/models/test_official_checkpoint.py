@@ -1,10 +1,10 @@
 """Conversion of checkpoints written by the official DTDY-CNN code (models/_official.py)."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import ROOT
 from models._frontend import make_mel_spectrogram
 from models._official import convert_official_checkpoint, is_official_checkpoint, map_official_key
 from models._resnet import RESNET34_DEPTHS, WIDTHS_HALF
@@ -13,7 +13,7 @@ from tests.reference_dtdy import ReferenceResNet
 
 KEY_LIST_NAME = "official_DTDY_ResNet34_half_ASP_n_mels64_nOut512.state_dict.txt"
 KEY_LIST_PLACES = [
-                   Path(__file__).resolve().parents[2] / "shared" / "reference" / KEY_LIST_NAME]
+                   ROOT.parent / "shared" / "reference" / KEY_LIST_NAME]
 LOSS_HEAD = {"__L__.softmax.fc.weight": (5994, 512), "__L__.softmax.fc.bias": (5994,),
              "__L__.angleproto.w": (1,), "__L__.angleproto.b": (1,)}
 

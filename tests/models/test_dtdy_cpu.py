@@ -4,10 +4,10 @@ and a static twin, and nothing of it left once the switch is off."""
 import pytest
 import torch
 import torch.nn.functional as F
+from test_dtdy import randomise
 
 from models._dtdy_cpu import _conv1d_rows, _rows_kernel, fast_cpu_inference
 from models._resnet import BasicBlock
-from tests.test_dtdy import randomise
 
 
 def calibrated(name: str, wave: torch.Tensor) -> torch.nn.Module:

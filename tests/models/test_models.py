@@ -1,18 +1,18 @@
 """Every model plugin against the contract of models/__init__.py, exact parameter counts, front-end and pooling."""
 
 import importlib
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import ROOT
 from dtdysv.data.audio import crop_samples
 from models._dtdy import DTDYConv2d
 from models._frontend import log_mel, make_mel_spectrogram
 from models._pooling import ASP, AVG, BASELINE_POOLINGS, POOLINGS, SAP, STP, make_pooling
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_DIR = ROOT / "models"
 PLUGINS = sorted(p.stem for p in MODELS_DIR.glob("*.py") if not p.stem.startswith("_"))
 WAVE_SAMPLES = crop_samples(50)  # 0.5 s
 SHORT_SAMPLES = crop_samples(12)  # 0.12 s, for bfloat16 (slow convolutions on CPUs without bf16 units)

@@ -3,14 +3,12 @@ tune it."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import ROOT
 from dtdysv.runtime import allocator
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # Page faults of one inference step of two DTDY layers after warm-up, the median of 7 steps (a step now and
 # then faults a few dozen pages for reasons of its own: the interpreter, the kernel).
