@@ -1,6 +1,6 @@
 # `make demo`: set up, build the demo corpus, train DTDY x0.25 and its static twin on it and evaluate both
 # (about 7 minutes on 2 CPU cores), then print both EERs.
-# `make test`: set up if needed, lint and run the test suite.
+# `make test`: set up if needed, lint and run the test suite; `make test-fast`: the unit tests only (no training run).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ DEMO_DIR := demo_data
 DEMO_CORPUS := --demo_train_speakers 100 --demo_utts 8 --demo_test_speakers 20 --demo_test_utts 6 \
 	--demo_videos 2 --demo_trials 600
 
-.PHONY: venv demo test lint bench clean-demo
+.PHONY: venv demo test test-fast lint bench clean-demo
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ lint: venv
 
 test: venv lint
 	$(PY) -m pytest -q
+
+test-fast: venv lint
+	$(PY) -m pytest -q -m "not slow"
 
 clean-demo:
 	rm -rf $(DEMO_DIR) exps/demo exps/demo_static

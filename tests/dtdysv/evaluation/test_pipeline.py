@@ -4,6 +4,7 @@ real VoxCeleb1-O list end to end. Metrics and scoring maths against independent 
 import io
 import json
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -509,3 +510,32 @@ def test_mean_subtraction_runs_the_cohort_stage_and_reruns_honestly(corpus, tmp_
     meta, arrays = embedding.load_npz(result(plain_cfg) / "embeddings.npz")
     info = soundfile.info(str(Path(plain_cfg.test_path) / arrays["names"][0]))
     assert arrays["seconds"][0] == info.frames / info.samplerate and len(arrays["seconds"]) == meta["n_files"]
+
+
+# ---- the walk from a trial list to metrics.json ------------------------------------------------------------------
+
+
+def test_a_trial_list_reaches_metrics_json_through_each_stage_once_in_order(corpus, tmp_path):
+    """The calls the pipeline makes into the stage modules, in order: each stage entered once (normalise twice: it
+    owns both the cohort and the norm stage), none re-entered from another."""
+    cfg = make_cfg(corpus, tmp_path, score_norm="asnorm", mean_subtraction=True, norm_cohort_utts=2,
+                   calibration_list=str(corpus / "list1.txt"))
+    embedder, normalize = make_embedder(cfg)
+    stages = {f"dtdysv.evaluation.{name}" for name in ("embed", "normalise", "score", "calibrate", "metrics", "plot")}
+    walk: list[str] = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_back is not None \
+                and frame.f_back.f_globals.get("__name__") == "dtdysv.evaluation.pipeline" \
+                and frame.f_globals.get("__name__") in stages:
+            walk.append(f"{frame.f_globals['__name__'].rpartition('.')[2]}.{frame.f_code.co_name}")
+
+    sys.setprofile(profile)
+    try:
+        ev.evaluate(embedder, lists(cfg), cfg, result(cfg), normalize, show_progress=False)
+    finally:
+        sys.setprofile(None)
+    assert walk == ["calibrate.read_calibration_list", "embed.embed_stage", "normalise.cohort_stage",
+                    "score.score_stage", "normalise.norm_stage", "calibrate.calibrate_stage",
+                    "metrics.metrics_stage", "plot.plot_stage"]
+    assert (result(cfg) / "metrics.json").is_file()
