@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from distributed import DistEnv, barrier
 from embedder import Embedder
 from embedding import run_extract
 from evaluation import check_eval_options, evaluate, score_from_cache
+from fileio import run_lock
 from loss._margin import margin_at
 from runtime import (
     build_embedder,
@@ -249,13 +251,15 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cpu":
             tune_cpu_allocator()
         seed_everything(cfg.seed)
-        if cfg.extract:
-            embedder, _, path = build_embedder(cfg, device, env)
-            run_extract(cfg, embedder, checkpoint=path)
-        elif cfg.eval:
-            run_eval(cfg, device, env)
-        else:
-            run_train(cfg, device, env)
+        # One run writes in --save_path at a time (rank 0 holds the lock for all ranks); --extract writes elsewhere.
+        with run_lock(cfg.save_path) if env.is_main and not cfg.extract else nullcontext():
+            if cfg.extract:
+                embedder, _, path = build_embedder(cfg, device, env)
+                run_extract(cfg, embedder, checkpoint=path)
+            elif cfg.eval:
+                run_eval(cfg, device, env)
+            else:
+                run_train(cfg, device, env)
     except UserError as err:
         log.error("%s", err)
         return 2
