@@ -10,9 +10,9 @@
     accept, s = sv.verify("a.wav", "b.wav", threshold=0.5)
 
 Inputs are paths (read as training reads them: audio.py, 16 kHz mono unless ``resample``), waveforms (1-D float
-arrays or tensors at 16 kHz, at least ``MIN_SAMPLES``) or, for ``score`` and ``verify``, embeddings (1-D arrays of
-``embedding_size`` values). Bad files raise audio.py's AudioError (missing, undecodable, empty, wrong rate or
-channels), the errors training gives.
+arrays or tensors at 16 kHz, finite, at least audio.py's ``MIN_SAMPLES``, 0.1 s, as files are) or, for ``score``
+and ``verify``, embeddings (1-D arrays of ``embedding_size`` values). Bad files raise audio.py's AudioError (missing,
+undecodable, empty, truncated, too short, non-finite, wrong rate or channels), the errors training gives.
 """
 
 from __future__ import annotations
@@ -27,14 +27,12 @@ import numpy as np
 import torch
 
 import checkpoint as ckpt
-from audio import SAMPLE_RATE, AudioError, read_audio
+from audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, read_audio
 from config import Config, UserError, load_yaml, resolve
 from embedder import Embedder
 from runtime import build_net, load_weights, pick_device
 
 log = logging.getLogger(__name__)
-
-MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s, 11 mel frames: the shortest waveform embedded
 SIDECAR = "export.json"  # export.py writes it beside model.pt / model.onnx
 
 Backend = Callable[[np.ndarray], np.ndarray]  # waves (B, samples) float32 -> embeddings (B, nOut) float32
@@ -154,7 +152,7 @@ class SpeakerVerifier:
         if isinstance(item, str | Path):
             if not Path(item).is_file():
                 raise AudioError(f"Audio file '{item}' does not exist.")
-            wave = read_audio(item, self.resample)
+            wave = read_audio(item, self.resample, min_samples=MIN_SAMPLES)
             name = f"Audio file '{item}'"
         else:
             wave = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
