@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from config import UserError
 from datalists import offenders_message
-from fileio import atomic_path
+from fileio import atomic_path, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,11 @@ class ArchiveError(UserError):
 
 
 def read_url_list(path: Path) -> dict[str, list[str]]:
-    """'<dataset> <url>' lines -> {dataset: [urls]}, replacing the built-in table."""
+    """'<dataset> <url>' lines (UTF-8) -> {dataset: [urls]}, replacing the built-in table."""
+    if not path.is_file():
+        raise ArchiveError(f"--url_list {path}: no such file")
     table: dict[str, list[str]] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_lines(path, f"--url_list {path}"), start=1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue

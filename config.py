@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from fileio import atomic_write_text
+from fileio import atomic_write_text, read_text
 
 log = logging.getLogger(__name__)
 
@@ -250,13 +250,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(f"key {key!r} on lines {first} and {again}")
+        self.key, self.first, self.again = key, first, again
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python tags) that refuses a key given twice in one mapping, where PyYAML would keep
+    the last silently. Keys merged in with '<<' may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: the safe loader refuses it below
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config YAML as a mapping of raw values (not yet coerced)."""
+    """Read a config YAML (UTF-8) as a mapping of raw values (not yet coerced); a key given twice is an error."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file '{path}' (--config) does not exist.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(read_text(path, f"Config file '{path}' (--config)"), Loader=_StrictLoader)
+    except _DuplicateKey as err:
+        raise ConfigError(f"Config file '{path}' gives '{err.key}' twice (lines {err.first} and {err.again}); "
+                          f"keep one of them.") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"Config file '{path}' is not valid YAML: {err}") from None
     if data is None:

@@ -3,7 +3,8 @@
     train list   '<speaker_id> <path relative to --train_path>'      e.g. 'id00012 id00012/21Uxsk56VDQ/00001.wav'
     trial list   '<label 0|1> <enroll path> <test path>', or '<enroll> <test>' (unlabeled), relative to --test_path
 
-Blank lines are skipped; every error quotes the offending lines with their numbers, all of them in one message.
+Lists are UTF-8 (a byte-order mark is dropped). Blank lines are skipped; every error quotes the offending lines with
+their numbers, all of them in one message.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from config import UserError
-from fileio import atomic_write_text
+from fileio import atomic_write_text, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,9 @@ def _read_lines(path: str | Path, flag: str) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         raise DataError(f"List file '{path}' ({flag}) does not exist.")
     out = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                out.append((number, line.split()))
+    for number, line in enumerate(read_lines(path, f"List file '{path}' ({flag})"), start=1):
+        if line.strip():
+            out.append((number, line.split()))
     if not out:
         raise DataError(f"List file '{path}' ({flag}) has no lines.")
     return out

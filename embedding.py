@@ -35,7 +35,7 @@ from config import MODEL_KEYS, Config, UserError
 from datalists import DataError
 from DatasetLoader import TestDataset
 from embedder import Embedder
-from fileio import atomic_path
+from fileio import atomic_path, read_lines
 from runtime import loader_workers
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,8 @@ def read_file_list(path: str | Path) -> tuple[list[str], list[str] | None]:
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"File list '{path}' (--extract) does not exist.")
-    rows = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    rows = [(n, line.split()) for n, line in enumerate(read_lines(path, f"File list '{path}' (--extract)"), start=1)
+            if line.strip()]
     ncols = len(rows[0][1]) if rows else 0
     bad = [f"line {n}: {' '.join(t)!r}" for n, t in rows if len(t) != ncols]
     if not rows or ncols not in (1, 2) or bad:

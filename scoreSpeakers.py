@@ -25,7 +25,7 @@ from pathlib import Path
 
 from config import UserError
 from datalists import DataError, offenders_message
-from fileio import atomic_write_text
+from fileio import atomic_write_text, read_lines
 from runtime import setup_logging
 from speakerapi import SpeakerVerifier
 
@@ -39,7 +39,7 @@ def _lines(path: str | Path, flag: str) -> list[tuple[int, list[str]]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{flag} '{path}' does not exist.")
-    rows = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    rows = [(n, line.split()) for n, line in enumerate(read_lines(path, f"{flag} '{path}'"), start=1) if line.strip()]
     if not rows:
         raise DataError(f"{flag} '{path}' has no lines.")
     return rows
