@@ -84,6 +84,12 @@ def read_train_list(list_path: str | Path, train_path: str | Path) -> TrainList:
                     [(n, t[1]) for n, t in rows if len(t) == 2], "--train_path")
     speakers = sorted({t[0] for _, t in rows})
     index = {s: i for i, s in enumerate(speakers)}
+    first: dict[str, int] = {}
+    repeats = [(n, first[t[1]]) for n, t in rows if first.setdefault(t[1], n) != n]
+    if repeats:
+        log.warning("%d lines of '%s' list a file already listed (e.g. line %d repeats line %d): each copy is "
+                    "sampled as its own utterance; remove the repeats unless that is meant", len(repeats), list_path,
+                    *repeats[0])
     return TrainList(files=[str(Path(train_path) / t[1]) for _, t in rows],
                      labels=np.array([index[t[0]] for _, t in rows], dtype=np.int64),
                      speakers=speakers, lines=[n for n, _ in rows], path=str(list_path))
