@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import logging
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,7 +304,30 @@ def resolve(yaml_values: dict[str, Any] | None = None, cli_values: dict[str, Any
         values[key] = coerce(str(key), value, f"config file {yaml_name}")
     for key, value in (cli_values or {}).items():
         values[key] = coerce(key, value, "the command line")
-    return Config(**values)
+    cfg = Config(**values)
+    check_ranges(cfg)
+    return cfg
+
+
+# Options that only make sense in a range: (lowest valid value, whether that value itself is excluded).
+_RANGES: dict[str, tuple[float, bool]] = {
+    "max_frames": (1, False), "eval_frames": (0, False), "batch_size": (1, False), "nPerSpeaker": (1, False),
+    "nDataLoaderThread": (0, False), "test_interval": (1, False), "max_epoch": (1, False), "lr": (0, True),
+    "n_mels": (1, False), "nOut": (1, False),
+}
+
+
+def check_ranges(cfg: Config) -> None:
+    """Refuse options outside their range (``--lr 0``, ``--batch_size -1``), one line per option."""
+    problems = []
+    for key, (low, excluded) in _RANGES.items():
+        value = getattr(cfg, key)
+        if not (math.isfinite(value) and (value > low if excluded else value >= low)):
+            meaning = {"eval_frames": " (0: whole utterances)",
+                       "nDataLoaderThread": " (0: data read in the main process)"}.get(key, "")
+            problems.append(f"--{key} is {value!r}; valid: {'>' if excluded else '>='} {low}{meaning}.")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
