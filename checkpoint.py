@@ -61,7 +61,8 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def remove_stale_temporaries(save_path: str | Path) -> None:
-    """Delete temporary files left in ``<save_path>/model/`` by a process killed while writing a checkpoint."""
+    """Delete temporary files left in ``<save_path>/model/`` by a process killed while writing a checkpoint (only
+    those of processes that are gone: the pid is in the name)."""
     remove_temporaries(Path(save_path) / "model")
 
 
