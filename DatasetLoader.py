@@ -9,6 +9,7 @@ in the workers. ``get_data_loader`` assembles them for training, as voxceleb_tra
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,8 @@ from dtdysv.errors import UserError
 from dtdysv.runtime.setup import loader_workers
 
 SPEEDS = (Fraction(1), Fraction(9, 10), Fraction(11, 10))  # speed perturbation, WeSpeaker's order (class offsets)
+
+log = logging.getLogger(__name__)
 
 
 class TrainDataset(Dataset):
@@ -114,6 +117,13 @@ class SpeakerBalancedSampler(Sampler):
                             f"{n_speakers} speakers; use --batch_size {n_speakers} or less.")
         self.labels = np.asarray(labels)
         self._label_of: list[int] = self.labels.tolist()  # fast scalar look-ups while packing
+        counts = np.bincount(self.labels, minlength=n_speakers)
+        short = np.flatnonzero((counts > 0) & (counts < nPerSpeaker))
+        if len(short) and rank == 0:
+            log.warning("%d of the %d speakers of the train list have fewer than --nPerSpeaker %d utterances and are "
+                        "never sampled (%d utterances unused); their labels (positions among the sorted speaker "
+                        "ids): %s", len(short), n_speakers, nPerSpeaker, int(counts[short].sum()),
+                        ", ".join(map(str, short[:5].tolist())) + (" ..." if len(short) > 5 else ""))
         self.nPerSpeaker = nPerSpeaker
         self.max_seg_per_spk = max_seg_per_spk
         self.batch_size = batch_size

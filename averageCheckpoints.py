@@ -48,6 +48,12 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]], names: Sequence
         if shapes:
             raise ckpt.CheckpointError(f"The {what} tensor '{shapes[0]}' has shape {tuple(state[shapes[0]].shape)} "
                                        f"in '{name}' and {tuple(first[shapes[0]].shape)} in '{names[0]}'.")
+    for state, name in zip(states, names, strict=True):
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ckpt.CheckpointError(f"The {what} of '{name}' holds NaN or infinite values ({', '.join(bad[:5])}"
+                                       f"{' ...' if len(bad) > 5 else ''}): its training had diverged. Average "
+                                       f"checkpoints of epochs before that, leaving '{name}' out.")
     out = {}
     for key, value in states[-1].items():
         if value.is_floating_point():
@@ -71,6 +77,7 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> dict:
         if obj.get("format") != ckpt.FORMAT:
             raise ckpt.CheckpointError(f"'{name}' is not a checkpoint of this framework (official DTDY checkpoints "
                                        f"are converted by --initial_model, not averaged).")
+        ckpt.require(obj, name, ("model", "loss", "config", "epoch"))
     newest = objs[-1]
     for obj, name in zip(objs[:-1], names[:-1], strict=True):
         diffs = diff_model_settings(obj["config"], Config(**{k: newest["config"][k] for k in MODEL_KEYS}))

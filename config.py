@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import logging
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 
 from dtdysv.errors import UserError
-from dtdysv.runtime.fileio import atomic_write_text
+from dtdysv.runtime.fileio import atomic_write_text, read_text
 
 log = logging.getLogger(__name__)
 
@@ -247,13 +248,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(f"key {key!r} on lines {first} and {again}")
+        self.key, self.first, self.again = key, first, again
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python tags) that refuses a key given twice in one mapping, where PyYAML would keep
+    the last silently. Keys merged in with '<<' may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: the safe loader refuses it below
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config YAML as a mapping of raw values (not yet coerced)."""
+    """Read a config YAML (UTF-8) as a mapping of raw values (not yet coerced); a key given twice is an error."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file '{path}' (--config) does not exist.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(read_text(path, f"Config file '{path}' (--config)"), Loader=_StrictLoader)
+    except _DuplicateKey as err:
+        raise ConfigError(f"Config file '{path}' gives '{err.key}' twice (lines {err.first} and {err.again}); "
+                          f"keep one of them.") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"Config file '{path}' is not valid YAML: {err}") from None
     if data is None:
@@ -271,7 +301,30 @@ def resolve(yaml_values: dict[str, Any] | None = None, cli_values: dict[str, Any
         values[key] = coerce(str(key), value, f"config file {yaml_name}")
     for key, value in (cli_values or {}).items():
         values[key] = coerce(key, value, "the command line")
-    return Config(**values)
+    cfg = Config(**values)
+    check_ranges(cfg)
+    return cfg
+
+
+# Options that only make sense in a range: (lowest valid value, whether that value itself is excluded).
+_RANGES: dict[str, tuple[float, bool]] = {
+    "max_frames": (1, False), "eval_frames": (0, False), "batch_size": (1, False), "nPerSpeaker": (1, False),
+    "nDataLoaderThread": (0, False), "test_interval": (1, False), "max_epoch": (1, False), "lr": (0, True),
+    "n_mels": (1, False), "nOut": (1, False),
+}
+
+
+def check_ranges(cfg: Config) -> None:
+    """Refuse options outside their range (``--lr 0``, ``--batch_size -1``), one line per option."""
+    problems = []
+    for key, (low, excluded) in _RANGES.items():
+        value = getattr(cfg, key)
+        if not (math.isfinite(value) and (value > low if excluded else value >= low)):
+            meaning = {"eval_frames": " (0: whole utterances)",
+                       "nDataLoaderThread": " (0: data read in the main process)"}.get(key, "")
+            problems.append(f"--{key} is {value!r}; valid: {'>' if excluded else '>='} {low}{meaning}.")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def parse_args(argv: list[str] | None = None) -> Config:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from dtdysv.data.lists import DataError, offenders_message
 from dtdysv.errors import UserError
-from dtdysv.runtime.fileio import atomic_write_text
+from dtdysv.runtime.fileio import atomic_write_text, read_lines
 from dtdysv.runtime.setup import setup_logging
 from speakerapi import SpeakerVerifier
 
@@ -39,7 +39,7 @@ def _lines(path: str | Path, flag: str) -> list[tuple[int, list[str]]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{flag} '{path}' does not exist.")
-    rows = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    rows = [(n, line.split()) for n, line in enumerate(read_lines(path, f"{flag} '{path}'"), start=1) if line.strip()]
     if not rows:
         raise DataError(f"{flag} '{path}' has no lines.")
     return rows
@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _need_pairs(files: dict[str, str], source: str) -> None:
+    """Refuse scoring every pair of ``files`` when there is no pair: one file."""
+    if len(files) < 2:
+        raise DataError(f"{source} holds one audio file ({next(iter(files))}), so there is no pair to score: give two "
+                        f"or more files (or with --folder, score each file against a speaker: --enroll WAV ...).")
+
+
 def run(args: argparse.Namespace) -> list[str]:
     """The score lines the arguments ask for."""
     if bool(args.model) == bool(args.initial_model):
@@ -159,8 +166,11 @@ def run(args: argparse.Namespace) -> list[str]:
         files = folder_files(args.folder)
         if args.enroll:
             return enroll_lines(sv, args.enroll, args.enroll_name, files, args.batch)
+        _need_pairs(files, f"--folder '{args.folder}'")
         return score_lines(sv, files, list(itertools.combinations(files, 2)), args.batch)
     files = read_wav_scp(args.wav_scp)
+    if not args.pairs_file:
+        _need_pairs(files, f"--wav_scp '{args.wav_scp}'")
     pairs = read_pairs_file(args.pairs_file, files) if args.pairs_file else list(itertools.combinations(files, 2))
     return score_lines(sv, files, pairs, args.batch)
 

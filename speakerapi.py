@@ -10,9 +10,9 @@
     accept, s = sv.verify("a.wav", "b.wav", threshold=0.5)
 
 Inputs are paths (read as training reads them: audio.py, 16 kHz mono unless ``resample``), waveforms (1-D float
-arrays or tensors at 16 kHz, at least ``MIN_SAMPLES``) or, for ``score`` and ``verify``, embeddings (1-D arrays of
-``embedding_size`` values). Bad files raise audio.py's AudioError (missing, undecodable, empty, wrong rate or
-channels), the errors training gives.
+arrays or tensors at 16 kHz, finite, at least audio.py's ``MIN_SAMPLES``, 0.1 s, as files are) or, for ``score``
+and ``verify``, embeddings (1-D arrays of ``embedding_size`` values). Bad files raise audio.py's AudioError (missing,
+undecodable, empty, truncated, too short, non-finite, wrong rate or channels), the errors training gives.
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ import numpy as np
 import torch
 
 from config import Config, load_yaml, resolve
-from dtdysv.data.audio import SAMPLE_RATE, AudioError, read_audio
+from dtdysv.data.audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, read_audio
 from dtdysv.errors import UserError
 from dtdysv.runtime import checkpoint as ckpt
+from dtdysv.runtime.fileio import read_text
 from dtdysv.runtime.setup import build_net, load_weights, pick_device
 from SpeakerNet import Embedder
 
 log = logging.getLogger(__name__)
-
-MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s, 11 mel frames: the shortest waveform embedded
 SIDECAR = "export.json"  # export.py writes it beside model.pt / model.onnx
 
 Backend = Callable[[np.ndarray], np.ndarray]  # waves (B, samples) float32 -> embeddings (B, nOut) float32
@@ -127,10 +126,20 @@ class SpeakerVerifier:
         if not path.exists() or not sidecar.is_file():
             raise ApiError(f"'{path}' is not an export of export.py: expected a folder (or a file in one) holding "
                            f"{SIDECAR} and model.pt or model.onnx.")
-        info = json.loads(sidecar.read_text())
+        try:
+            info = json.loads(read_text(sidecar, f"Export description '{sidecar}'"))
+        except json.JSONDecodeError as err:
+            raise ApiError(f"'{sidecar}' is not valid JSON ({err}): the export is damaged; export it again with "
+                           f"export.py.") from None
+        size = info.get("embedding_size") if isinstance(info, dict) else None
+        if not isinstance(info, dict) or not isinstance(info.get("files"), dict) or not isinstance(size, int) \
+                or isinstance(size, bool) or size < 1:
+            raise ApiError(f"'{sidecar}' is not export.py's description of an export (a JSON object with "
+                           f"'embedding_size' (a positive integer), 'sample_rate' and 'files'): export again with "
+                           f"export.py.")
         if info.get("sample_rate") != SAMPLE_RATE:
             raise ApiError(f"'{sidecar}' is for {info.get('sample_rate')} Hz audio; this code reads {SAMPLE_RATE} Hz.")
-        files = {fmt: folder / name for fmt, name in info.get("files", {}).items()}
+        files = {fmt: folder / str(name) for fmt, name in info["files"].items()}
         if path.is_dir():
             order = [prefer, *(f for f in ("onnx", "torchscript") if f != prefer)]
             found = [f for f in order if f in files and files[f].is_file()]
@@ -144,9 +153,16 @@ class SpeakerVerifier:
         else:
             raise ApiError(f"'{path}' is neither an ONNX (.onnx) nor a TorchScript (.pt) export.")
         file = files[fmt] if path.is_dir() else path
-        backend = OnnxBackend(file, threads) if fmt == "onnx" else TorchScriptBackend(file, pick_device(device))
+        try:
+            backend = OnnxBackend(file, threads) if fmt == "onnx" else TorchScriptBackend(file, pick_device(device))
+        except UserError:
+            raise
+        except Exception as err:  # onnxruntime and torch.jit raise their own types for a damaged file
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ApiError(f"Cannot load the {fmt} export '{file}': {reason[:300]}. The file is damaged or "
+                           f"truncated: export again with export.py.") from None
         log.info("loaded the %s export '%s'", fmt, file)
-        return cls(backend, int(info["embedding_size"]), resample, {**info, "format": fmt})
+        return cls(backend, size, resample, {**info, "format": fmt, "description": str(sidecar)})
 
     # --- embeddings -------------------------------------------------------------------------------------------
 
@@ -155,7 +171,7 @@ class SpeakerVerifier:
         if isinstance(item, str | Path):
             if not Path(item).is_file():
                 raise AudioError(f"Audio file '{item}' does not exist.")
-            wave = read_audio(item, self.resample)
+            wave = read_audio(item, self.resample, min_samples=MIN_SAMPLES)
             name = f"Audio file '{item}'"
         else:
             wave = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
@@ -171,9 +187,19 @@ class SpeakerVerifier:
                              f"at least {MIN_SAMPLES} ({MIN_SAMPLES / SAMPLE_RATE} s).")
         return wave
 
+    def _run(self, waves: np.ndarray) -> np.ndarray:
+        """The backend's embeddings of ``waves`` (B, samples), checked to be (B, embedding_size)."""
+        out = self.backend(waves)
+        if out.shape != (len(waves), self.embedding_size):
+            source = f"'{self.info['description']}'" if "description" in self.info else "its embedding_size"
+            raise ApiError(f"The model gives embeddings of shape {tuple(out.shape)} for {len(waves)} waveform(s), "
+                           f"but {source} says {self.embedding_size} values each: the model file and its "
+                           f"description do not belong together; export (or configure) it again.")
+        return out
+
     def embed(self, item: Input) -> np.ndarray:
         """A path or 1-D waveform -> its whole-utterance embedding (nOut,) float32, as the model outputs it."""
-        return self.backend(self.wave(item)[None, :])[0]
+        return self._run(self.wave(item)[None, :])[0]
 
     def embed_many(self, items: Sequence[Input], batch: int = 16) -> np.ndarray:
         """Paths or waveforms -> (N, nOut) float32 in their order; waveforms of equal length run ``batch`` at a time
@@ -188,7 +214,7 @@ class SpeakerVerifier:
         for members in by_length.values():
             for start in range(0, len(members), batch):
                 chunk = members[start:start + batch]
-                out[chunk] = self.backend(np.stack([waves[i] for i in chunk]))
+                out[chunk] = self._run(np.stack([waves[i] for i in chunk]))
         return out
 
     def enroll(self, items: Sequence[Input], batch: int = 16) -> np.ndarray:

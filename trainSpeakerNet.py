@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from dtdysv.runtime import checkpoint as ckpt
 from dtdysv.runtime import distributed, plugins
 from dtdysv.runtime.allocator import tune_cpu_allocator
 from dtdysv.runtime.distributed import DistEnv, barrier
+from dtdysv.runtime.fileio import run_lock
 from dtdysv.runtime.setup import (
     build_embedder,
     build_net,
@@ -199,13 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cpu":
             tune_cpu_allocator()
         seed_everything(cfg.seed)
-        if cfg.extract:
-            embedder, _, path = build_embedder(cfg, device, env)
-            run_extract(cfg, embedder, checkpoint=path)
-        elif cfg.eval:
-            run_eval(cfg, device, env)
-        else:
-            run_train(cfg, device, env)
+        # One run writes in --save_path at a time (rank 0 holds the lock for all ranks); --extract writes elsewhere.
+        with run_lock(cfg.save_path) if env.is_main and not cfg.extract else nullcontext():
+            if cfg.extract:
+                embedder, _, path = build_embedder(cfg, device, env)
+                run_extract(cfg, embedder, checkpoint=path)
+            elif cfg.eval:
+                run_eval(cfg, device, env)
+            else:
+                run_train(cfg, device, env)
     except UserError as err:
         log.error("%s", err)
         return 2

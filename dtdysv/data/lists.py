@@ -3,7 +3,8 @@
     train list   '<speaker_id> <path relative to --train_path>'      e.g. 'id00012 id00012/21Uxsk56VDQ/00001.wav'
     trial list   '<label 0|1> <enroll path> <test path>', or '<enroll> <test>' (unlabeled), relative to --test_path
 
-Blank lines are skipped; every error quotes the offending lines with their numbers, all of them in one message.
+Lists are UTF-8 (a byte-order mark is dropped). Blank lines are skipped; every error quotes the offending lines with
+their numbers, all of them in one message.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dtdysv.errors import UserError
-from dtdysv.runtime.fileio import atomic_write_text
+from dtdysv.runtime.fileio import atomic_write_text, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,9 @@ def _read_lines(path: str | Path, flag: str) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         raise DataError(f"List file '{path}' ({flag}) does not exist.")
     out = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                out.append((number, line.split()))
+    for number, line in enumerate(read_lines(path, f"List file '{path}' ({flag})"), start=1):
+        if line.strip():
+            out.append((number, line.split()))
     if not out:
         raise DataError(f"List file '{path}' ({flag}) has no lines.")
     return out
@@ -84,6 +84,12 @@ def read_train_list(list_path: str | Path, train_path: str | Path) -> TrainList:
                     [(n, t[1]) for n, t in rows if len(t) == 2], "--train_path")
     speakers = sorted({t[0] for _, t in rows})
     index = {s: i for i, s in enumerate(speakers)}
+    first: dict[str, int] = {}
+    repeats = [(n, first[t[1]]) for n, t in rows if first.setdefault(t[1], n) != n]
+    if repeats:
+        log.warning("%d lines of '%s' list a file already listed (e.g. line %d repeats line %d): each copy is "
+                    "sampled as its own utterance; remove the repeats unless that is meant", len(repeats), list_path,
+                    *repeats[0])
     return TrainList(files=[str(Path(train_path) / t[1]) for _, t in rows],
                      labels=np.array([index[t[0]] for _, t in rows], dtype=np.int64),
                      speakers=speakers, lines=[n for n, _ in rows], path=str(list_path))

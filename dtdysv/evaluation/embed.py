@@ -35,6 +35,7 @@ from dtdysv.evaluation.results import (
     save_npz,
     weights_fingerprint,
 )
+from dtdysv.runtime.fileio import read_lines
 from dtdysv.runtime.setup import loader_workers
 from SpeakerNet import Embedder
 
@@ -134,7 +135,8 @@ def read_file_list(path: str | Path) -> tuple[list[str], list[str] | None]:
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"File list '{path}' (--extract) does not exist.")
-    rows = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    rows = [(n, line.split()) for n, line in enumerate(read_lines(path, f"File list '{path}' (--extract)"), start=1)
+            if line.strip()]
     ncols = len(rows[0][1]) if rows else 0
     bad = [f"line {n}: {' '.join(t)!r}" for n, t in rows if len(t) != ncols]
     if not rows or ncols not in (1, 2) or bad:
@@ -153,6 +155,9 @@ def run_extract(cfg: Config, embedder: Embedder, checkpoint: str | Path | None =
     model outputs them, not normalised), 'labels' (N,) for '<label> <path>' lists, and 'meta' (JSON)."""
     if not cfg.extract or not cfg.extract_out:
         raise EvalError("Embedding extraction needs --extract <file list> and --extract_out <file.npz>.")
+    if Path(cfg.extract_out).is_dir():
+        raise EvalError(f"--extract_out '{cfg.extract_out}' is a folder; give the .npz file to write, e.g. "
+                        f"'{Path(cfg.extract_out) / 'embeddings.npz'}'.")
     files, labels = read_file_list(cfg.extract)
     absent = [f for f in files if not (Path(cfg.test_path) / f).is_file()]
     if absent:

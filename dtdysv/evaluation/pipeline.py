@@ -63,6 +63,10 @@ def check_eval_options(cfg: Config) -> None:
                         f"<labelled trial list> to train it there")
     if bool(cfg.extract) != bool(cfg.extract_out):
         problems.append("--extract <file list> and --extract_out <file.npz> go together")
+    if cfg.extract and cfg.eval:
+        problems.append("--extract embeds a file list and stops, so it would skip --eval: run them one at a time")
+    if cfg.extract_out and Path(cfg.extract_out).is_dir():
+        problems.append(f"--extract_out '{cfg.extract_out}' is a folder; give the .npz file to write")
     if problems:
         raise EvalError("Evaluation options: " + "; ".join(problems) + ".")
 

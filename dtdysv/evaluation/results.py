@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -197,17 +199,21 @@ def save_npz(path: str | Path, meta: Mapping[str, Any], **arrays: np.ndarray) ->
 
 
 def load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """(meta, arrays) of an embeddings, cohort or --extract file; None if absent or unreadable (logged)."""
+    """(meta, arrays) of an embeddings, cohort or --extract file; None if absent. A damaged file (truncated, not a
+    .npz, no meta) is an EvalError naming it."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-        return json.loads(str(arrays.pop("meta"))), arrays
-    except (OSError, ValueError, KeyError) as err:
-        log.warning("cannot read '%s' (%s); ignoring it", path, err)
-        return None
+        meta = json.loads(str(arrays.pop("meta")))
+        if not isinstance(meta, dict):
+            raise ValueError("its 'meta' is not a JSON object")
+        return meta, arrays
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise EvalError(f"'{path}' is damaged or truncated ({type(err).__name__}: {err}). Delete it and rerun: the "
+                        f"stage that wrote it (--eval, or --extract) writes it again.") from None
 
 
 @dataclass

@@ -8,13 +8,16 @@ Archive members with absolute paths, '..', links or special files are refused.
 
 from __future__ import annotations
 
+import gzip
 import logging
+import lzma
 import shutil
 import stat
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
@@ -23,7 +26,7 @@ from tqdm import tqdm
 
 from dtdysv.data.lists import offenders_message
 from dtdysv.errors import UserError
-from dtdysv.runtime.fileio import atomic_path
+from dtdysv.runtime.fileio import atomic_path, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ DOWNLOADS: dict[str, list[str]] = {
     "rirs": ["https://www.openslr.org/resources/28/rirs_noises.zip"],
 }
 NEEDS_CREDENTIALS = ("voxceleb1", "voxceleb2")
+# What a damaged archive raises while it is read: bad CRCs, cut-off compressed streams, garbage in a tar.
+DAMAGED = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
 class ArchiveError(UserError):
@@ -47,9 +52,11 @@ class ArchiveError(UserError):
 
 
 def read_url_list(path: Path) -> dict[str, list[str]]:
-    """'<dataset> <url>' lines -> {dataset: [urls]}, replacing the built-in table."""
+    """'<dataset> <url>' lines (UTF-8) -> {dataset: [urls]}, replacing the built-in table."""
+    if not path.is_file():
+        raise ArchiveError(f"--url_list {path}: no such file")
     table: dict[str, list[str]] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_lines(path, f"--url_list {path}"), start=1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
@@ -148,9 +155,19 @@ def _copy_member(src: IO[bytes], dest: Path) -> None:
 
 def extract_archive(archive: Path, out_dir: Path) -> int:
     """Unpack a zip or tar (any compression) into ``out_dir``; returns the files written (existing files of the
-    right size are skipped). Unsafe members are an error before they are written."""
+    right size are skipped). Unsafe members are an error before they are written; a damaged archive (bad CRC,
+    truncated) is an error naming it, the members before the damage kept."""
     if not archive.is_file():
         raise ArchiveError(f"--extract {archive}: no such file")
+    try:
+        return _extract(archive, out_dir)
+    except DAMAGED as err:
+        raise ArchiveError(f"--extract {archive}: the archive is damaged or truncated ({type(err).__name__}: {err}). "
+                           f"Members extracted before the damage are kept (a rerun skips them); download the archive "
+                           f"again (`dataprep.py --download` continues a partial download) and rerun.") from None
+
+
+def _extract(archive: Path, out_dir: Path) -> int:
     written = 0
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
@@ -172,7 +189,8 @@ def extract_archive(archive: Path, out_dir: Path) -> int:
     try:
         tar = tarfile.open(archive, "r:*")
     except tarfile.TarError as err:
-        raise ArchiveError(f"--extract {archive}: neither a zip nor a tar archive ({err})") from None
+        raise ArchiveError(f"--extract {archive}: neither a zip nor a tar archive, or one cut short before its "
+                           f"index ({err}); download it again if it is truncated.") from None
     with tar, tqdm(desc=archive.name, unit="file") as bar:
         for m in tar:  # streamed: a member is checked before anything of it is written
             why = _unsafe(m.name) or ("" if m.isfile() or m.isdir() else "a link or special file")

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "dtdy-sv-checkpoint"
 _NAME = re.compile(r"^model(\d+)\.model$")
+# What a checkpoint of ours holds, and the type of each: every reader needs 'model'; others need more (require).
+PARTS = {"model": dict, "loss": dict, "config": dict, "epoch": int}
 
 
 class CheckpointError(UserError):
@@ -61,7 +63,8 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def remove_stale_temporaries(save_path: str | Path) -> None:
-    """Delete temporary files left in ``<save_path>/model/`` by a process killed while writing a checkpoint."""
+    """Delete temporary files left in ``<save_path>/model/`` by a process killed while writing a checkpoint (only
+    those of processes that are gone: the pid is in the name)."""
     remove_temporaries(Path(save_path) / "model")
 
 
@@ -94,12 +97,45 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def read(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint file (ours or the official DTDY code's) safely; errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        hint = path / "model" / "last.model"
+        raise CheckpointError(f"Checkpoint '{path}' is a folder; give a checkpoint file"
+                              + (f", e.g. '{hint}'." if hint.is_file() else " (e.g. <save_path>/model/last.model)."))
     if not path.is_file():
         raise CheckpointError(f"Checkpoint '{path}' does not exist.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which and why
-        raise CheckpointError(f"Cannot read checkpoint '{path}': {type(err).__name__}: {err}") from None
+        raise CheckpointError(f"Cannot read checkpoint '{path}': {_load_failure(err)}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, not a checkpoint (a dict of weights and "
+                              f"settings, ours or the official DTDY code's).")
+    if obj.get("format") == FORMAT:
+        require(obj, path, ("model",))
+    return obj
+
+
+def require(obj: dict[str, Any], path: str | Path, keys: tuple[str, ...]) -> None:
+    """Refuse a checkpoint of ours that lacks one of ``keys`` (of PARTS), or holds it with another type."""
+    bad = [f"'{key}'" for key in keys if not isinstance(obj.get(key), PARTS[key])]
+    if bad:
+        raise CheckpointError(f"Checkpoint '{path}' lacks {', '.join(bad)} (a checkpoint of this framework holds "
+                              f"{', '.join(PARTS)}): it was not written by this framework, or was edited; use "
+                              f"another checkpoint.")
+
+
+def _load_failure(err: Exception) -> str:
+    """Why torch.load failed, in one sentence, without PyTorch's advice on loading files unsafely."""
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    text = (found.group(1) if found else text).strip()
+    first = text.splitlines()[0].split(". ")[0].strip() if text else ""
+    if not first or "weights_only" in first or "safe_globals" in first:
+        first = type(err).__name__
+    if first.startswith("Unsupported global"):
+        return (f"it holds a Python object that checkpoints of weights and settings never hold ({first}): it is "
+                f"not a checkpoint of this framework or of the official DTDY code.")
+    return f"it is not a PyTorch checkpoint, or it is damaged or truncated ({first}). Use another checkpoint."
 
 
 def split_weights(obj: dict[str, Any], path: str | Path,
@@ -109,6 +145,7 @@ def split_weights(obj: dict[str, Any], path: str | Path,
     ``model_state`` is the configured model's ``state_dict()``: official checkpoints are mapped onto it.
     """
     if obj.get("format") == FORMAT:
+        require(obj, path, ("model", "loss", "config"))
         return obj["model"], obj["loss"], obj["config"]
     from models._official import convert_official_checkpoint, is_official_checkpoint
 

@@ -26,10 +26,10 @@ def test_crop_reads_the_requested_window(tmp_path):
     assert crop.shape == (crop_samples(20),) and crop.dtype == np.float32
     ints = np.round(crop * 32768).astype(np.int64)
     assert np.all(np.diff(ints) == 1)  # one contiguous window of the ramp
-    short = write_test_wav(tmp_path / "short.wav", 1000)
+    short = write_test_wav(tmp_path / "short.wav", 2000)  # above the minimum (0.1 s), below the crop
     crop = load_crop(str(short), 20, np.random.default_rng(1))
     full = soundfile.read(short, dtype="float32")[0]
-    assert crop.shape == (crop_samples(20),) and np.array_equal(crop[1000:2000], full)
+    assert crop.shape == (crop_samples(20),) and np.array_equal(crop[2000:3440], full[:1440])
 
 
 def test_eval_crops_are_evenly_spaced(tmp_path):
