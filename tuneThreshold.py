@@ -486,24 +486,25 @@ def _resampled_metrics(plan: _Resampler, counts: np.ndarray, p_targets: Sequence
                        c_fa: float) -> np.ndarray:
     """(1 + len(p_targets), R): EER (fraction) and minDCF per resample, NaN where a class drew no trial."""
     below = _weights_below(plan, counts)
-    out = np.full((1 + len(p_targets), counts.shape[1]), np.nan)
-    valid = (below[:, 0, -1] > 0) & (below[:, 1, -1] > 0)
-    if not valid.any():
-        return out
-    tar, non = below[valid, 0], below[valid, 1]
+    tar, non = below[:, 0], below[:, 1]
     n_tar, n_non = tar[:, -1:].astype(np.float64), non[:, -1:].astype(np.float64)
+    invalid = (n_tar[:, 0] == 0) | (n_non[:, 0] == 0)
+    n_tar[invalid], n_non[invalid] = 1.0, 1.0  # computed on like the others (no copy of the valid rows), then NaN
     # (FNR - FPR) * n_tar * n_non, exact integers, rises along the curve: the EER lies between point k - 1 and the
     # first point k where it is >= 0, as in _eer
-    k = np.count_nonzero(tar * n_non + non * n_tar < n_tar * n_non, axis=1)[:, None]
+    k = np.count_nonzero(tar * n_non + non * n_tar < n_tar * n_non, axis=1)[:, None].clip(1, plan.n_segments)
     t_lo, t_hi, n_lo, n_hi = (np.take_along_axis(x, j, 1).astype(np.float64) for x in (tar, non) for j in (k - 1, k))
     d_lo, d_hi = t_lo * n_non + n_lo * n_tar - n_tar * n_non, t_hi * n_non + n_hi * n_tar - n_tar * n_non
-    alpha = -d_lo / (d_hi - d_lo)
-    out[0, valid] = ((t_lo + alpha * (t_hi - t_lo)) / n_tar)[:, 0]
+    out = np.empty((1 + len(p_targets), counts.shape[1]))
+    with np.errstate(divide="ignore", invalid="ignore"):  # only in invalid rows
+        alpha = -d_lo / (d_hi - d_lo)
+    out[0] = ((t_lo + alpha * (t_hi - t_lo)) / n_tar)[:, 0]
     fnr = tar[:, plan.candidates] / n_tar
     fpr = 1.0 - non[:, plan.candidates] / n_non
     for i, p in enumerate(p_targets, start=1):
         cost = (c_miss * p) * fnr + (c_fa * (1.0 - p)) * fpr
-        out[i, valid] = cost.min(axis=1) / min(c_miss * p, c_fa * (1.0 - p))
+        out[i] = cost.min(axis=1) / min(c_miss * p, c_fa * (1.0 - p))
+    out[:, invalid] = np.nan
     return out
 
 

@@ -3,6 +3,7 @@ VoxCeleb1-H, against the direct approach (build each resampled trial list, then 
 
     python bench/bootstrap_speed.py
     python bench/bootstrap_speed.py --trials 37611 --speakers 40 --groups 2    # VoxCeleb1-O-sized
+    python bench/bootstrap_speed.py --target_mean 0.3                          # a weaker system (EER ~10%)
 
 The list: ``--speakers`` speakers in ``--groups`` groups (VoxCeleb1-H pairs speakers of one nationality and
 gender), ``--files`` files each; half the trials are target pairs of one speaker's files, half non-target pairs of
@@ -27,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 import tuneThreshold as tt  # noqa: E402
 
 
-def synthetic_list(n_trials: int, n_speakers: int, n_groups: int, n_files: int,
-                   seed: int) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+def synthetic_list(n_trials: int, n_speakers: int, n_groups: int, n_files: int, seed: int,
+                   target_mean: float = 0.55) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """(scores (N,), labels (N,), enroll names, test names) with VoxCeleb-style names 'id<speaker>/<video>/<n>.wav'."""
     if n_groups < 1 or n_speakers < 2 * n_groups:
         raise SystemExit(f"--groups must be between 1 and --speakers / 2, got {n_groups} groups of {n_speakers}")
@@ -47,7 +48,7 @@ def synthetic_list(n_trials: int, n_speakers: int, n_groups: int, n_files: int,
     test_spk = np.concatenate((spk_t, t_non))
     labels = np.concatenate((np.ones(n_tar, np.int64), np.zeros(n_trials - n_tar, np.int64)))
     offset = rng.normal(0.0, 0.06, n_speakers)
-    target = 0.55 + offset[spk_t] + rng.normal(0.0, 0.12, n_tar)
+    target = target_mean + offset[spk_t] + rng.normal(0.0, 0.12, n_tar)
     non = 0.05 + 0.5 * (offset[e_non] + offset[t_non]) + rng.normal(0.0, 0.1, n_trials - n_tar)
     scores = np.round(np.concatenate((target, non)), 6)
     files_e, files_t = rng.integers(0, n_files, n_trials), rng.integers(0, n_files, n_trials)
@@ -75,13 +76,16 @@ def main() -> None:
     parser.add_argument("--speakers", type=int, default=1190, help="speakers (VoxCeleb1-H: 1,190)")
     parser.add_argument("--groups", type=int, default=24, help="nationality-gender groups of the non-targets")
     parser.add_argument("--files", type=int, default=120, help="files per speaker")
+    parser.add_argument("--target_mean", type=float, default=0.55, help="mean target score (non-targets: 0.05); "
+                                                                         "lower: a weaker system, more turning points")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--direct", type=int, default=4, help="resamples timed by the direct approach (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     p_targets = (0.01, 0.05)
 
-    scores, labels, enroll, test = synthetic_list(args.trials, args.speakers, args.groups, args.files, args.seed)
+    scores, labels, enroll, test = synthetic_list(args.trials, args.speakers, args.groups, args.files, args.seed,
+                                                  args.target_mean)
     start = time.perf_counter()
     ce, ct, unit = tt.trial_clusters(enroll, test, labels)
     names_s = time.perf_counter() - start
