@@ -67,6 +67,8 @@ def check_eval_options(cfg: Config) -> None:
                         f"{cfg.eval_frames} and {cfg.num_eval}")
     if cfg.score_norm == "asnorm" and cfg.norm_top_n < 2:
         problems.append(f"--norm_top_n must be >= 2 for --score_norm asnorm, got {cfg.norm_top_n}")
+    if cfg.bootstrap < 0:
+        problems.append(f"--bootstrap must be >= 0 (0: no intervals), got {cfg.bootstrap}")
     if cfg.norm_cohort_utts < 1:
         problems.append(f"--norm_cohort_utts must be >= 1, got {cfg.norm_cohort_utts}")
     if cfg.score_from_cache and not cfg.eval:
@@ -128,7 +130,7 @@ def score_and_report(cfg: Config, trial_lists: Sequence[TrialList], result_dir: 
         for stem in score_stems(lists).values():
             (result_dir / f"{stem}.cal.txt").unlink(missing_ok=True)
     metrics = metrics_stage(result_dir, entries, checkpoint, p_targets_of(cfg), cfg.dcf_c_miss, cfg.dcf_c_fa,
-                            cfg.dcf_p_target)
+                            cfg.dcf_p_target, cfg.bootstrap)
     plot_stage(result_dir)
     return metrics
 
