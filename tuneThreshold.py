@@ -417,6 +417,7 @@ class _Resampler(NamedTuple):
 
 def _resampler(scores: ArrayLike, labels: ArrayLike, clusters_enroll: ArrayLike,
                clusters_test: ArrayLike) -> _Resampler:
+    """The ``_Resampler`` of a score list: one sort of the scores, its turning points, the trials' segment rows."""
     from scipy.sparse import csr_matrix
 
     s, is_target = _check_inputs(scores, labels)
