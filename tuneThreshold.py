@@ -499,7 +499,7 @@ def _resampled_metrics(plan: _Resampler, counts: np.ndarray, p_targets: Sequence
     out = np.empty((1 + len(p_targets), counts.shape[1]))
     with np.errstate(divide="ignore", invalid="ignore"):  # only in invalid rows
         alpha = -d_lo / (d_hi - d_lo)
-    out[0] = ((t_lo + alpha * (t_hi - t_lo)) / n_tar)[:, 0]
+        out[0] = ((t_lo + alpha * (t_hi - t_lo)) / n_tar)[:, 0]
     fnr = tar[:, plan.candidates] / n_tar
     fpr = 1.0 - non[:, plan.candidates] / n_non
     for i, p in enumerate(p_targets, start=1):
