@@ -93,6 +93,8 @@ class Config:
     dcf_p_target: float = opt(0.05, "minDCF target prior printed first (0.01 and 0.05 are always reported).", "eval")
     dcf_c_miss: float = opt(1.0, "minDCF cost of a miss.", "eval")
     dcf_c_fa: float = opt(1.0, "minDCF cost of a false alarm.", "eval")
+    bootstrap: int = opt(1000, "Resamples of the trial list's speakers behind the confidence intervals of EER and "
+                         "minDCF in metrics.json (0: no intervals).", "eval")
     score_norm: str = opt("none", "Score normalisation against a cohort of training speakers, reported beside the "
                           "raw scores: none, asnorm (top --norm_top_n) or snorm (whole cohort).", "eval",
                           ("none", "asnorm", "snorm"))

@@ -12,12 +12,19 @@ detection cost over its points, voxceleb_trainer's EER on the ROC points sklearn
 rates at given thresholds (10^7 trials: about 0.5 s on one core, bench/eval_speed.py).
 
 The functions ``tuneThresholdfromScore``, ``ComputeErrorRates`` and ``ComputeMinDcf`` keep voxceleb_trainer's
-names, signatures and numbers (without sklearn at run time), so existing scripts keep working; they are why the
-file runs past 300 lines: voxceleb_trainer's users import them from here.
+names, signatures and numbers (without sklearn at run time), so existing scripts keep working: voxceleb_trainer's
+users import them from here.
+
+Confidence intervals (``bootstrap_intervals``, ``bootstrap_replicates``, ``difference_test``) come from a bootstrap
+that resamples speakers rather than trials (Bolle, Ratha and Pankanti, "Error analysis of pattern recognition
+systems: the subsets bootstrap", CVIU 2004; Poh and Bengio, "Estimating the confidence interval of expected
+performance curve in biometric authentication using joint bootstrap", ICASSP 2007). Each resample is a weight per
+trial; the error curve is sorted once, and the metrics of a block of resamples are read off weighted cumulative sums
+over its turning points. The bootstrap and voxceleb_trainer's functions are why the file runs past 300 lines.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -154,12 +161,16 @@ def _eer(c: _Curve, d: np.ndarray, k: int) -> tuple[float, float]:
     return float(c.fnr[k - 1] + alpha * (c.fnr[k] - c.fnr[k - 1])), float(threshold)
 
 
-def _min_dcf(c: _Curve, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float]:
-    """Normalised minDCF over the curve's points and its threshold (the lowest optimal one)."""
+def _check_costs(p_target: float, c_miss: float, c_fa: float) -> None:
     if not 0.0 < p_target < 1.0:
         raise ValueError(f"p_target must be in (0, 1), got {p_target}")
     if c_miss <= 0 or c_fa <= 0:
         raise ValueError(f"c_miss and c_fa must be > 0, got c_miss={c_miss}, c_fa={c_fa}")
+
+
+def _min_dcf(c: _Curve, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float]:
+    """Normalised minDCF over the curve's points and its threshold (the lowest optimal one)."""
+    _check_costs(p_target, c_miss, c_fa)
     c_det = c_miss * p_target * c.fnr + c_fa * (1.0 - p_target) * c.fpr
     i = int(np.argmin(c_det))
     c_default = min(c_miss * p_target, c_fa * (1.0 - p_target))
@@ -376,3 +387,231 @@ def ComputeMinDcf(
     i = int(np.argmin(c_det))
     c_def = min(c_miss * p_target, c_fa * (1 - p_target))
     return float(c_det[i]) / c_def, thresholds[i]
+
+
+# ---- bootstrap confidence intervals ---------------------------------------------------------------------------
+# Trials are not independent: the trials of one speaker share that speaker's voice, so resampling trials as if
+# they were gives intervals far too narrow. The resampling unit is the speaker (or, when the names do not say who
+# speaks, the file), as in the "subsets bootstrap" of Bolle, Ratha and Pankanti (2004) and the user-level bootstrap
+# of Poh and Bengio (2007): a resample draws the list's clusters with replacement, and a trial counts once per draw
+# of its cluster when both sides lie in one cluster (a target trial of a drawn speaker), and once per pair of draws
+# when they lie in two (c_e * c_t: Owen's 2007 "pigeonhole" bootstrap of a crossed design). Intervals are basic
+# bootstrap intervals (``basic_interval`` says why not percentile ones).
+
+BOOTSTRAP_BLOCK = 64  # resamples drawn and evaluated together; fixed, so that a seed gives the same draws anywhere
+_SLAB = 1 << 13  # trials weighted at a time: their weights and segment sums stay in cache
+
+
+def trial_clusters(enroll: Sequence[str], test: Sequence[str],
+                   labels: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """The resampling unit of both sides of every trial: (enroll clusters (N,), test clusters (N,), unit).
+
+    unit "speaker": a name's first folder ('id10270' of 'id10270/x6uYqmx31kE/00001.wav'), used when every name has
+    one and, given labels, every target trial's two names share it and no non-target trial's do; else "file": the
+    name itself. Cluster ids are 0 .. C-1 in order of first appearance (enroll before test, trial by trial).
+    """
+    if len(enroll) != len(test):
+        raise ValueError(f"enroll and test differ in length: {len(enroll)} and {len(test)} names")
+    names = [name for pair in zip(enroll, test, strict=True) for name in pair]  # e0, t0, e1, t1, ...
+    unit = "speaker" if all("/" in name.strip("/") for name in names) else "file"
+    if unit == "speaker":
+        speakers = [name.strip("/").split("/", 1)[0] for name in names]
+        if labels is not None:
+            same = np.array([e == t for e, t in zip(speakers[0::2], speakers[1::2], strict=True)])
+            if not np.array_equal(same, np.asarray(labels) == 1):
+                unit = "file"  # the first folder is not the speaker: some targets cross it or non-targets share it
+        names = speakers if unit == "speaker" else names
+    ids: dict[str, int] = {}
+    clusters = np.fromiter((ids.setdefault(name, len(ids)) for name in names), dtype=np.int64, count=len(names))
+    return clusters[0::2].copy(), clusters[1::2].copy(), unit
+
+
+class _Resampler(NamedTuple):
+    """What every resample of one score list shares: the error curve reduced to the points where it turns.
+
+    A run of tie groups holding only targets (or only non-targets) is a straight segment of the curve under any
+    weighting, so only the M + 1 points where the run changes, and both ends, are kept; the trials between two kept
+    points form a segment, and a resample needs only each segment's weight per class (a sparse sum).
+    """
+
+    slabs: list[tuple[int, int, int, object]]  # (first trial, end trial, first row, CSR (rows, trials) of ones)
+    first: np.ndarray  # (N,) enroll cluster of each trial, trials ordered by row (class, then segment)
+    second: np.ndarray  # (N,) test cluster, or n_clusters (a count of 1) when both sides lie in one cluster
+    n_segments: int  # M; row j < M sums the targets of segment j, row M + j its non-targets
+    candidates: np.ndarray  # the kept points where minDCF can be reached
+    n_clusters: int
+
+
+def _resampler(scores: ArrayLike, labels: ArrayLike, clusters_enroll: ArrayLike,
+               clusters_test: ArrayLike) -> _Resampler:
+    """The ``_Resampler`` of a score list: one sort of the scores, its turning points, the trials' segment rows."""
+    from scipy.sparse import csr_matrix
+
+    s, is_target = _check_inputs(scores, labels)
+    ce, ct = np.asarray(clusters_enroll), np.asarray(clusters_test)
+    if ce.shape != s.shape or ct.shape != s.shape:
+        raise ValueError(f"clusters_enroll and clusters_test must be ({s.size},) like the scores, got {ce.shape} "
+                         f"and {ct.shape}")
+    ids, both = np.unique(np.concatenate((ce, ct)), return_inverse=True)  # any labels -> 0 .. C-1
+    n_clusters, ce, ct = ids.size, both[:s.size], both[s.size:]
+    order = np.argsort(s, kind="stable")
+    sorted_s = s[order]
+    group = np.empty(s.size, dtype=np.int64)  # tie group of each trial (point g: every group < g rejected)
+    group[order] = np.cumsum(np.concatenate(([False], sorted_s[1:] != sorted_s[:-1])))
+    n_groups = int(group.max()) + 1
+    has_tar = np.bincount(group, weights=is_target, minlength=n_groups) > 0
+    has_non = np.bincount(group, weights=~is_target, minlength=n_groups) > 0
+    pure_tar, pure_non = has_tar & ~has_non, has_non & ~has_tar
+    straight = (pure_tar[:-1] & pure_tar[1:]) | (pure_non[:-1] & pure_non[1:])  # point g between two like groups
+    points = np.concatenate(([0], np.flatnonzero(~straight) + 1, [n_groups]))
+    # minDCF falls when a non-target is passed and rises when a target is, so its minimum lies at a point after a
+    # group with a non-target and before one with a target, or at an end
+    inner = points[1:-1]
+    keep = has_non[inner - 1] & has_tar[inner]
+    candidates = np.concatenate(([0], np.flatnonzero(keep) + 1, [points.size - 1]))
+    n_seg = points.size - 1
+    row = np.searchsorted(points, group, side="right") - 1 + n_seg * ~is_target
+    by_row = np.argsort(row, kind="stable")
+    row = row[by_row]
+    slabs = []
+    for a in range(0, s.size, _SLAB):
+        b = min(a + _SLAB, s.size)
+        r0 = int(row[a])
+        matrix = csr_matrix((np.ones(b - a, dtype=np.float32), (row[a:b] - r0, np.arange(b - a))),
+                            shape=(int(row[b - 1]) - r0 + 1, b - a))
+        slabs.append((a, b, r0, matrix))
+    second = np.where(ce == ct, n_clusters, ct)[by_row]
+    return _Resampler(slabs, ce[by_row], second, n_seg, candidates, n_clusters)
+
+
+def _draw_counts(rng: np.random.Generator, n_clusters: int, n: int) -> np.ndarray:
+    """(n_clusters + 1, n) float32: how often each cluster is drawn in each of n resamples, then a row of ones."""
+    draws = rng.integers(0, n_clusters, size=(n, n_clusters)) + n_clusters * np.arange(n)[:, None]
+    counts = np.ones((n_clusters + 1, n), dtype=np.float32)
+    counts[:-1] = np.bincount(draws.ravel(), minlength=n * n_clusters).reshape(n, n_clusters).T
+    return counts
+
+
+def _weights_below(plan: _Resampler, counts: np.ndarray) -> np.ndarray:
+    """(R, 2, M + 1) float32: the weight of the targets ([:, 0]) and non-targets ([:, 1]) below each kept point.
+
+    counts: (C + 1, R) from ``_draw_counts``. A trial's weight in resample r is counts[first, r] *
+    counts[second, r]; weights and their sums are integers, exact in float32 while a class weighs under 2**24
+    (lists of millions of trials), within 1e-7 beyond.
+    """
+    n_res, m = counts.shape[1], plan.n_segments
+    sums = np.zeros((n_res, 2 * m), dtype=np.float32)
+    for a, b, r0, matrix in plan.slabs:
+        weights = np.take(counts, plan.first[a:b], axis=0)  # (trials, R)
+        weights *= np.take(counts, plan.second[a:b], axis=0)
+        sums[:, r0:r0 + matrix.shape[0]] += (matrix @ weights).T
+    below = np.zeros((n_res, 2, m + 1), dtype=np.float32)
+    np.cumsum(sums.reshape(n_res, 2, m), axis=2, out=below[:, :, 1:])
+    return below
+
+
+def _resampled_metrics(plan: _Resampler, counts: np.ndarray, p_targets: Sequence[float], c_miss: float,
+                       c_fa: float) -> np.ndarray:
+    """(1 + len(p_targets), R): EER (fraction) and minDCF per resample, NaN where a class drew no trial."""
+    below = _weights_below(plan, counts)
+    tar, non = below[:, 0], below[:, 1]
+    n_tar, n_non = tar[:, -1:].astype(np.float64), non[:, -1:].astype(np.float64)
+    invalid = (n_tar[:, 0] == 0) | (n_non[:, 0] == 0)
+    n_tar[invalid], n_non[invalid] = 1.0, 1.0  # computed on like the others (no copy of the valid rows), then NaN
+    # (FNR - FPR) * n_tar * n_non, exact integers, rises along the curve: the EER lies between point k - 1 and the
+    # first point k where it is >= 0, as in _eer
+    k = np.count_nonzero(tar * n_non + non * n_tar < n_tar * n_non, axis=1)[:, None].clip(1, plan.n_segments)
+    t_lo, t_hi, n_lo, n_hi = (np.take_along_axis(x, j, 1).astype(np.float64) for x in (tar, non) for j in (k - 1, k))
+    d_lo, d_hi = t_lo * n_non + n_lo * n_tar - n_tar * n_non, t_hi * n_non + n_hi * n_tar - n_tar * n_non
+    out = np.empty((1 + len(p_targets), counts.shape[1]))
+    with np.errstate(divide="ignore", invalid="ignore"):  # only in invalid rows
+        alpha = -d_lo / (d_hi - d_lo)
+        out[0] = ((t_lo + alpha * (t_hi - t_lo)) / n_tar)[:, 0]
+    fnr = tar[:, plan.candidates] / n_tar
+    fpr = 1.0 - non[:, plan.candidates] / n_non
+    for i, p in enumerate(p_targets, start=1):
+        cost = (c_miss * p) * fnr + (c_fa * (1.0 - p)) * fpr
+        out[i] = cost.min(axis=1) / min(c_miss * p, c_fa * (1.0 - p))
+    out[:, invalid] = np.nan
+    return out
+
+
+def bootstrap_replicates(scores: ArrayLike, labels: ArrayLike, clusters_enroll: ArrayLike,
+                         clusters_test: ArrayLike, p_targets: Sequence[float] = (0.01, 0.05), c_miss: float = 1.0,
+                         c_fa: float = 1.0, n_resamples: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
+    """The metrics of ``n_resamples`` cluster resamples: {"eer_percent": (R,), "min_dcf_p<p>": (R,) per p}.
+
+    scores, labels, clusters_enroll, clusters_test: (N,), clusters as from ``trial_clusters``. The draws depend
+    only on ``seed`` and the number of clusters, so two systems scored on one trial list (same clusters) get the
+    same resamples: a paired bootstrap. NaN marks a resample that drew no target or no non-target trial.
+    """
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    for p in p_targets:
+        _check_costs(float(p), c_miss, c_fa)
+    plan = _resampler(scores, labels, clusters_enroll, clusters_test)
+    rng = np.random.default_rng(seed)
+    parts = [_resampled_metrics(plan, _draw_counts(rng, plan.n_clusters, min(BOOTSTRAP_BLOCK, n_resamples - i)),
+                                p_targets, c_miss, c_fa)
+             for i in range(0, n_resamples, BOOTSTRAP_BLOCK)]
+    values = np.concatenate(parts, axis=1)
+    return {"eer_percent": 100.0 * values[0],
+            **{f"min_dcf_p{float(p)}": values[i] for i, p in enumerate(p_targets, start=1)}}
+
+
+def basic_interval(estimate: float, replicates: ArrayLike, level: float = 0.95,
+                   bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float]:
+    """The basic (reverse-percentile) bootstrap interval: 2 * estimate minus the (1 + level) / 2 and (1 - level) / 2
+    quantiles of the finite ``replicates``, clipped to ``bounds``; (nan, nan) when none is finite.
+
+    Resamples repeat speakers, so a resampled error curve is lumpier than the list's and its minimum (minDCF) lower:
+    the replicates sit below the estimate as the estimate sits below the truth. The basic interval turns that shift
+    around (Davison and Hinkley 1997, section 5.2), where the percentile interval would repeat it (simulated lists:
+    tests/test_bootstrap.py).
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    v = np.asarray(replicates, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    q_lo, q_hi = np.quantile(v, [(1.0 - level) / 2, (1.0 + level) / 2])
+    lo, hi = np.clip([2.0 * estimate - q_hi, 2.0 * estimate - q_lo], *bounds)
+    return float(lo), float(hi)
+
+
+def replicate_intervals(point: Mapping[str, float], replicates: Mapping[str, np.ndarray],
+                        level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """``basic_interval`` of every metric of ``replicates`` around its value in ``point`` (compute_metrics), clipped
+    to the metric's range: EER 0-100 %, normalised minDCF 0-1."""
+    return {key: basic_interval(float(point[key]), v, level, (0.0, 100.0 if key == "eer_percent" else 1.0))
+            for key, v in replicates.items()}
+
+
+def bootstrap_intervals(scores: ArrayLike, labels: ArrayLike, clusters_enroll: ArrayLike, clusters_test: ArrayLike,
+                        p_targets: Sequence[float] = (0.01, 0.05), c_miss: float = 1.0, c_fa: float = 1.0,
+                        n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Basic bootstrap intervals of the EER (percent) and minDCF at each p_target, resampling clusters
+    (``bootstrap_replicates``, ``basic_interval``): {"eer_percent": (lo, hi), "min_dcf_p<p>": (lo, hi), ...}."""
+    reps = bootstrap_replicates(scores, labels, clusters_enroll, clusters_test, p_targets, c_miss, c_fa,
+                                n_resamples, seed)
+    return replicate_intervals(compute_metrics(scores, labels, p_targets, c_miss, c_fa), reps, level)
+
+
+def difference_test(difference: float, replicates: ArrayLike, level: float = 0.95) -> dict[str, float | int]:
+    """A paired bootstrap of a difference between two systems (B - A of one metric): ``difference`` on the list,
+    ``replicates`` (R,) on resamples that are the same for both systems.
+
+    Returns the basic interval (ci_low, ci_high) and a two-sided p-value for "no difference", the interval
+    inverted: twice the smaller share of replicates on either side of 2 * difference (ties counted on both
+    sides), as (1 + count) / (R + 1) so that it is never 0, capped at 1; it falls below 1 - level about when the
+    interval excludes 0. Identical systems: difference 0, interval [0, 0], p 1. NaN replicates are left out.
+    """
+    d = np.asarray(replicates, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    lo, hi = basic_interval(difference, d, level)
+    if d.size == 0:
+        return {"ci_low": lo, "ci_high": hi, "p_value": float("nan"), "resamples": 0}
+    side = min(np.count_nonzero(d <= 2.0 * difference), np.count_nonzero(d >= 2.0 * difference))
+    return {"ci_low": lo, "ci_high": hi, "p_value": min(1.0, 2.0 * (1 + side) / (d.size + 1)),
+            "resamples": int(d.size)}

@@ -5,7 +5,10 @@ metrics.json holds the first list's description and metrics at the top level, wi
 unlabeled list has no metrics. Cllr (``cllr_bits``) and the actual DCF (``act_dcf_p<p>``, deciding at the Bayes
 threshold of the scores read as llrs) are reported for every score file, so that the gain of calibration shows
 against the raw and normalised scores, which are not llrs. The metrics are computed from the score files as
-written, so ``rerun_metrics`` recomputes the same metrics.json from them alone.
+written, so ``rerun_metrics`` recomputes the same metrics.json from them alone. Every labelled score file also
+gets 95% intervals of its EER and minDCF (``eer_ci95_percent``, ``min_dcf_p<p>_ci95``) from a bootstrap over the
+list's speakers with a fixed seed (tuneThreshold.py says why speakers; ``bootstrap`` records the unit, the
+resamples and the seed).
 """
 
 from __future__ import annotations
@@ -18,27 +21,46 @@ from typing import Any
 from dtdysv.evaluation.results import (
     EvalRun,
     ListResult,
+    ScoreFile,
     ScoreSet,
     entries_of,
     read_metrics,
     read_scores,
     write_metrics,
 )
-from tuneThreshold import actual_dcf, cllr, compute_metrics
+from tuneThreshold import actual_dcf, bootstrap_intervals, cllr, compute_metrics, trial_clusters
 
 log = logging.getLogger(__name__)
 
 _COMPUTED = ("eer_percent", "eer_threshold", "eer_vt_percent", "dcf_c_miss", "dcf_c_fa", "n_target", "n_nontarget",
-             "cllr_bits")
+             "cllr_bits", "eer_ci95_percent", "bootstrap")
+BOOTSTRAP_SEED = 0  # fixed: a rerun gives the same intervals
 PURPOSE_CALIBRATION = {"purpose": "calibration"}  # marks the --calibration_list: its figures are training figures
 
 
 def _summary(entry: Mapping[str, Any], p: float) -> str:
     if "eer_percent" not in entry:
         return "unlabeled: no metrics"
-    return (f"EER {entry['eer_percent']:.3f}% (voxceleb_trainer {entry['eer_vt_percent']:.3f}%), minDCF "
+    ci = entry.get("eer_ci95_percent")
+    interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else ""
+    return (f"EER {entry['eer_percent']:.3f}%{interval} (voxceleb_trainer {entry['eer_vt_percent']:.3f}%), minDCF "
             f"{entry[f'min_dcf_p{float(p)}']:.4f} (p={p:g}), {entry['min_dcf_p0.01']:.4f} (p=0.01); Cllr "
             f"{entry['cllr_bits']:.4f}, actDCF {entry[f'act_dcf_p{float(p)}']:.4f} (p={p:g})")
+
+
+def _intervals(scores: ScoreFile, run: EvalRun) -> dict[str, Any]:
+    """The metrics.json fields of the bootstrap: eer_ci95_percent, min_dcf_p<p>_ci95, bootstrap."""
+    enroll, test, unit = trial_clusters(scores.enroll, scores.test, scores.labels)
+    if unit != "speaker":
+        log.info("trial names without a speaker folder shared exactly by the target trials: the intervals resample "
+                 "files instead of speakers")
+    cfg = run.cfg
+    ci = bootstrap_intervals(scores.scores, scores.labels, enroll, test, run.p_targets, cfg.dcf_c_miss, cfg.dcf_c_fa,
+                             cfg.bootstrap, BOOTSTRAP_SEED)
+    out: dict[str, Any] = {"eer_ci95_percent": list(ci.pop("eer_percent"))}
+    out.update({f"{key}_ci95": list(v) for key, v in ci.items()})
+    out["bootstrap"] = {"unit": unit, "resamples": cfg.bootstrap, "seed": BOOTSTRAP_SEED, "interval": "basic"}
+    return out
 
 
 def _with_metrics(run: EvalRun, scores_set: ScoreSet) -> dict[str, Any]:
@@ -50,6 +72,8 @@ def _with_metrics(run: EvalRun, scores_set: ScoreSet) -> dict[str, Any]:
         out["cllr_bits"] = cllr(scores.scores, scores.labels)
         out.update({f"act_dcf_p{float(p)}": actual_dcf(scores.scores, scores.labels, p, cfg.dcf_c_miss, cfg.dcf_c_fa)
                     for p in run.p_targets})
+        if cfg.bootstrap > 0:
+            out.update(_intervals(scores, run))
     return out
 
 

@@ -54,6 +54,8 @@ def check_eval_options(cfg: Config) -> None:
                         f"{cfg.eval_frames} and {cfg.num_eval}")
     if ScoreNorm(cfg.score_norm) == ScoreNorm.ASNORM and cfg.norm_top_n < 2:
         problems.append(f"--norm_top_n must be >= 2 for --score_norm asnorm, got {cfg.norm_top_n}")
+    if cfg.bootstrap < 0:
+        problems.append(f"--bootstrap must be >= 0 (0: no intervals), got {cfg.bootstrap}")
     if cfg.norm_cohort_utts < 1:
         problems.append(f"--norm_cohort_utts must be >= 1, got {cfg.norm_cohort_utts}")
     if cfg.score_from_cache and not cfg.eval:

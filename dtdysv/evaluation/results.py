@@ -278,6 +278,8 @@ def _finite(obj: Any) -> Any:
     """JSON has no infinity: non-finite floats (e.g. a reject-all threshold) become null."""
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
     return None if isinstance(obj, float) and not np.isfinite(obj) else obj
 
 

@@ -1,0 +1,371 @@
+#!/usr/bin/env python
+"""Compare speaker-verification systems: a paired bootstrap of two systems on one trial list, or a table of results.
+
+    python compareSystems.py exps/A exps/B                                 # result folders: their scores.txt
+    python compareSystems.py a/scores.txt b/scores.txt --det det.png --json diff.json
+    python compareSystems.py --summary exps/A exps/B_s1 exps/B_s2 --markdown table.md --csv table.csv
+
+Comparison: the trials of the two score files ('score label enroll test') must be the same ones (in any order);
+they are aligned, and B - A of the EER and of minDCF at each --p_target gets a 95% interval and a two-sided p-value
+from a paired bootstrap: each resample draws the list's speakers (tuneThreshold.trial_clusters) with replacement
+and weighs both systems' trials alike, so what the two systems share (the speakers, the trials) cancels in the
+difference. Intervals are basic bootstrap intervals; the p-value inverts the difference's interval
+(tuneThreshold.difference_test). A result folder (an experiment folder or its result/) stands
+for its ``--scores_file`` (scores.txt: the first list's raw scores; evaluation.py describes the folder).
+
+Summary: one row per experiment from its result/metrics.json (EER and minDCF with their 95% intervals, trials);
+folders whose config.yaml differ only in ``seed`` (and ``save_path``) also get mean and std rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from config import load_yaml
+from dtdysv.errors import UserError
+from dtdysv.evaluation.results import METRICS_FILE, EvalError, ScoreFile, entries_of, read_metrics, read_scores
+from dtdysv.runtime.fileio import atomic_write_text
+from dtdysv.runtime.setup import setup_logging
+from tuneThreshold import bootstrap_replicates, compute_metrics, difference_test, replicate_intervals, trial_clusters
+
+log = logging.getLogger("compareSystems")
+
+
+# ---- reading -------------------------------------------------------------------------------------------------------
+
+
+def score_path(path: str | Path, scores_file: str) -> Path:
+    """A score file as given, or ``scores_file`` in a result folder (``<dir>/result/`` or ``<dir>/`` itself)."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "result" / scores_file, path / scores_file):
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"'{path}' is a folder without result/{scores_file} or {scores_file}; give a score file or a "
+                        f"result folder (--scores_file names the file in it).")
+    if not path.is_file():
+        raise UserError(f"Score file '{path}' does not exist.")
+    return path
+
+
+def system_name(path: Path) -> str:
+    """The experiment folder of a result folder's score file, else the file's path."""
+    return path.parent.parent.name if path.parent.name == "result" and path.parent.parent.name else str(path)
+
+
+def _first_bad_line(path: Path) -> str:
+    """Where a score file stops being 'score label enroll test' lines ('' if nowhere)."""
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        try:
+            ok = len(tokens) == 4 and np.isfinite(float(tokens[0])) and tokens[1] in ("0", "1")
+        except ValueError:
+            ok = False
+        if not ok:
+            return f"line {n} is {line.strip()!r}, not 'score label enroll test' (label 0 or 1)"
+    return ""
+
+
+def read_labelled(path: Path) -> ScoreFile:
+    """A labelled score file; UserError naming the file (and the line) otherwise."""
+    try:
+        bad = _first_bad_line(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"Score file '{path}' cannot be read as text: {err}") from None
+    if bad:
+        raise UserError(f"Score file '{path}': {bad}; a comparison needs labelled trials.")
+    try:
+        scores = read_scores(path)
+    except (EvalError, ValueError) as err:
+        raise UserError(f"Score file '{path}': {err}") from None
+    return scores
+
+
+def _keys(s: ScoreFile) -> list[tuple[str, str, int]]:
+    """(enroll, test, k): the k-th occurrence of the pair, so that a list may repeat a trial."""
+    seen: dict[tuple[str, str], int] = {}
+    keys = []
+    for pair in zip(s.enroll, s.test, strict=True):
+        k = seen[pair] = seen.get(pair, -1) + 1
+        keys.append((*pair, k))
+    return keys
+
+
+def align(a: ScoreFile, b: ScoreFile, path_a: Path, path_b: Path) -> np.ndarray:
+    """Indices putting B's trials in A's order; UserError naming the first trial that is not in both (or whose
+    label differs)."""
+    index = {key: i for i, key in enumerate(_keys(a))}
+    order = np.full(len(a.enroll), -1, dtype=np.int64)
+    for j, key in enumerate(_keys(b)):
+        i = index.get(key)
+        if i is None:
+            again = f" (occurrence {key[2] + 1})" if key[2] else ""
+            raise UserError(f"The trials differ: '{key[0]} {key[1]}'{again}, line {j + 1} of '{path_b}', is not in "
+                            f"'{path_a}'.")
+        if a.labels[i] != b.labels[j]:
+            raise UserError(f"The trials differ: '{key[0]} {key[1]}' is labelled {a.labels[i]} in '{path_a}' (line "
+                            f"{i + 1}) and {b.labels[j]} in '{path_b}' (line {j + 1}).")
+        order[i] = j
+    if (order < 0).any():
+        i = int(np.flatnonzero(order < 0)[0])
+        raise UserError(f"The trials differ: '{a.enroll[i]} {a.test[i]}', line {i + 1} of '{path_a}', is not in "
+                        f"'{path_b}'.")
+    return order
+
+
+# ---- paired comparison ---------------------------------------------------------------------------------------------
+
+
+def metric_names(p_targets: Sequence[float]) -> dict[str, str]:
+    return {"eer_percent": "EER %", **{f"min_dcf_p{float(p)}": f"minDCF p={p:g}" for p in p_targets}}
+
+
+def compare(a: ScoreFile, b: ScoreFile, p_targets: Sequence[float], c_miss: float, c_fa: float, n_resamples: int,
+            seed: int) -> dict[str, Any]:
+    """The paired comparison of two aligned labelled score lists (same trials, same order): the JSON content."""
+    enroll, test, unit = trial_clusters(a.enroll, a.test, a.labels)
+    point = {name: compute_metrics(s.scores, a.labels, p_targets, c_miss, c_fa) for name, s in (("a", a), ("b", b))}
+    reps = {name: bootstrap_replicates(s.scores, a.labels, enroll, test, p_targets, c_miss, c_fa, n_resamples, seed)
+            for name, s in (("a", a), ("b", b))}
+    ci = {name: replicate_intervals(point[name], reps[name]) for name in ("a", "b")}
+    figures = {}
+    for key in metric_names(p_targets):
+        difference = point["b"][key] - point["a"][key]
+        tested = difference_test(difference, reps["b"][key] - reps["a"][key])
+        figures[key] = {"a": point["a"][key], "a_ci95": list(ci["a"][key]), "b": point["b"][key],
+                        "b_ci95": list(ci["b"][key]), "difference": difference,
+                        "difference_ci95": [tested["ci_low"], tested["ci_high"]], "p_value": tested["p_value"]}
+    n_clusters = len(np.unique(np.concatenate((enroll, test))))
+    return {"n_trials": len(a.labels), "n_target": int(a.labels.sum()), "metrics": figures,
+            "bootstrap": {"unit": unit, "clusters": n_clusters, "resamples": n_resamples, "seed": seed,
+                          "interval": "basic", "p_value": "two-sided, the basic interval inverted"},
+            "dcf_c_miss": c_miss, "dcf_c_fa": c_fa, "point": point}
+
+
+def report(result: dict[str, Any], path_a: Path, path_b: Path, p_targets: Sequence[float]) -> str:
+    boot = result["bootstrap"]
+    lines = [f"A: {path_a}", f"B: {path_b}",
+             f"{result['n_trials']:,} trials ({result['n_target']:,} targets); paired bootstrap over "
+             f"{boot['clusters']:,} {boot['unit']}s, {boot['resamples']} resamples (seed {boot['seed']}), "
+             f"95% intervals",
+             f"{'metric':<16}{'A':<26}{'B':<26}{'B - A':<30}p"]
+    for key, name in metric_names(p_targets).items():
+        f = result["metrics"][key]
+        digits = 3 if key == "eer_percent" else 4
+        lines.append(f"{name:<16}{_with_ci(f['a'], f['a_ci95'], digits):<26}{_with_ci(f['b'], f['b_ci95'], digits):<26}"
+                     f"{_with_ci(f['difference'], f['difference_ci95'], digits, signed=True):<30}"
+                     f"{f['p_value']:.3g}")
+    return "\n".join(lines) + "\n"
+
+
+def _with_ci(value: float, ci: Sequence[float | None] | None, digits: int, signed: bool = False) -> str:
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    if ci is None or None in ci or not np.isfinite(ci).all():
+        return text
+    return f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    if len(args.systems) != 2:
+        raise UserError(f"A comparison takes two score files or result folders, got {len(args.systems)}; "
+                        f"use --summary for a table of several.")
+    if args.resamples < 1:
+        raise UserError(f"--resamples must be >= 1, got {args.resamples}.")
+    path_a, path_b = (score_path(p, args.scores_file) for p in args.systems)
+    a, b = read_labelled(path_a), read_labelled(path_b)
+    order = align(a, b, path_a, path_b)
+    b = ScoreFile(b.scores[order], a.labels, a.enroll, a.test)
+    try:
+        result = compare(a, b, args.p_target, args.c_miss, args.c_fa, args.resamples, args.seed)
+    except ValueError as err:  # e.g. a list of one class, which has no error rates
+        raise UserError(f"The trials of '{path_a}' cannot be compared: {err}") from None
+    sys.stdout.write(report(result, path_a, path_b, args.p_target))
+    result.update(a=str(path_a), b=str(path_b))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(_finite(result), indent=2) + "\n")
+        log.info("wrote %s", args.json)
+    if args.det:
+        from dtdysv.evaluation.plot import plot_det
+
+        names = args.names or [f"A: {system_name(path_a)}", f"B: {system_name(path_b)}"]
+        curves = [(names[0], a.scores, a.labels, result["point"]["a"], "-"),
+                  (names[1], b.scores, b.labels, result["point"]["b"], "--")]
+        plot_det(curves, Path(args.det), sorted(args.p_target))
+        log.info("wrote %s", args.det)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no infinity or NaN: such floats become null."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
+
+
+# ---- summary table -------------------------------------------------------------------------------------------------
+
+
+def _result_dir(folder: Path) -> Path:
+    for candidate in (folder / "result", folder):
+        if (candidate / METRICS_FILE).is_file():
+            return candidate
+    raise UserError(f"'{folder}' has no result/{METRICS_FILE} (nor {METRICS_FILE}); run the evaluation "
+                    f"(trainSpeakerNet.py --eval) first.")
+
+
+def summary_rows(folders: Sequence[str | Path], list_name: str | None = None) -> list[dict[str, Any]]:
+    """One row per folder (system, seed, config, metrics of its first list or ``list_name``), then a mean and a std
+    row after each group of folders whose config.yaml differ only in seed and save_path."""
+    rows = []
+    for folder in map(Path, folders):
+        result_dir = _result_dir(folder)
+        try:
+            entries = entries_of(read_metrics(result_dir))
+        except (json.JSONDecodeError, KeyError) as err:
+            raise UserError(f"'{result_dir / METRICS_FILE}' is not a metrics.json of the metrics stage: "
+                            f"{err}") from None
+        name = list_name or next(iter(entries))
+        if name not in entries:
+            raise UserError(f"'{result_dir / METRICS_FILE}' has no list '{name}'; its lists: {', '.join(entries)}.")
+        entry = entries[name]
+        if "eer_percent" not in entry:
+            raise UserError(f"The list '{name}' of '{result_dir / METRICS_FILE}' is unlabeled: it has no metrics.")
+        config_file = (folder if result_dir != folder else folder.parent) / "config.yaml"
+        config = load_yaml(config_file) if config_file.is_file() else None
+        rows.append({"system": str(folder), "seed": config.get("seed") if config else None, "config": config,
+                     **{k: v for k, v in entry.items() if k.startswith(("eer_percent", "eer_ci95", "min_dcf_p"))
+                        and not k.endswith("_threshold")}, "n_trials": entry.get("n_trials")})
+    return _with_seed_statistics(rows)
+
+
+def _with_seed_statistics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["config"] is not None:
+            rest = {k: v for k, v in row["config"].items() if k not in ("seed", "save_path")}
+            groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(row)
+    out = []
+    for row in rows:
+        out.append(row)
+        group = next((g for g in groups.values() if g[-1] is row), None)
+        if group is None or len(group) < 2 or len({r["seed"] for r in group}) < 2:
+            continue
+        keys = [k for k in row if k.startswith(("eer_percent", "min_dcf_p")) and not k.endswith("_ci95")]
+        label = f"{len(group)} seeds ({', '.join(r['system'] for r in group)})"
+        values = {k: np.array([r[k] for r in group], dtype=np.float64) for k in keys}
+        out.append({"system": f"mean of {label}", **{k: float(v.mean()) for k, v in values.items()},
+                    "n_trials": row["n_trials"]})
+        out.append({"system": f"std of {label}", **{k: float(v.std(ddof=1)) for k, v in values.items()},
+                    "n_trials": row["n_trials"]})
+    return out
+
+
+def _dcf_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
+    keys = {k for r in rows for k in r if k.startswith("min_dcf_p") and not k.endswith("_ci95")}
+    return sorted(keys, key=lambda k: float(k[len("min_dcf_p"):]))
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    dcf = _dcf_keys(rows)
+    header = ["system", "EER % (95% CI)", *(f"minDCF p={float(k[9:]):g} (95% CI)" for k in dcf), "trials"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for r in rows:
+        cells = [r["system"], _cell(r, "eer_percent", "eer_ci95_percent", 2),
+                 *(_cell(r, k, f"{k}_ci95", 4) for k in dcf), f"{r['n_trials']:,}" if r.get("n_trials") else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(row: dict[str, Any], key: str, ci_key: str, digits: int) -> str:
+    return "" if row.get(key) is None else _with_ci(row[key], row.get(ci_key), digits)
+
+
+def csv_table(rows: Sequence[dict[str, Any]]) -> str:
+    dcf = _dcf_keys(rows)
+    columns = ["system", "seed", "eer_percent", "eer_ci95_low", "eer_ci95_high"]
+    for k in dcf:
+        columns += [k, f"{k}_ci95_low", f"{k}_ci95_high"]
+    columns.append("n_trials")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        flat = {"system": r["system"], "seed": r.get("seed"), "n_trials": r.get("n_trials")}
+        for key, ci_key, name in (("eer_percent", "eer_ci95_percent", "eer"), *((k, f"{k}_ci95", k) for k in dcf)):
+            ci = r.get(ci_key) or [None, None]
+            flat.update({key: r.get(key), f"{name}_ci95_low": ci[0], f"{name}_ci95_high": ci[1]})
+        writer.writerow(["" if flat.get(c) is None else flat[c] for c in columns])
+    return buffer.getvalue()
+
+
+def run_summary(args: argparse.Namespace) -> None:
+    if not args.systems:
+        raise UserError("--summary needs one or more experiment or result folders.")
+    rows = summary_rows(args.systems, args.list)
+    table = markdown_table(rows)
+    sys.stdout.write(table)
+    if args.markdown:
+        atomic_write_text(args.markdown, table)
+        log.info("wrote %s", args.markdown)
+    if args.csv:
+        atomic_write_text(args.csv, csv_table(rows))
+        log.info("wrote %s", args.csv)
+
+
+# ---- command line --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compareSystems.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("systems", nargs="*", help="two score files or result folders (A, then B); with --summary, "
+                                                   "experiment or result folders")
+    parser.add_argument("--summary", action="store_true", help="a table of the folders' metrics.json instead")
+    parser.add_argument("--scores_file", default="scores.txt", help="the score file read in a result folder, e.g. "
+                                                                    "scores.asnorm.txt (default: scores.txt)")
+    parser.add_argument("--p_target", type=float, nargs="+", default=[0.01, 0.05], help="minDCF priors")
+    parser.add_argument("--c_miss", type=float, default=1.0, help="minDCF cost of a miss")
+    parser.add_argument("--c_fa", type=float, default=1.0, help="minDCF cost of a false alarm")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the resamples (default 0)")
+    parser.add_argument("--names", nargs=2, metavar=("A", "B"), help="names of the systems in the DET legend")
+    parser.add_argument("--det", help="write both DET curves to this PNG")
+    parser.add_argument("--json", help="write the comparison's figures to this JSON file")
+    parser.add_argument("--list", help="--summary: the list of metrics.json to tabulate (default: the first)")
+    parser.add_argument("--markdown", help="--summary: also write the table to this Markdown file")
+    parser.add_argument("--csv", help="--summary: also write the table to this CSV file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        if any(not 0.0 < p < 1.0 for p in args.p_target) or args.c_miss <= 0 or args.c_fa <= 0:
+            raise UserError(f"--p_target must be in (0, 1) and --c_miss, --c_fa > 0, got {args.p_target}, "
+                            f"{args.c_miss}, {args.c_fa}.")
+        if args.summary:
+            run_summary(args)
+        else:
+            run_compare(args)
+    except UserError as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Intervals in metrics.json (the metrics stage on hand-made score files) and compareSystems.py: the paired comparison
+of two systems, its checks of the trials, and the summary table of result folders."""
+
+import csv
+import json
+import logging
+
+import numpy as np
+import pytest
+
+import compareSystems
+from config import Config, save_config
+from dtdysv.evaluation.metrics import metrics_stage, rerun_metrics
+from dtdysv.evaluation.results import EvalRun, ListResult, ScoreSet
+
+N_SPEAKERS = 12
+
+
+def trial_list(seed: int, n_per_speaker: int = 30):
+    """(labels, enroll, test) with VoxCeleb-style names: every speaker has n targets and n non-targets."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(N_SPEAKERS):
+        for k in range(n_per_speaker):
+            other = (s + 1 + k % (N_SPEAKERS - 1)) % N_SPEAKERS
+            rows.append((1, f"id{s:03d}/v0/{k:05d}.wav", f"id{s:03d}/v1/{k:05d}.wav"))
+            rows.append((0, f"id{s:03d}/v0/{k:05d}.wav", f"id{other:03d}/v1/{k:05d}.wav"))
+    order = rng.permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+def system_scores(trials, separation: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    speaker = {f"id{s:03d}": rng.normal(0.0, 0.3) for s in range(N_SPEAKERS)}  # some voices are harder
+    labels = np.array([t[0] for t in trials])
+    effect = np.array([speaker[e.split("/")[0]] for _, e, _ in trials])
+    return separation * labels + effect * labels + rng.normal(size=len(trials))
+
+
+def write_scores(path, trials, scores, order=None):
+    order = range(len(trials)) if order is None else order
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{scores[i]:.6f} {trials[i][0]} {trials[i][1]} {trials[i][2]}\n" for i in order))
+    return path
+
+
+def run(*argv):
+    return compareSystems.main([str(a) for a in argv])
+
+
+# ---- metrics.json ----------------------------------------------------------------------------------------------
+
+
+def stage(result_dir, bootstrap=200):
+    """The metrics stage on <result_dir>/scores.txt, described as the score stage describes a list."""
+    n_trials = len((result_dir / "scores.txt").read_text().splitlines())
+    raw = ScoreSet("scores.txt", {"test_list": "list.txt", "n_trials": n_trials})
+    item = ListResult("list", "scores", None, raw=raw)
+    return metrics_stage(EvalRun(Config(bootstrap=bootstrap), result_dir, checkpoint="ckpt.model"), [item])
+
+
+def test_metrics_json_gets_intervals_from_the_metrics_stage(tmp_path, caplog):
+    trials = trial_list(0)
+    write_scores(tmp_path / "scores.txt", trials, system_scores(trials, 2.0, 0))
+    with caplog.at_level(logging.INFO, logger="dtdysv.evaluation.metrics"):
+        stage(tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["bootstrap"] == {"unit": "speaker", "resamples": 200, "seed": 0, "interval": "basic"}
+    for key, ci_key in (("eer_percent", "eer_ci95_percent"), ("min_dcf_p0.01", "min_dcf_p0.01_ci95"),
+                        ("min_dcf_p0.05", "min_dcf_p0.05_ci95")):
+        lo, hi = saved[ci_key]
+        assert 0 <= lo < hi and lo <= saved[key] + 1e-9 and hi > 0
+    lo, hi = saved["eer_ci95_percent"]
+    assert f"EER {saved['eer_percent']:.3f}% [{lo:.2f}, {hi:.2f}]" in caplog.text
+    # the same intervals when rerun (fixed seed); none with --bootstrap 0
+    before = (tmp_path / "metrics.json").read_bytes()
+    rerun_metrics(EvalRun(Config(bootstrap=200), tmp_path))
+    assert (tmp_path / "metrics.json").read_bytes() == before
+    stage(tmp_path, bootstrap=0)
+    assert not {"eer_ci95_percent", "bootstrap", "min_dcf_p0.01_ci95"} & set(read_json(tmp_path / "metrics.json"))
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_names_without_speaker_folders_resample_files(tmp_path):
+    trials = [(label, e.replace("/", "_"), t.replace("/", "_")) for label, e, t in trial_list(1, 10)]
+    write_scores(tmp_path / "scores.txt", trials, system_scores(trial_list(1, 10), 2.0, 1))
+    assert stage(tmp_path, bootstrap=50)["bootstrap"]["unit"] == "file"
+
+
+# ---- paired comparison --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def systems(tmp_path_factory):
+    """Result folders: A, A again with its trials in another order, a much better B, B with one label flipped."""
+    root = tmp_path_factory.mktemp("systems")
+    trials = trial_list(2)
+    a, b = system_scores(trials, 1.0, 1), system_scores(trials, 3.5, 2)
+    write_scores(root / "A" / "result" / "scores.txt", trials, a)
+    write_scores(root / "A_shuffled.txt", trials, a, np.random.default_rng(0).permutation(len(trials)))
+    write_scores(root / "B" / "result" / "scores.txt", trials, b)
+    flipped = [(1 - trials[0][0], *trials[0][1:]), *trials[1:]]
+    write_scores(root / "B_flipped.txt", flipped, b)
+    write_scores(root / "B_short.txt", trials[:-1], b)
+    return root
+
+
+def test_identical_systems_differ_by_exactly_zero(systems, tmp_path):
+    assert run(systems / "A", systems / "A_shuffled.txt", "--resamples", 200, "--json", tmp_path / "d.json") == 0
+    for figures in read_json(tmp_path / "d.json")["metrics"].values():
+        assert figures["difference"] == 0.0 and figures["difference_ci95"] == [0.0, 0.0]
+        assert figures["p_value"] == 1.0 and figures["a_ci95"] == figures["b_ci95"]
+
+
+def test_a_clearly_better_system_has_an_interval_excluding_zero(systems, tmp_path, capsys):
+    out = tmp_path / "d.json"
+    assert run(systems / "A", systems / "B", "--resamples", 300, "--json", out, "--det", tmp_path / "det.png") == 0
+    result = read_json(out)
+    assert result["bootstrap"]["unit"] == "speaker" and result["bootstrap"]["clusters"] == N_SPEAKERS
+    eer = result["metrics"]["eer_percent"]
+    assert eer["difference"] < 0 and eer["difference_ci95"][1] < 0 and eer["p_value"] < 0.01
+    assert eer["difference"] == pytest.approx(eer["b"] - eer["a"])
+    assert (tmp_path / "det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "EER %" in printed and "minDCF p=0.01" in printed and f"{eer['p_value']:.3g}" in printed
+    # the order of B's lines does not matter; A and B swapped: the difference changes sign
+    assert run(systems / "B", systems / "A_shuffled.txt", "--resamples", 300, "--json", out) == 0
+    swapped = read_json(out)["metrics"]["eer_percent"]
+    assert swapped["difference"] == -eer["difference"]
+    assert swapped["difference_ci95"] == pytest.approx([-eer["difference_ci95"][1], -eer["difference_ci95"][0]])
+
+
+def test_different_trials_are_refused_naming_the_trial(systems, caplog):
+    assert run(systems / "A", systems / "B_short.txt") == 2
+    assert "The trials differ" in caplog.text and "is not in" in caplog.text and "B_short.txt" in caplog.text
+    caplog.clear()
+    assert run(systems / "A", systems / "B_flipped.txt") == 2
+    assert "is labelled" in caplog.text and "(line 1)" in caplog.text
+
+
+def test_missing_and_malformed_files_exit_2_naming_them(systems, tmp_path, caplog):
+    assert run(systems / "A", tmp_path / "nothere.txt") == 2
+    assert "nothere.txt' does not exist" in caplog.text
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0.5 1 a/x.wav a/y.wav\nhigh 0 a/x.wav b/y.wav\n")
+    assert run(systems / "A", bad) == 2
+    assert "bad.txt': line 2 is 'high 0 a/x.wav b/y.wav'" in caplog.text
+    assert run(systems / "A", tmp_path) == 2
+    assert "without result/scores.txt" in caplog.text
+    assert run(systems / "A") == 2
+    assert "two score files or result folders, got 1" in caplog.text
+
+
+# ---- summary table ------------------------------------------------------------------------------------------------
+
+
+def experiment(root, name, trials, scores, **config):
+    folder = root / name
+    write_scores(folder / "result" / "scores.txt", trials, scores)
+    stage(folder / "result", bootstrap=100)
+    save_config(Config(save_path=str(folder), **config), folder / "config.yaml")
+    return folder
+
+
+def test_summary_table_of_result_folders_with_seed_statistics(tmp_path, capsys):
+    trials = trial_list(3, 15)
+    seeds = [experiment(tmp_path, f"dtdy_s{s}", trials, system_scores(trials, 2.0, s), seed=s) for s in (1, 2, 3)]
+    other = experiment(tmp_path, "resnet", trials, system_scores(trials, 1.0, 9), model="ResNet34_half")
+    md, table = tmp_path / "t.md", tmp_path / "t.csv"
+    assert run("--summary", *seeds, other, "--markdown", md, "--csv", table) == 0
+    rows = list(csv.DictReader(table.open()))
+    assert [r["system"] for r in rows] == [*map(str, seeds), f"mean of 3 seeds ({', '.join(map(str, seeds))})",
+                                           f"std of 3 seeds ({', '.join(map(str, seeds))})", str(other)]
+    eers = [read_json(s / "result" / "metrics.json")["eer_percent"] for s in seeds]
+    assert float(rows[3]["eer_percent"]) == pytest.approx(np.mean(eers))
+    assert float(rows[4]["eer_percent"]) == pytest.approx(np.std(eers, ddof=1))
+    first = read_json(seeds[0] / "result" / "metrics.json")
+    assert [float(rows[0]["eer_ci95_low"]), float(rows[0]["eer_ci95_high"])] == first["eer_ci95_percent"]
+    assert rows[0]["seed"] == "1" and rows[0]["n_trials"] == str(len(trials)) and rows[3]["eer_ci95_low"] == ""
+    text = md.read_text()
+    assert text == capsys.readouterr().out
+    assert text.startswith("| system | EER % (95% CI) | minDCF p=0.01 (95% CI) | minDCF p=0.05 (95% CI) | trials |")
+    lo, hi = first["eer_ci95_percent"]
+    assert f"| {first['eer_percent']:.2f} [{lo:.2f}, {hi:.2f}] |" in text
+
+
+def test_summary_refuses_a_folder_without_metrics(tmp_path, caplog):
+    assert run("--summary", tmp_path) == 2
+    assert f"'{tmp_path}' has no result/metrics.json" in caplog.text
