@@ -28,7 +28,7 @@ from DatasetLoader import get_data_loader
 from dtdysv.data.lists import read_train_list, read_trial_list
 from dtdysv.errors import UserError
 from dtdysv.evaluation.embed import run_extract
-from dtdysv.evaluation.pipeline import check_eval_options, evaluate, score_from_cache
+from dtdysv.evaluation.pipeline import check_eval_options, check_trial_lists, evaluate, score_from_cache
 from dtdysv.runtime import checkpoint as ckpt
 from dtdysv.runtime import distributed, plugins
 from dtdysv.runtime.allocator import tune_cpu_allocator
@@ -50,13 +50,28 @@ from SpeakerNet import Embedder, ModelTrainer, SpeakerNet
 
 log = logging.getLogger("trainSpeakerNet")
 
-# Settings a resumed run must share with its checkpoint (besides config.MODEL_KEYS): the states must fit.
-RESUME_KEYS = ("trainfunc", "nClasses", "optimizer", "scheduler")
+# Settings a resumed run must share with its checkpoint (besides config.MODEL_KEYS and the options its optimizer and
+# scheduler read): their values live in the checkpoint's states or in the order of the data, so a change could not
+# take effect. Every other setting may change on a resume and takes effect from there.
+RESUME_KEYS = ("trainfunc", "nClasses", "optimizer", "scheduler", "batch_size", "nPerSpeaker", "max_seg_per_spk",
+               "seed", "train_list", "speed_perturb", "mixedprec", "mixedprec_dtype")
+
+
+def resume_keys(cfg: Config) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*RESUME_KEYS, *plugins.options_of("optimizer", cfg.optimizer),
+                                *plugins.options_of("scheduler", cfg.scheduler)]))
+
+
+def changed_settings(stored: dict, cfg: Config) -> list[str]:
+    """'key: before -> now' for every option a resumed run changes (each takes effect from the resume on)."""
+    now = cfg.to_dict()
+    return [f"{key}: {stored[key]!r} -> {now[key]!r}" for key in now if key in stored and stored[key] != now[key]]
 
 
 def run_eval(cfg: Config, device: torch.device, env: DistEnv) -> dict:
     result_dir = Path(cfg.save_path) / "result"
-    trials = [read_trial_list(p, cfg.test_path, check_files=not cfg.score_from_cache) for p in cfg.test_list]
+    trials = check_trial_lists([read_trial_list(p, cfg.test_path, check_files=not cfg.score_from_cache)
+                                for p in cfg.test_list])
     if cfg.score_from_cache:
         return score_from_cache(cfg, trials, result_dir, checkpoint=weights_path(cfg))
     embedder, net, path = build_embedder(cfg, device, env)
@@ -110,9 +125,9 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
     last = ckpt.latest_checkpoint(save)
     resume = ckpt.read(last) if last else None
     if resume is not None:
-        ckpt.check_compatible(resume.get("config"), cfg, last, RESUME_KEYS)
+        ckpt.check_compatible(resume.get("config"), cfg, last, resume_keys(cfg))
     train = read_train_list(cfg.train_list, cfg.train_path)
-    trials = [read_trial_list(p, cfg.test_path) for p in cfg.test_list]
+    trials = check_trial_lists([read_trial_list(p, cfg.test_path) for p in cfg.test_list])
     loader, sampler = get_data_loader(train, cfg, env.rank, env.world_size, pin_memory=device.type == "cuda")
     steps = sampler.batches_per_epoch()
 
@@ -137,6 +152,9 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
         setup_logging(save / "result" / "train.log")
     if resume is not None:
         log.info("resuming from %s after epoch %d%s", last, start - 1, f", step {first_step}" if first_step else "")
+        if changes := changed_settings(resume.get("config") or {}, cfg):
+            log.info("resumed with changed settings, in effect from here (config.yaml records them): %s",
+                     "; ".join(changes))
     log.info("%d utterances of %d speakers; %d steps per epoch of %d processes x %d speakers x %d crops; "
              "%.2fM parameters", len(train.files), len(train.speakers), steps, env.world_size, cfg.batch_size,
              cfg.nPerSpeaker, sum(p.numel() for p in net.model.parameters()) / 1e6)
@@ -145,7 +163,17 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
                         cfg.fast_cpu_inference and not cfg.compile)
     saver = ckpt.Saver(save, cfg, trainer, steps, cfg.checkpoint_minutes, env.is_main)
 
+    def evaluate_epoch(epoch: int) -> dict:
+        metrics = evaluate(embedder, trials, cfg, save / "result", test_normalize(net.loss),
+                           checkpoint=ckpt.checkpoint_path(save, epoch))
+        board.add({f"eval/{k}": v for k, v in metrics.items() if k.startswith(("eer", "min_dcf"))}, epoch)
+        return metrics
+
     metrics: dict = {}
+    if resume is not None and resume.get("owes_evaluation") and not first_step:
+        log.info("epoch %d was saved but not evaluated: evaluating it first", start - 1)
+        metrics = evaluate_epoch(start - 1)
+        saver.settle(resume)
     if start > cfg.max_epoch:
         log.info("training already finished (%d epochs); nothing to do", cfg.max_epoch)
     for epoch in range(start, cfg.max_epoch + 1):
@@ -158,11 +186,11 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
         board.add({"train/loss": stats["loss"], "train/accuracy": stats["acc"], "train/utt_per_s": stats["utt_per_s"],
                    "train/lr": lr, "train/margin": float(getattr(net.loss, "margin", float("nan")))}, epoch)
         evaluating = epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch
-        saver.epoch_end(epoch, numbered=evaluating or (cfg.save_interval > 0 and epoch % cfg.save_interval == 0))
+        numbered = evaluating or (cfg.save_interval > 0 and epoch % cfg.save_interval == 0)
+        saver.epoch_end(epoch, numbered, evaluating)
         if evaluating:
-            metrics = evaluate(embedder, trials, cfg, save / "result", test_normalize(net.loss),
-                               checkpoint=ckpt.checkpoint_path(save, epoch))
-            board.add({f"eval/{k}": v for k, v in metrics.items() if k.startswith(("eer", "min_dcf"))}, epoch)
+            metrics = evaluate_epoch(epoch)
+            saver.settle()
         barrier(env)
     board.close()
     return metrics

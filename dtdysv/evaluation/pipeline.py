@@ -73,6 +73,18 @@ def check_eval_options(cfg: Config) -> None:
         raise EvalError("Evaluation options: " + "; ".join(problems) + ".")
 
 
+def check_trial_lists(trial_lists: list[TrialList]) -> list[TrialList]:
+    """Refuse, before any work, a labelled list without both target and non-target trials (no EER or minDCF);
+    returns the lists."""
+    for trials in trial_lists:
+        if trials.labels is not None and len(set(trials.labels.tolist())) < 2:
+            kind = "target (1)" if trials.labels.all() else "non-target (0)"
+            raise EvalError(f"Trial list '{trials.path}' has only {kind} trials ({len(trials.labels)}); the metrics "
+                            f"need both target (1) and non-target (0) trials, or an unlabeled list ('<enroll> "
+                            f"<test>' lines: scores without metrics).")
+    return trial_lists
+
+
 def needs_cohort(cfg: Config) -> bool:
     """Whether the cohort stage runs: for --score_norm and for --mean_subtraction (the training-set mean)."""
     return ScoreNorm(cfg.score_norm) != ScoreNorm.NONE or cfg.mean_subtraction

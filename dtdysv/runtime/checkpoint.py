@@ -169,8 +169,8 @@ def check_compatible(stored: dict[str, Any] | None, cfg: Config, path: str | Pat
               for k in keys if k not in MODEL_KEYS and k in stored and stored[k] != getattr(cfg, k)]
     if diffs:
         raise CheckpointError(f"Checkpoint '{path}' was made with other settings: " + "; ".join(diffs) +
-                              ". Use the same settings (e.g. the checkpoint's config.yaml with --config), "
-                              "or another --save_path.")
+                              ". Use the same settings (e.g. the checkpoint's config.yaml with --config), or "
+                              "another --save_path (with --initial_model <checkpoint> to start from its weights).")
 
 
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: str | Path) -> None:
@@ -189,14 +189,15 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str
     module.load_state_dict(state, strict=True)
 
 
-def training_state(trainer: Any, epoch: int, step: int, cfg: Config) -> dict[str, Any]:
+def training_state(trainer: Any, epoch: int, step: int, cfg: Config, owes_evaluation: bool = False) -> dict[str, Any]:
     """The checkpoint dict of a ``SpeakerNet.ModelTrainer``: everything to continue exactly, with ``epoch`` epochs
-    finished and ``step`` batches of the next one done."""
+    finished and ``step`` batches of the next one done; ``owes_evaluation``: the evaluation of ``epoch`` is not
+    written yet (a resume runs it first)."""
     net = trainer.speaker_net
     return {"format": FORMAT, "version": 1, "epoch": epoch, "step": step, "model": net.model.state_dict(),
             "loss": net.loss.state_dict(), "optimizer": trainer.optimizer.state_dict(),
             "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
-            "rng": rng_state(), "config": cfg.to_dict()}
+            "rng": rng_state(), "config": cfg.to_dict(), "owes_evaluation": owes_evaluation}
 
 
 def restore_training(state: dict[str, Any], trainer: Any, path: str | Path) -> tuple[int, int]:
@@ -213,20 +214,34 @@ def restore_training(state: dict[str, Any], trainer: Any, path: str | Path) -> t
 
 class Saver:
     """Where a training run saves: ``last.model`` at every epoch end, a numbered checkpoint when asked, and with
-    ``minutes`` > 0 the position inside a long epoch now and then. Only the main process writes."""
+    ``minutes`` > 0 the position inside a long epoch now and then. Only the main process writes.
+
+    What an epoch owes survives a kill at any moment: the numbered checkpoint is written before ``last.model``, and
+    an epoch that evaluates is saved as owing its evaluation until ``settle`` records it done, so a rerun finishes
+    both before it trains on (or calls the run finished).
+    """
 
     def __init__(self, save_path: Path, cfg: Config, trainer: Any, steps: int, minutes: float, writes: bool) -> None:
         self.save_path, self.cfg, self.trainer, self.steps = Path(save_path), cfg, trainer, steps
         self.minutes, self.writes = minutes, writes
         self.last_save = time.monotonic()
+        self.state: dict[str, Any] | None = None
 
-    def epoch_end(self, epoch: int, numbered: bool) -> None:
+    def epoch_end(self, epoch: int, numbered: bool, evaluating: bool) -> None:
+        self.state = training_state(self.trainer, epoch, 0, self.cfg, owes_evaluation=evaluating)
         if self.writes:
-            state = training_state(self.trainer, epoch, 0, self.cfg)
-            atomic_save(state, self.save_path / "model" / "last.model")
             if numbered:
-                atomic_save(state, checkpoint_path(self.save_path, epoch))
+                atomic_save(self.state, checkpoint_path(self.save_path, epoch))
+            atomic_save(self.state, self.save_path / "model" / "last.model")
         self.last_save = time.monotonic()
+
+    def settle(self, state: dict[str, Any] | None = None) -> None:
+        """Record the evaluation of the last saved epoch (or of the checkpoint ``state`` resumed from) as done."""
+        state = state if state is not None else self.state
+        if state is not None and state.get("owes_evaluation"):
+            state["owes_evaluation"] = False
+            if self.writes:
+                atomic_save(state, self.save_path / "model" / "last.model")
 
     def timed(self, epoch: int, done: int) -> None:
         """Called after every step (``done`` batches of ``epoch`` finished): --checkpoint_minutes saves."""

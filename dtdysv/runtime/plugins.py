@@ -51,6 +51,12 @@ def load(kind: str, name: str) -> Callable[..., Any]:
     return getattr(module, entry)
 
 
+def options_of(kind: str, name: str) -> list[str]:
+    """The config options that plugin ``name`` reads (its parameters that are options)."""
+    params = inspect.signature(load(kind, name)).parameters
+    return [pname for pname in params if pname in Config.__dataclass_fields__]
+
+
 def build(kind: str, name: str, cfg: Config, **runtime: Any) -> Any:
     """Construct plugin ``name`` with the parameters it declares, taken from ``runtime`` then from ``cfg``."""
     factory = load(kind, name)
