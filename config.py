@@ -87,8 +87,9 @@ class Config:
     nPerSpeaker: int = opt(2, "Crops per speaker in a batch (>= 2 for metric losses).", "loss")
     nClasses: int = opt(5994, "Number of training speakers.", "loss")
     subcenters: int = opt(3, "aamsoftmax_subcenter: centres per class.", "loss")
-    margin_rampup_start: float = opt(0.0, "Epoch where the margin starts rising from 0.", "loss")
-    margin_rampup_end: float = opt(0.0, "Epoch where the margin reaches its value (0/0: no schedule).", "loss")
+    margin_rampup_start: float = opt(0.0, "Epoch (from 1) at whose start the margin rises from 0, as WeSpeaker.",
+                                     "loss")
+    margin_rampup_end: float = opt(0.0, "Epoch (from 1) at whose start the margin is reached (0/0: no ramp).", "loss")
     # --- evaluation
     dcf_p_target: float = opt(0.05, "minDCF target prior printed first (0.01 and 0.05 are always reported).", "eval")
     dcf_c_miss: float = opt(1.0, "minDCF cost of a miss.", "eval")

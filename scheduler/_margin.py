@@ -34,7 +34,9 @@ def margin_at(epoch: float, final: float, start: float, end: float) -> float:
 
 @dataclass(frozen=True)
 class MarginSchedule:
-    """--margin ramped from 0 at epoch --margin_rampup_start to its value at --margin_rampup_end (``margin_at``)."""
+    """--margin ramped from 0 at the start of epoch --margin_rampup_start to its value at the start of epoch
+    --margin_rampup_end. Epochs count from 1, as WeSpeaker's increase_start_epoch and fix_start_epoch do: the ramp
+    runs from ``start - 1`` to ``end - 1`` completed epochs (``margin_at``)."""
 
     final: float
     start: float
@@ -47,5 +49,8 @@ class MarginSchedule:
     def enabled(self) -> bool:
         return self.start > 0 or self.end > 0
 
-    def at(self, epoch: float) -> float:
-        return margin_at(epoch, self.final, self.start, self.end)
+    def at(self, progress: float) -> float:
+        """The margin after ``progress`` epochs of training (1.5: halfway through the second epoch)."""
+        if not self.enabled:
+            return self.final
+        return margin_at(progress, self.final, max(self.start - 1, 0.0), max(self.end - 1, 0.0))

@@ -157,3 +157,16 @@ def test_resume_reproduces_the_uninterrupted_curve(name: str, stop: int) -> None
     resumed = first + lr_curve(optimizer, scheduler, 25 - stop)
     assert resumed == pytest.approx(uninterrupted, rel=1e-12)
     assert len(set(uninterrupted)) > 2  # the curve really changes over these steps
+
+
+def test_the_margin_ramp_counts_epochs_from_one_as_wespeaker():
+    """WeSpeaker's MarginScheduler starts the ramp at iteration (increase_start_epoch - 1) * epoch_iter and fixes the
+    margin at (fix_start_epoch - 1) * epoch_iter: with 20/40 the margin moves during epochs 20..39 (1-based)."""
+    from scheduler._margin import MarginSchedule
+
+    ramp = MarginSchedule(0.2, 20, 40)
+    assert ramp.at(18.9) == 0.0 and ramp.at(19.0) == 0.0  # through the 19th epoch
+    assert 0.0 < ramp.at(19.5) < 0.2  # rising during the 20th
+    assert ramp.at(38.99) < 0.2 and ramp.at(39.0) == 0.2  # reached at the start of the 40th
+    assert MarginSchedule(0.3, 0, 0).at(0.0) == 0.3 and not MarginSchedule(0.3, 0, 0).enabled
+    assert MarginSchedule(0.3, 1, 1).at(0.0) == 0.3  # a step at the very start: no ramp
