@@ -167,7 +167,18 @@ def report(result: dict[str, Any], path_a: Path, path_b: Path, p_targets: Sequen
         lines.append(f"{name:<16}{_with_ci(f['a'], f['a_ci95'], digits):<26}{_with_ci(f['b'], f['b_ci95'], digits):<26}"
                      f"{_with_ci(f['difference'], f['difference_ci95'], digits, signed=True):<30}"
                      f"{f['p_value']:.3g}")
+    lines.append(verdict(result["metrics"]["eer_percent"]))
     return "\n".join(lines) + "\n"
+
+
+def verdict(eer: dict[str, Any], level: float = 0.05) -> str:
+    """One sentence on the EER difference B - A at the two-sided ``level``."""
+    diff, p = eer["difference"], eer["p_value"]
+    if p < level:
+        better = "B" if diff < 0 else "A"
+        return (f"verdict: {better} has the lower EER ({abs(diff):.2f} points, p = {p:.3g}); the difference is "
+                f"significant at the {level:g} level")
+    return f"verdict: no significant difference in EER at the {level:g} level (B - A = {diff:+.2f} points, p = {p:.3g})"
 
 
 def _with_ci(value: float, ci: Sequence[float | None] | None, digits: int, signed: bool = False) -> str:

@@ -108,8 +108,10 @@ def systems(tmp_path_factory):
     return root
 
 
-def test_identical_systems_differ_by_exactly_zero(systems, tmp_path):
+def test_identical_systems_differ_by_exactly_zero(systems, tmp_path, capsys):
     assert run(systems / "A", systems / "A_shuffled.txt", "--resamples", 200, "--json", tmp_path / "d.json") == 0
+    assert "verdict: no significant difference in EER at the 0.05 level (B - A = +0.00 points, p = 1)" in \
+        capsys.readouterr().out
     for figures in read_json(tmp_path / "d.json")["metrics"].values():
         assert figures["difference"] == 0.0 and figures["difference_ci95"] == [0.0, 0.0]
         assert figures["p_value"] == 1.0 and figures["a_ci95"] == figures["b_ci95"]
@@ -126,6 +128,7 @@ def test_a_clearly_better_system_has_an_interval_excluding_zero(systems, tmp_pat
     assert (tmp_path / "det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "EER %" in printed and "minDCF p=0.01" in printed and f"{eer['p_value']:.3g}" in printed
+    assert f"verdict: B has the lower EER ({-eer['difference']:.2f} points" in printed
     # the order of B's lines does not matter; A and B swapped: the difference changes sign
     assert run(systems / "B", systems / "A_shuffled.txt", "--resamples", 300, "--json", out) == 0
     swapped = read_json(out)["metrics"]["eer_percent"]
