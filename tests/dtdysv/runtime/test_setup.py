@@ -37,9 +37,9 @@ def test_available_cores_is_the_affinity_mask():
 def test_workers_are_capped_at_the_cores_and_the_cap_is_logged_once(monkeypatch, caplog):
     monkeypatch.setattr(runtime, "available_cores", lambda: 3)
     monkeypatch.setattr(runtime, "_capped", set())
-    with caplog.at_level(logging.INFO, logger="runtime"):
+    with caplog.at_level(logging.INFO, logger="dtdysv.runtime.setup"):
         assert [runtime.loader_workers(n) for n in (0, 2, 3, 8, 8, 8)] == [0, 2, 3, 3, 3, 3]
-    lines = [r.getMessage() for r in caplog.records if r.name == "runtime"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dtdysv.runtime.setup"]
     assert lines == ["--nDataLoaderThread 8: using 3 DataLoader workers, the CPU cores available"]
 
 
@@ -53,7 +53,7 @@ def test_an_evaluation_loader_with_too_many_workers_warns_nothing(tmp_path, monk
     cfg = tiny_cfg(tmp_path, nDataLoaderThread=cores + 4)
     torch.manual_seed(0)
     embedder = Embedder(runtime.build_net(cfg).model, torch.device("cpu"))
-    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, logger="runtime"):
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, logger="dtdysv.runtime.setup"):
         warnings.simplefilter("always")
         got = embedding.embed_files(embedder, files, tmp_path, cfg, show_progress=False)
     assert got.shape == (2, 2, 8)
