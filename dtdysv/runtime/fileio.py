@@ -1,12 +1,10 @@
 """Atomic file writes: a reader, or a rerun after a crash, sees the old file or the new one, never half of one.
 
-    with atomic_path(out) as tmp:      # a temporary name beside ``out``
+    with atomic_path(out) as tmp:      # renamed over ``out`` on success; removed on an exception
         write_something(tmp)
-    # renamed over ``out`` here; on an exception ``out`` is left as it was and the temporary removed
 
-Temporaries are named ``.<name>.tmp<pid><suffix>`` (``suffix`` keeps an extension that a writer needs, e.g.
-``.png`` for matplotlib), so a process killed while writing leaves only dot-files that
-:func:`remove_temporaries` clears. The temporary may also be made a folder (filled, then renamed as a whole).
+Temporaries are ``.<name>.tmp<pid><suffix>`` dot-files (``suffix`` keeps an extension, e.g. ``.png``) that
+:func:`remove_temporaries` clears; the temporary may also be a folder.
 """
 
 from __future__ import annotations
