@@ -28,11 +28,8 @@ SPEEDS = (Fraction(1), Fraction(9, 10), Fraction(11, 10))  # speed perturbation,
 
 
 class TrainDataset(Dataset):
-    """Items are (crops (nPerSpeaker, samples) float32, label), indexed by the sampler's (indices, seed).
-
-    All of an item's randomness comes from its seed. With ``speed_perturb``, speed k makes speaker s class ``s + k *
-    n_speakers`` (WeSpeaker), so ``num_classes`` is 3x the speakers.
-    """
+    """Items (crops (nPerSpeaker, samples) float32, label) by the sampler's (indices, seed); with ``speed_perturb``
+    speed k makes speaker s class ``s + k * n_speakers`` (WeSpeaker)."""
 
     def __init__(self, train: TrainList, max_frames: int, augmenter: Augmenter | None = None,
                  speed_perturb: bool = False, resample: bool = False) -> None:
@@ -92,12 +89,9 @@ class TestDataset(Dataset):
 
 
 class SpeakerBalancedSampler(Sampler):
-    """voxceleb_trainer's sampler: ``batch_size`` speakers x ``nPerSpeaker`` utterances per batch.
-
-    At most ``max_seg_per_spk`` utterances per speaker per epoch, in groups of ``nPerSpeaker``, shuffled and packed so
-    no speaker appears twice in a batch (clashing groups are deferred, not dropped). The epoch is cut to whole batches
-    per rank; rank r takes every ``world_size``-th batch. Yields ``(indices, seed)`` per group.
-    """
+    """voxceleb_trainer's sampler: ``batch_size`` speakers x ``nPerSpeaker`` utterances, no speaker twice per batch
+    (clashing groups deferred, not dropped); rank r takes every ``world_size``-th batch. Yields ``(indices, seed)`` per
+    group."""
 
     def __init__(self, labels: np.ndarray, nPerSpeaker: int, max_seg_per_spk: int, batch_size: int, seed: int,
                  rank: int = 0, world_size: int = 1) -> None:

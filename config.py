@@ -1,4 +1,4 @@
-"""Every option, typed and defined once (hence over 300 lines); the argument parser is generated from it.
+"""Every option, typed and defined once (hence the file's length); the argument parser is generated from it.
 
 Defaults (the DTDY paper's recipe, arXiv 2203.15277) < ``--config`` YAML < command line. Unknown keys are errors
 naming the closest key; values are coerced to the declared type (PyYAML reads ``5e-05`` as a string).

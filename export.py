@@ -142,8 +142,7 @@ def export_torchscript(eager: nn.Module, path: Path, expected: list[np.ndarray])
 
 
 def export_onnx(eager: nn.Module, path: Path, expected: list[np.ndarray], opset: int) -> dict[str, Any]:
-    """Export ``eager`` to ONNX at ``path`` ('wave' (batch, samples) -> 'embedding' (batch, nOut)) if it passes
-    onnxruntime's parity check; returns the result."""
+    """Export ``eager`` to ONNX ('wave' (B, samples) -> 'embedding' (B, nOut)) if it passes parity."""
     with atomic_path(path, ".onnx") as tmp:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter, chosen on purpose

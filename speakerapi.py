@@ -101,8 +101,7 @@ class SpeakerVerifier:
     @classmethod
     def from_checkpoint(cls, config: str | Path | Config | None, checkpoint: str | Path, device: str = "cpu",
                         resample: bool = False) -> SpeakerVerifier:
-        """The eager model of ``config`` (YAML, Config, or None: the checkpoint's) with ``checkpoint``'s weights on
-        ``device``."""
+        """The eager model of ``config`` (None: the checkpoint's) with ``checkpoint``'s weights."""
         cfg = config_of(config, checkpoint)
         net = build_net(cfg)
         load_weights(net, checkpoint, cfg, with_loss=False)
@@ -113,8 +112,7 @@ class SpeakerVerifier:
     @classmethod
     def from_export(cls, path: str | Path, prefer: str = "onnx", device: str = "cpu", resample: bool = False,
                     threads: int = 0) -> SpeakerVerifier:
-        """An export.py folder (``prefer`` 'onnx' or 'torchscript') or file (with export.json beside it); ``threads``:
-        onnxruntime's intra-op threads."""
+        """An export.py folder (``prefer`` 'onnx' or 'torchscript') or file beside its export.json."""
         if prefer not in ("onnx", "torchscript"):
             raise ApiError(f"prefer is 'onnx' or 'torchscript', got {prefer!r}.")
         path = Path(path)
@@ -172,7 +170,7 @@ class SpeakerVerifier:
         return self.backend(self.wave(item)[None, :])[0]
 
     def embed_many(self, items: Sequence[Input], batch: int = 16) -> np.ndarray:
-        """Paths or waveforms -> (N, nOut) float32; equal-length waveforms run ``batch`` at a time, never padded."""
+        """Paths or waveforms -> (N, nOut) float32; equal lengths batched, never padded."""
         if batch < 1:
             raise ApiError(f"batch must be at least 1, got {batch}.")
         waves = [self.wave(item) for item in items]
@@ -203,7 +201,7 @@ class SpeakerVerifier:
         return self.embed(item)
 
     def score(self, a: Input, b: Input) -> float:
-        """Cosine of the whole-utterance embeddings of ``a`` and ``b`` (paths, waves or embeddings)."""
+        """Cosine of the embeddings of ``a`` and ``b`` (paths, waveforms or embeddings)."""
         return float(np.dot(_unit(self._embedding(a)), _unit(self._embedding(b))))
 
     def verify(self, a: Input, b: Input, threshold: float) -> tuple[bool, float]:

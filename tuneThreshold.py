@@ -66,8 +66,7 @@ def _check_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.
 
 
 def _curve(scores: ArrayLike, labels: ArrayLike) -> _Curve:
-    """The error curve of validated ``scores`` (N,) and ``labels`` (N,): target and non-target scores are sorted apart
-    and merged by a stable sort; the labels' cumulative sum counts the targets below each tie group."""
+    """The error curve of validated scores, labels (N,): both classes sorted apart, merged by a stable sort."""
     s, is_target = _check_inputs(scores, labels)
     tar = np.compress(is_target, s)
     tar.sort()
@@ -150,8 +149,7 @@ def _min_dcf(c: _Curve, p_target: float, c_miss: float, c_fa: float) -> tuple[fl
 
 
 def _eer_voxceleb_trainer(c: _Curve, d: np.ndarray, k: int) -> float:
-    """voxceleb_trainer's EER (fraction): max(FPR, FNR) at the first point of sklearn's ROC curve where |FNR - FPR| is
-    smallest, in sklearn's arithmetic; searched in a window grown around the crossing."""
+    """voxceleb_trainer's EER (fraction): max(FPR, FNR) where |FNR - FPR| is least on sklearn's ROC."""
     last = c.thresholds.size - 1  # the +inf point (the ROC's first, always kept); finite points 0 .. last - 1
     width = 64
     while True:
@@ -177,8 +175,7 @@ def _eer_voxceleb_trainer(c: _Curve, d: np.ndarray, k: int) -> float:
 
 
 def error_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fnr, fpr, thresholds), each (K+1,) for K distinct scores of scores, labels (N,): thresholds ascending, from
-    accept-all (lowest score) to reject-all (+inf)."""
+    """(fnr, fpr, thresholds), each (K+1,) for K distinct scores; thresholds ascending, last +inf."""
     c = _curve(scores, labels)
     return c.fnr, c.fpr, c.thresholds
 
@@ -191,8 +188,7 @@ def rates_at(scores: ArrayLike, labels: ArrayLike, thresholds: ArrayLike) -> tup
 
 
 def compute_eer(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
-    """Equal error rate in percent and its threshold, both interpolated linearly where FNR - FPR changes sign between
-    consecutive points (the lower threshold when the upper is +inf)."""
+    """EER in percent and its threshold, interpolated linearly where FNR - FPR changes sign."""
     c = _curve(scores, labels)
     eer, threshold = _eer(c, *_crossing(c))
     return 100.0 * eer, threshold
@@ -259,8 +255,7 @@ def actual_dcf(llrs: ArrayLike, labels: ArrayLike, p_target: float, c_miss: floa
 
 
 def det_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, fnr) of the DET curve, thresholds ascending; saturated points trimmed so only the two ends map to -inf on
-    probit axes."""
+    """(fpr, fnr) of the DET curve, thresholds ascending, saturated points trimmed (clip before probit)."""
     fnr, fpr, _ = error_curve(scores, labels)
     first = int(np.searchsorted(fnr, 0.0, side="right")) - 1  # fnr[0] == 0, so first >= 0
     last = int(np.argmax(fpr == 0))  # fpr[-1] == 0
@@ -304,8 +299,7 @@ def ComputeErrorRates(scores: ArrayLike, labels: ArrayLike) -> tuple[list[float]
 def ComputeMinDcf(
     fnrs: ArrayLike, fprs: ArrayLike, thresholds: Sequence[float], p_target: float, c_miss: float, c_fa: float
 ) -> tuple[float, float]:
-    """voxceleb_trainer's (Kaldi's) (min_dcf, threshold) from ``ComputeErrorRates`` output (NIST SRE 2016 plan, section
-    3)."""
+    """voxceleb_trainer's (Kaldi's) (min_dcf, threshold) (NIST SRE 2016 plan, section 3)."""
     fnrs = np.asarray(fnrs, dtype=np.float64)
     fprs = np.asarray(fprs, dtype=np.float64)
     if fnrs.ndim != 1 or fnrs.shape != fprs.shape or fnrs.size != len(thresholds) or fnrs.size == 0:

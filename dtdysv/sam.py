@@ -72,8 +72,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _probe(model: nn.Module, layers: Sequence[str]) -> dict[str, str | int]:
-    """Per layer, its time axis among the spatial dims (found by two inputs of different lengths), or why it gives no
-    map."""
+    """Per layer, its time axis among the spatial dims (two input lengths tell), or why it gives no map."""
     model.eval()
     gen = torch.Generator().manual_seed(0)
     waves = [torch.randn(1, crop_samples(frames), generator=gen) * 0.1 for frames in PROBE_FRAMES]
@@ -135,8 +134,7 @@ def layer_time_axes(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
 
 def layer_gradients(model: nn.Module, enroll: torch.Tensor, test: torch.Tensor,
                     layers: Sequence[str]) -> tuple[float, dict[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
-    """Cosine score of a trial of (samples,) waveforms and, per layer, ``[(A, ds/dA) enroll, (A, ds/dA) test]``,
-    detached (C, *spatial). Puts the model in eval mode."""
+    """Cosine score and per layer ``[(A, ds/dA) enroll, (A, ds/dA) test]``, detached (C, *spatial)."""
     model.eval()
     device = _device(model)
     with torch.enable_grad(), _capture(model, layers) as outputs:

@@ -1,13 +1,10 @@
 """The CPU inference path of the ResNet encoders: every block's convolution and BatchNorm as folded operands.
 
-``with fast_cpu_inference(model):`` makes BasicBlocks in eval mode without autograd compute ``bn(conv(x))`` from
-operands folded once per block; every fold is an exact rewrite (equal to models/_dtdy.py to rounding). In training, with
-autograd, under autocast, compiled or with hooks, the readable forward runs. Weights must not change inside the block.
-
-For DTDY (BN(v) = s v + c in eval mode): BN_a folds into Q; BN_b and the identity residual into ``M(t) = diag(s_b)
-Phi(t) + I`` written by the Phi branch's rescaled last convolution plus one clamp; ``P c_b`` and the block's BatchNorm
-into W0 and P. Tensors stay channels-last; the mixing is one batched matmul over ``B * T'`` slabs (F', L). A plain
-Conv2d + BatchNorm becomes one convolution with a bias.
+``with fast_cpu_inference(model):`` makes eval-mode BasicBlocks without autograd compute ``bn(conv(x))`` from operands
+folded once per block, each an exact rewrite (equal to models/_dtdy.py to rounding); in training, with autograd,
+autocast, compilation or hooks, the readable forward runs. Weights must not change inside the block. DTDY: BN_a folds
+into Q, BN_b and the residual into ``M(t) = diag(s_b) Phi(t) + I``, the block's BatchNorm into W0 and P; the mixing is
+one batched matmul over ``B * T'`` channels-last slabs. Conv2d + BatchNorm become one conv.
 """
 
 from __future__ import annotations
@@ -110,11 +107,8 @@ class _Folded(NamedTuple):
 
 
 def fold_dtdy(conv: DTDYConv2d, scale: torch.Tensor, shift: torch.Tensor) -> _Folded:
-    """The operands of ``scale * conv(x) + shift`` for an eval-mode layer, all exact rewrites.
-
-    With hsig2(v) = clamp(v, -3, 3) / 3 + 1, BN_b(Phi z) + z = M z + c_b where M[d, j] = clamp(v'_dj, o_dj - |s_d|, o_dj
-    + |s_d|), v' = (s_d / 3) v + o, o = s_d + delta_dj: the Phi branch's last convolution, rescaled, writes v'^T.
-    """
+    """The operands of ``scale * conv(x) + shift`` for an eval-mode layer, all exact rewrites: BN_b(Phi z) + z is M z +
+    c_b, M = clamp(v', o - |s|, o + |s|) from the Phi branch's rescaled last convolution (o = s + I)."""
     L = conv.latent
     a_scale, a_shift = _bn_affine(conv.bn_latent)
     b_scale, b_shift = _bn_affine(conv.bn_mix)

@@ -52,8 +52,7 @@ class FrontEndEncoder(nn.Module):
             raise ValueError(f"nOut (embedding size) must be positive, got {nOut}.")
         self.log_input = log_input
         self.torchfb = make_mel_spectrogram(n_mels)
-        # Optional training-time feature augmentation (B, n_mels, T) -> same, e.g. augment.spec_augment; a plain
-        # callable, not a submodule, so it changes neither the state_dict nor the layer list.
+        # Training-time log-mel augmentation hook (models/__init__.py); a callable, not a submodule.
         self.feature_augment: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:

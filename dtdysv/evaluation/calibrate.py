@@ -207,8 +207,7 @@ def save_model(path: Path, model: Calibration, settings: Mapping[str, Any], trai
 
 
 def load_model(path: Path, names: tuple[str, ...], settings: Mapping[str, Any]) -> tuple[Calibration, str]:
-    """The calibration model of ``path`` and its training list; refused unless trained on ``names`` under
-    ``settings``."""
+    """The model of ``path`` and its training list; refused unless trained on ``names`` under ``settings``."""
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"--calibration_model '{path}' does not exist; give --calibration_list <labelled trial "
@@ -232,8 +231,7 @@ def load_model(path: Path, names: tuple[str, ...], settings: Mapping[str, Any]) 
 
 
 def calibrate_stage(run: EvalRun, lists: list[ListResult]) -> None:
-    """Train on the --calibration_list among ``lists`` (else apply --calibration_model) and write every list's llrs to
-    ``<stem>.cal.txt``."""
+    """Train on the --calibration_list (else apply --calibration_model); write ``<stem>.cal.txt`` llrs."""
     cfg = run.cfg
     meta, arrays = run.embeddings("Calibration")
     if "seconds" not in arrays:

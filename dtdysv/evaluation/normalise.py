@@ -1,11 +1,10 @@
 """Score normalisation (``--score_norm asnorm|snorm``, as in WeSpeaker): the maths, the cohort stage (train list ->
 ``cohort.npz``) and the norm stage (-> ``<stem>.<norm>.txt``).
 
-The cohort is one vector per training speaker: the mean of the unit crop-mean embeddings of ``norm_cohort_utts`` of its
-utterances. The normalised score is the cosine of the files' unit crop means (for ``paper`` not the raw distance score).
-AS-norm: 0.5 ((s - mu_e) / sd_e + (s - mu_t) / sd_t) over each file's ``norm_top_n`` highest cohort scores; S-norm: over
-the whole cohort. ``--mean_subtraction`` subtracts the mean of the cohort files' crop means before normalising.
-cohort.npz: 'names' (M,), 'embeddings' (M, D) without mean subtraction, 'file_means' (U, D), 'owner' (U,).
+Cohort: per training speaker, the mean unit crop-mean embedding of ``norm_cohort_utts`` utterances. Normalised scores
+are cosines of unit crop means. AS-norm: 0.5 ((s - mu_e) / sd_e + (s - mu_t) / sd_t) over each file's ``norm_top_n``
+highest cohort scores; S-norm: the whole cohort. cohort.npz: 'names' (M,), 'embeddings' (M, D), 'file_means' (U, D),
+'owner' (U,).
 """
 
 from __future__ import annotations

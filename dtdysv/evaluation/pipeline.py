@@ -101,8 +101,8 @@ def score_and_report(run: EvalRun, lists: list[ListResult]) -> dict[str, Any]:
 
 def evaluate(embedder: Embedder, trial_lists: list[TrialList], cfg: Config, result_dir: Path, normalize: bool,
              show_progress: bool = True, checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Embed every list's files once, score and write the results; returns the first list's metrics ("lists" for
-    several). ``normalize``: the loss's test_normalize. Under DDP rank 0 scores and writes; others return {}."""
+    """Embed every list's files once, score and write the results; returns the first list's metrics. Under DDP rank 0
+    scores and writes, the others return {}."""
     check_eval_options(cfg)
     run = EvalRun(cfg, Path(result_dir), embedder.device, checkpoint)
     weights = weights_fingerprint(embedder.model.state_dict())
