@@ -1,10 +1,8 @@
 """Training and test datasets and the speaker-balanced sampler (voxceleb_trainer semantics).
 
-A training item is ``nPerSpeaker`` random crops of ``max_frames`` frames of one speaker's files (audio.load_crop:
-partial reads, short files repeated to length). Every crop position is drawn from a generator seeded by (seed,
-epoch, position in the epoch), so an epoch is reproducible whatever the number of workers. Speed perturbation
-(``--speed_perturb``) resamples while reading; augmentation (``--augment``) is augment.Augmenter, applied per crop
-in the workers. ``get_data_loader`` assembles them for training, as voxceleb_trainer's does.
+A training item is ``nPerSpeaker`` random crops of ``max_frames`` frames of one speaker's files. Every crop position is
+drawn from a generator seeded by (seed, epoch, position in the epoch), so an epoch is reproducible whatever the number
+of workers; speed perturbation and augmentation run per crop in the workers.
 """
 
 from __future__ import annotations
@@ -33,12 +31,8 @@ log = logging.getLogger(__name__)
 
 
 class TrainDataset(Dataset):
-    """Items are (crops (nPerSpeaker, samples) float32, label); indexed by the sampler's (indices, seed).
-
-    All randomness of an item (crop positions, speed, augmentation) comes from its seed. With ``speed_perturb`` an
-    item is played at a speed drawn from SPEEDS, and speed k makes speaker s class ``s + k * n_speakers``
-    (WeSpeaker), so ``num_classes`` is 3x the speakers. ``augmenter`` (augment.Augmenter) augments every crop.
-    """
+    """Items (crops (nPerSpeaker, samples) float32, label) by the sampler's (indices, seed); with ``speed_perturb``
+    speed k makes speaker s class ``s + k * n_speakers`` (WeSpeaker)."""
 
     def __init__(self, train: TrainList, max_frames: int, augmenter: Augmenter | None = None,
                  speed_perturb: bool = False, resample: bool = False) -> None:
@@ -72,8 +66,7 @@ class TrainDataset(Dataset):
 
 
 class TestDataset(Dataset):
-    """Items are (crops (num_eval, samples) float32, file index). ``trials`` (the list the files come from) lets a
-    bad file's error name its line."""
+    """Items are (crops (num_eval, samples) float32, file index); ``trials`` lets errors name the list line."""
 
     def __init__(self, files: Sequence[str], test_path: str | Path, eval_frames: int, num_eval: int,
                  resample: bool = False, trials: TrialList | None = None) -> None:
@@ -99,13 +92,9 @@ class TestDataset(Dataset):
 
 
 class SpeakerBalancedSampler(Sampler):
-    """voxceleb_trainer's sampler: ``batch_size`` speakers x ``nPerSpeaker`` utterances per batch.
-
-    Each speaker contributes at most ``max_seg_per_spk`` utterances per epoch, in groups of ``nPerSpeaker``. The
-    groups are shuffled and packed into batches in which no speaker appears twice; a group whose speaker is already
-    in the current batch is deferred to a later batch, not dropped. The epoch is cut to a whole number of batches
-    per rank, and rank r takes every ``world_size``-th batch. Yields ``(indices, seed)`` per group.
-    """
+    """voxceleb_trainer's sampler: ``batch_size`` speakers x ``nPerSpeaker`` utterances, no speaker twice per batch
+    (clashing groups deferred, not dropped); rank r takes every ``world_size``-th batch. Yields ``(indices, seed)`` per
+    group."""
 
     def __init__(self, labels: np.ndarray, nPerSpeaker: int, max_seg_per_spk: int, batch_size: int, seed: int,
                  rank: int = 0, world_size: int = 1) -> None:
@@ -236,8 +225,7 @@ def _item_seed(seed: int, epoch: int, position: int) -> int:
 
 def get_data_loader(train: TrainList, cfg: Config, rank: int = 0, world_size: int = 1,
                     pin_memory: bool = False) -> tuple[DataLoader, SpeakerBalancedSampler]:
-    """The training loader of this process (``rank`` of ``world_size``) and its sampler, checked to give at least
-    one batch per epoch and a head (--nClasses) for every class."""
+    """This rank's training loader and sampler, checked to give a batch per epoch and a head for every class."""
     augmenter = Augmenter(cfg.musan_path, cfg.rir_path, cfg.resample, cfg.aug_prob) if cfg.augment else None
     dataset = TrainDataset(train, cfg.max_frames, augmenter=augmenter, speed_perturb=cfg.speed_perturb,
                            resample=cfg.resample)

@@ -1,7 +1,5 @@
-"""The network in its two modes, as voxceleb_trainer's SpeakerNet.py: ``ModelTrainer`` trains the model with its
-loss head, ``Embedder`` embeds waveforms with the model alone. Both follow one precision policy (``Precision``).
-No argument parsing, no file formats.
-"""
+"""The network in its two modes, as voxceleb_trainer's SpeakerNet.py: ``ModelTrainer`` trains the model with its loss
+head, ``Embedder`` embeds waveforms with the model alone, under one ``Precision`` policy."""
 
 from __future__ import annotations
 
@@ -41,9 +39,8 @@ class SpeakerNet(nn.Module):
 
 @dataclass(frozen=True)
 class Precision:
-    """--mixedprec as one policy for training and embedding. Off: autocast is a no-op and the scaler disabled. On
-    CUDA fp16 with a gradient scaler (``name="fp16"``) or bf16 without one; on CPU always bf16 (CPU fp16 autocast is
-    slow and partial). The models keep their mel front-end in fp32 whatever the autocast."""
+    """--mixedprec for training and embedding: off, a no-op; CUDA fp16 with a gradient scaler or bf16; CPU bf16. The mel
+    front-end stays fp32."""
 
     device: torch.device
     enabled: bool = False
@@ -86,11 +83,8 @@ class ModelTrainer:
     def train_network(self, loader: Iterable, epoch: int, steps: int, first_step: int = 0,
                       on_step: Callable[[int, int], None] | None = None,
                       show_progress: bool = True) -> dict[str, float]:
-        """One epoch (from batch ``first_step`` when resuming inside it) of ``steps`` batches; ``epoch`` counts from 1.
-
-        ``on_step(epoch, done)`` is called after each step with the number of batches of the epoch done. Returns
-        mean loss, accuracy and utterances/s of the steps run.
-        """
+        """One epoch of ``steps`` batches from ``first_step``; ``epoch`` counts from 1. ``on_step(epoch, done)`` runs
+        after each step. Returns mean loss, accuracy and utterances/s."""
         self.net.train()
         total_loss = total_acc = 0.0
         count = utts = 0
@@ -131,12 +125,8 @@ class ModelTrainer:
 
 @dataclass
 class Embedder:
-    """``model`` (waveform (B, samples) -> embedding (B, nOut)) in eval mode on ``device``, with the process's place
-    in a DDP job. With ``fast_cpu`` (``--fast_cpu_inference``) a model on the CPU embeds through the folded path of
-    models/_dtdy_cpu.py, equal to the readable model to rounding; elsewhere it changes nothing.
-
-        vectors = Embedder(model, torch.device("cpu")).embed_waves(waves)   # (B, samples) -> (B, nOut)
-    """
+    """``model`` (waveform (B, samples) -> (B, nOut)) in eval mode on ``device``, with the DDP rank. With ``fast_cpu`` a
+    CPU model embeds through models/_dtdy_cpu.py's folded path (equal to rounding)."""
 
     model: nn.Module
     device: torch.device
@@ -169,11 +159,8 @@ class Embedder:
 
     @torch.no_grad()
     def embed(self, loader: DataLoader, n_files: int, show_progress: bool = True) -> list[torch.Tensor]:
-        """Embeddings of every file of a TestDataset loader (batches of (crops (B, C, samples), index (B,))):
-        a list of (C, nOut) float32 CPU tensors in file order.
-
-        Under DDP each rank embeds every world_size-th batch and every rank receives all embeddings.
-        """
+        """(C, nOut) float32 CPU embeddings of a TestDataset loader's files, in file order. Under DDP each rank embeds
+        every world_size-th batch and all ranks receive all embeddings."""
         if self.env.enabled:
             batches = list(loader.batch_sampler)[self.env.rank::self.env.world_size]
             loader = DataLoader(loader.dataset, batch_sampler=batches, num_workers=loader.num_workers,

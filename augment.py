@@ -1,13 +1,10 @@
 """Training-data augmentation: MUSAN noise, music and babble, RIR reverberation, and SpecAugment.
 
-voxceleb_trainer's recipe: a training crop is augmented with probability ``aug_prob`` and then gets exactly one
-of reverberation, music (5-15 dB SNR), babble (3-7 speakers, each at 13-20 dB) or noise (0-15 dB), equally
-likely; voxceleb_trainer draws among the four and "none" uniformly, which is ``aug_prob`` 0.8 (WeSpeaker: 0.6).
-Sources: MUSAN (D. Snyder, G. Chen, D. Povey, arXiv 1510.08484) split into 5-s chunks,
-``musan_path/<noise|speech|music>/**.wav``; the simulated room impulse responses of T. Ko et al. (ICASSP 2017),
-``rir_path/{smallroom,mediumroom}/**.wav``. The mixing runs per crop in NumPy, in the DataLoader workers.
-SpecAugment (D. S. Park et al., arXiv 1904.08779) masks the training log-mels inside the model (``--spec_*``
-options; their defaults are WeSpeaker's setting).
+voxceleb_trainer's recipe: with probability ``aug_prob`` a crop gets one of reverberation, music (5-15 dB SNR), babble
+(3-7 speakers, 13-20 dB) or noise (0-15 dB). Sources: MUSAN (D. Snyder, G. Chen, D. Povey, arXiv 1510.08484) in 5-s
+chunks, ``musan_path/<noise|speech|music>/**.wav``; simulated RIRs (T. Ko et al., ICASSP 2017),
+``rir_path/{smallroom,mediumroom}/**.wav``. SpecAugment (D. S. Park et al., arXiv 1904.08779) masks the log-mels inside
+the model.
 """
 
 from __future__ import annotations
@@ -75,11 +72,8 @@ def _scan(root: Path, folders: tuple[str, ...]) -> tuple[dict[str, list[str]], l
 
 
 class Augmenter:
-    """voxceleb_trainer's augmentation of training crops, from the MUSAN and RIR folders.
-
-    Construction lists the source files and fails with one clear error when folders are missing or hold no .wav.
-    All randomness comes from the generator passed to each call (the DataLoader item's), so it is reproducible.
-    """
+    """voxceleb_trainer's augmentation of training crops. Construction fails with one error when the folders are missing
+    or empty; randomness comes from the generator passed to each call."""
 
     def __init__(self, musan_path: str | Path, rir_path: str | Path, resample: bool = False,
                  aug_prob: float = 0.8) -> None:
@@ -144,12 +138,8 @@ class Augmenter:
 
 def spec_augment(feats: torch.Tensor, freq_masks: int, freq_width: int, time_masks: int, time_width: int,
                  prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """SpecAugment without time warping: feats (B, F, T) -> (B, F, T), a copy with zeroed bands.
-
-    With probability ``prob`` per utterance, ``freq_masks`` bands of 1..``freq_width`` bins and ``time_masks`` bands
-    of 1..``time_width`` frames, each starting anywhere (cut at the edge), are set to 0, the mean of normalised
-    features (WeSpeaker's ``spec_aug``). The settings are the ``--spec_*`` options; bad ones are an AugmentError.
-    """
+    """SpecAugment without time warping (WeSpeaker's ``spec_aug``): feats (B, F, T) -> a (B, F, T) copy with zeroed
+    frequency and time bands, per utterance with probability ``prob``."""
     if min(freq_masks, time_masks) < 0 or min(freq_width, time_width) < 1 or not 0.0 <= prob <= 1.0:
         raise AugmentError(f"SpecAugment needs --spec_freq_masks and --spec_time_masks >= 0, --spec_freq_width and "
                            f"--spec_time_width >= 1 and --spec_prob in [0, 1]; got masks {freq_masks}, {time_masks}, "

@@ -5,14 +5,9 @@
     python averageCheckpoints.py --checkpoints exps/x/model/model000000190.model exps/x/model/model000000200.model \
         --out exps/x/model/average.model
 
-Every floating-point tensor of the model and the loss head is the mean of the checkpoints' (BatchNorm running
-means and variances too), computed in float64 and stored in the tensor's own type; integer tensors (BatchNorm's
-``num_batches_tracked``) and the epoch are the newest checkpoint's. The result is a checkpoint of this framework
-(``--eval --initial_model`` and fine-tuning read it) with the newest checkpoint's config and ``averaged_from``, the
-files it was made of; it carries no optimizer state, so training does not resume from it. ``--last N`` takes the
-N newest numbered checkpoints of ``<save_path>/model/`` (written at every evaluation: train with
-``--test_interval 1`` to keep one per epoch), and writes ``<save_path>/model/average_last<N>.model`` unless
-``--out`` says otherwise. The inputs are never overwritten.
+Floating-point tensors (BatchNorm statistics too) are averaged in float64; integer tensors, the epoch and the config are
+the newest checkpoint's. The result has no optimizer state (evaluate or fine-tune it; training does not resume).
+``--last N`` writes ``<save_path>/model/average_last<N>.model`` unless ``--out`` is given; inputs are never overwritten.
 """
 
 from __future__ import annotations
@@ -34,10 +29,7 @@ log = logging.getLogger("averageCheckpoints")
 
 def average_states(states: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str],
                    what: str) -> dict[str, torch.Tensor]:
-    """The mean of state_dicts with the same keys and shapes; integer tensors are the last state's.
-
-    ``names`` label the states in errors; ``what`` names the part (model, loss head).
-    """
+    """The mean of state_dicts of equal keys and shapes; integer tensors are the last state's."""
     first = states[0]
     for state, name in zip(states[1:], names[1:], strict=True):
         if state.keys() != first.keys():

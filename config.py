@@ -1,9 +1,7 @@
-"""One typed definition of every option; the argument parser is generated from it.
+"""Every option, typed and defined once (hence the file's length); the argument parser is generated from it.
 
-Resolution order: built-in defaults < ``--config`` YAML < command line. An unknown key (YAML or command line) is an
-error naming the closest valid key; values are coerced to the declared type (PyYAML reads ``5e-05`` as a string);
-booleans are real (``--augment`` / ``--no-augment``). Defaults follow the DTDY paper's recipe (arXiv 2203.15277,
-the official code's defaults). The file runs past 300 lines because every option is defined here, once.
+Defaults (the DTDY paper's recipe, arXiv 2203.15277) < ``--config`` YAML < command line. Unknown keys are errors
+naming the closest key; values are coerced to the declared type (PyYAML reads ``5e-05`` as a string).
 """
 
 from __future__ import annotations
@@ -47,25 +45,21 @@ class Config:
     max_seg_per_spk: int = opt(500, "Maximum utterances per speaker per epoch.", "data")
     nDataLoaderThread: int = opt(5, "DataLoader worker processes.", "data")
     augment: bool = opt(False, "MUSAN noise and RIR reverberation augmentation.", "data")
-    aug_prob: float = opt(0.8, "--augment: probability that a crop is augmented (with one of reverberation, music, "
-                          "babble, noise, equally likely); 0.8 is voxceleb_trainer's draw, WeSpeaker uses 0.6.",
-                          "data")
-    speed_perturb: bool = opt(False, "Speed perturbation 0.9/1.0/1.1 of training crops, each speed its own class "
-                                     "(WeSpeaker): --nClasses must cover 3x the speakers.", "data")
-    spec_augment: bool = opt(False, "SpecAugment of the training log-mels (--spec_* set its masks; the defaults are "
-                             "WeSpeaker's).", "data")
+    aug_prob: float = opt(0.8, "--augment: probability that a crop gets one of reverb/music/babble/noise.", "data")
+    speed_perturb: bool = opt(False, "Speed perturbation 0.9/1.0/1.1, each speed a class (--nClasses: 3x speakers).",
+                              "data")
+    spec_augment: bool = opt(False, "SpecAugment of the training log-mels (masks: --spec_*).", "data")
     spec_freq_masks: int = opt(1, "--spec_augment: frequency masks per utterance.", "data")
     spec_freq_width: int = opt(8, "--spec_augment: a frequency mask covers 1 to this many mel bins.", "data")
     spec_time_masks: int = opt(1, "--spec_augment: time masks per utterance.", "data")
     spec_time_width: int = opt(10, "--spec_augment: a time mask covers 1 to this many frames.", "data")
     spec_prob: float = opt(0.6, "--spec_augment: probability that an utterance is masked at all.", "data")
-    resample: bool = opt(False, "Resample audio that is not 16 kHz and average the channels of multichannel files "
-                                "while reading (off: such files are an error).", "data")
+    resample: bool = opt(False, "Resample non-16 kHz audio and average channels on read (off: an error).", "data")
     seed: int = opt(2021, "Seed of every random number generator (sampler: seed + epoch).", "data")
     # --- training
     test_interval: int = opt(10, "Evaluate and checkpoint every this many epochs (and at the last).", "train")
-    save_interval: int = opt(0, "Also keep the numbered checkpoint of every this many epochs, without evaluating "
-                             "(1: every epoch, for averageCheckpoints.py --last N; 0: only at evaluations).", "train")
+    save_interval: int = opt(0, "Also keep a numbered checkpoint every this many epochs (0: only at evaluations).",
+                             "train")
     max_epoch: int = opt(200, "Number of epochs.", "train")
     trainfunc: str = opt("softmaxproto", "Loss: a module name in loss/.", "train")
     optimizer: str = opt("adam", "Optimizer: a module name in optimizer/.", "train")
@@ -94,27 +88,20 @@ class Config:
     dcf_p_target: float = opt(0.05, "minDCF target prior printed first (0.01 and 0.05 are always reported).", "eval")
     dcf_c_miss: float = opt(1.0, "minDCF cost of a miss.", "eval")
     dcf_c_fa: float = opt(1.0, "minDCF cost of a false alarm.", "eval")
-    bootstrap: int = opt(1000, "Resamples of the trial list's speakers behind the confidence intervals of EER and "
-                         "minDCF in metrics.json (0: no intervals).", "eval")
-    score_norm: str = opt("none", "Score normalisation against a cohort of training speakers, reported beside the "
-                          "raw scores: none, asnorm (top --norm_top_n) or snorm (whole cohort).", "eval",
+    bootstrap: int = opt(1000, "Speaker-bootstrap resamples behind the 95 percent intervals (0: none).", "eval")
+    score_norm: str = opt("none", "Cohort score normalisation, reported beside raw scores.", "eval",
                           ("none", "asnorm", "snorm"))
     norm_top_n: int = opt(300, "asnorm: highest cohort scores per file used for its mean and std.", "eval")
     norm_cohort_utts: int = opt(3, "Utterances per --train_list speaker averaged into its cohort vector.", "eval")
-    mean_subtraction: bool = opt(False, "Subtract the mean embedding of the cohort's training utterances (the "
-                                 "--train_list files the cohort stage embeds) from test and cohort embeddings "
-                                 "before scoring.", "eval")
-    calibration_list: str = opt("", "Labelled trial list ('<label> <enroll> <test>' under --test_path) on which a "
-                                "quality-aware calibration (QMF) is trained into --calibration_model; every list's "
-                                "scores are then calibrated to log-likelihood ratios (<stem>.cal.txt).", "eval")
-    calibration_model: str = opt("", "Calibration model (JSON): written when --calibration_list is given (default "
-                                 "<save_path>/result/calibration.json), else applied if given.", "eval")
-    score_from_cache: bool = opt(False, "With --eval: rescore from <save_path>/result/embeddings.npz, without the "
-                                 "model or the audio.", "eval")
-    extract: str = opt("", "Embed the files of this list ('<path>' or '<label> <path>' lines under --test_path) "
-                       "into --extract_out, then stop.", "eval")
-    extract_out: str = opt("", "Output .npz of --extract: names, embeddings (N, nOut) or (N, num_eval, nOut), "
-                           "meta.", "eval")
+    mean_subtraction: bool = opt(False, "Subtract the cohort utterances' mean embedding before scoring.", "eval")
+    calibration_list: str = opt("", "Trial list to train a quality-aware calibration on (LLRs in <stem>.cal.txt).",
+                                "eval")
+    calibration_model: str = opt("", "Calibration JSON: written with --calibration_list, else applied if given.",
+                                 "eval")
+    score_from_cache: bool = opt(False, "With --eval: rescore from result/embeddings.npz (no model, no audio).",
+                                 "eval")
+    extract: str = opt("", "Embed this list's files ('[<label>] <path>' under --test_path), then stop.", "eval")
+    extract_out: str = opt("", "--extract output .npz: names, embeddings (N, nOut) or (N, num_eval, nOut).", "eval")
     # --- paths
     initial_model: str = opt("", "Checkpoint to fine-tune or evaluate (ours or the official DTDY format).", "paths")
     save_path: str = opt("exps/exp1", "Experiment folder: model/, result/, config.yaml.", "paths")
@@ -139,13 +126,10 @@ class Config:
     mixedprec: bool = opt(False, "Mixed-precision training (the mel front-end stays fp32).", "runtime")
     mixedprec_dtype: str = opt("fp16", "Autocast type on CUDA: fp16 (with a gradient scaler) or bf16; CPU: bf16.",
                                "runtime", ("fp16", "bf16"))
-    compile: bool = opt(False, "torch.compile the embedding model for training and embedding: the first steps wait "
-                        "for the compiler (minutes on CPU), later ones run faster (DTDY models on CPU: README, "
-                        "Benchmarks); weights and checkpoints are unchanged.", "runtime")
-    fast_cpu_inference: bool = opt(True, "Evaluation and embedding on the CPU run the folded inference path of "
-                                   "models/_dtdy_cpu.py (exact rewrites of the model, faster: README, Benchmarks); "
-                                   "--no-fast_cpu_inference runs the readable model. No effect on GPUs and in "
-                                   "training.", "runtime")
+    compile: bool = opt(False, "torch.compile the embedding model (slow first steps; checkpoints unchanged).",
+                        "runtime")
+    fast_cpu_inference: bool = opt(True, "CPU evaluation runs the folded exact path of models/_dtdy_cpu.py.",
+                                   "runtime")
     checkpoint_minutes: float = opt(0.0, "Also checkpoint inside an epoch every this many minutes (0: off).",
                                     "runtime")
     tensorboard: bool = opt(True, "TensorBoard scalars under <save_path>/tensorboard (rank 0).", "runtime")
@@ -155,9 +139,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# The built-in defaults, one instance: plugins take the defaults of their parameters from it
-# (``nOut: int = DEFAULTS.nOut``), so ``MainModel()`` in a notebook builds the paper's model and no default is
-# written twice.
+# Plugins take their parameter defaults from it (``nOut: int = DEFAULTS.nOut``).
 DEFAULTS = Config()
 
 # Options that define the network's shape and input features: a checkpoint must agree on them.

@@ -1,5 +1,4 @@
-"""Data preparation CLI: one step per flag, run in the order listed below (archives.py, audioprep.py, datalists.py,
-demodata.py hold the steps).
+"""Data preparation CLI: one step per flag, run in the order below (steps in dtdysv/prep/, dtdysv/data/lists.py).
 
     python dataprep.py --download data/download --user USER --password PASS     # needs the owners' credentials
     python dataprep.py --extract data/download/vox2_dev_aac.zip --extract_to data/voxceleb2
@@ -9,22 +8,7 @@ demodata.py hold the steps).
     python dataprep.py --make_list --source data/voxceleb2/dev/wav --out data/train_list.txt
     python dataprep.py --make_demo data/demo [--demo_seed 0]      # synthetic corpus for `make demo`, no download
 
-Steps (each skips what an earlier run finished: outputs are written under a temporary name and renamed):
-  --download DIR     fetch the archives of --datasets (archives.DOWNLOADS, or --url_list) into DIR with resume, and
-                     join split archives (vox1_dev_wav_parta* -> vox1_dev_wav.zip). VoxCeleb needs --user/--password.
-  --extract A [A..]  unpack zip or tar archives into --extract_to; members with absolute paths, '..', links or
-                     special files are refused.
-  --convert DIR      every .m4a/.aac (with ffmpeg), .wav and .flac under DIR -> 16 kHz mono 16-bit wav under
-                     --convert_to, same relative paths, in parallel (--workers).
-  --split_musan DIR  MUSAN (DIR/<music|noise|speech>/...) -> 5-s chunks every 3 s (voxceleb_trainer's split) under
-                     --musan_split_to: <type>/<source>/<file>/<start second>.wav. A file shorter than 5 s stays one
-                     chunk (voxceleb_trainer drops it).
-  --prepare_rir DIR  link (or with --rir_copy copy) simulated_rirs/{smallroom,mediumroom} of RIRS_NOISES in DIR to
-                     --rir_to and check every RIR (16 kHz mono, not empty).
-  --make_demo DIR    write the demo corpus (demodata.py) to DIR: train/ and test/ in VoxCeleb layout,
-                     train_list.txt, test_list.txt; skipped when DIR already holds it with the same settings.
-  --make_list        write a voxceleb_trainer train list (``<speaker> <speaker>/<video>/<file>.wav``, sorted)
-                     for the tree --source/<speaker>/<video>/<file>.wav to --out.
+Each step skips what an earlier run finished (outputs are written under a temporary name and renamed).
 """
 
 from __future__ import annotations

@@ -4,22 +4,11 @@
     python export.py --config exps/demo/config.yaml --initial_model exps/demo/model/last.model --out exported
     python export.py --initial_model exps/demo/model/last.model --format onnx --opset 17 --out exported
 
-writes ``model.pt`` (TorchScript), ``model.onnx`` and ``export.json`` (model settings, sample rate, embedding size,
-test_normalize, the source checkpoint, the parity results) into ``--out``. Both graphs take the waveform
-``wave`` (B, samples) float32 at 16 kHz and return ``embedding`` (B, nOut); batch and time axes are dynamic, and the
-mel front-end is inside the graph.
-
-- The export runs the readable model on the CPU in eval mode: never under ``fast_cpu_inference``
-  (models/_dtdy_cpu.py), never compiled, so no custom operator reaches a graph.
-- TorchScript is a trace of the eager model (``torch.jit.trace``); the models have no data-dependent control flow.
-- ONNX uses torch's TorchScript-based exporter (``dynamo=False``): it needs no onnxscript, exports a ResNet-34 in
-  seconds, and keeps the batch and time axes symbolic. It cannot export the complex STFT of
-  torchaudio's MelSpectrogram, so the ONNX graph computes the same power mel spectrogram as a conv1d with a
-  windowed DFT basis (``DftMelSpectrogram``, equal to the eager front-end to 1e-5, tested); the trained model is
-  not changed.
-- Parity: each exported file is run (TorchScript by torch, ONNX by onnxruntime) on waveforms of
-  ``PARITY_SECONDS`` and compared with the eager model; a file whose embeddings differ by more than
-  ``PARITY_TOLERANCE`` (relative to max(1, the largest eager value)) is refused and not written.
+Writes ``model.pt``, ``model.onnx`` and ``export.json`` (settings, source checkpoint, parity results) into ``--out``.
+Both graphs map ``wave`` (B, samples) float32 at 16 kHz to ``embedding`` (B, nOut), batch and time dynamic, mel
+front-end inside. The readable model is exported on the CPU in eval mode (never the fast CPU path, never compiled):
+TorchScript by tracing, ONNX by the TorchScript-based exporter with the STFT replaced by ``DftMelSpectrogram``. A file
+whose embeddings differ from the eager model's by more than ``PARITY_TOLERANCE`` is not written.
 """
 
 from __future__ import annotations
@@ -62,12 +51,8 @@ class ExportError(UserError):
 
 
 class DftMelSpectrogram(nn.Module):
-    """torchaudio's power mel spectrogram (centred, reflect-padded STFT) as a conv1d with a windowed DFT basis.
-
-    wave (B, samples) -> mel power (B, n_mels, 1 + samples // hop), equal to ``torchfb(wave)`` to float32 rounding.
-    Buffers: ``basis`` (2 K, 1, n_fft), rows window * cos then -window * sin of the K = n_fft // 2 + 1 bins, and
-    ``fb`` (K, n_mels), the filterbank of ``torchfb``.
-    """
+    """torchaudio's power mel spectrogram (centred, reflect-padded STFT) as a conv1d with a windowed DFT basis: wave (B,
+    samples) -> (B, n_mels, 1 + samples // hop), equal to ``torchfb(wave)`` to float32 rounding."""
 
     def __init__(self, torchfb: torchaudio.transforms.MelSpectrogram) -> None:
         super().__init__()
@@ -130,8 +115,7 @@ def parity_waves(seed: int = 0) -> list[torch.Tensor]:
 
 
 def _check_parity(run: speakerapi.Backend, expected: list[np.ndarray], fmt: str) -> dict[str, Any]:
-    """Run the exported ``run`` on ``parity_waves`` and compare with the eager embeddings ``expected``; refuse
-    when they differ by more than the tolerance."""
+    """Compare the exported ``run`` on ``parity_waves`` with ``expected``; refuse beyond the tolerance."""
     worst = 0.0
     for wave, eager in zip(parity_waves(), expected, strict=True):
         got = run(wave.numpy())
@@ -148,8 +132,7 @@ def _check_parity(run: speakerapi.Backend, expected: list[np.ndarray], fmt: str)
 
 
 def export_torchscript(eager: nn.Module, path: Path, expected: list[np.ndarray]) -> dict[str, Any]:
-    """Trace the readable ``eager`` model to TorchScript at ``path``, written only if its embeddings equal
-    ``expected`` (eager, on ``parity_waves``); returns the parity result."""
+    """Trace ``eager`` to TorchScript at ``path`` if it passes the parity check; returns the result."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(eager, parity_waves()[0], check_trace=False)
@@ -159,8 +142,7 @@ def export_torchscript(eager: nn.Module, path: Path, expected: list[np.ndarray])
 
 
 def export_onnx(eager: nn.Module, path: Path, expected: list[np.ndarray], opset: int) -> dict[str, Any]:
-    """Export the readable ``eager`` model to ONNX at ``path`` (input 'wave' (batch, samples), output 'embedding'
-    (batch, nOut)), written only if onnxruntime's embeddings equal ``expected``; returns the parity result."""
+    """Export ``eager`` to ONNX ('wave' (B, samples) -> 'embedding' (B, nOut)) if it passes parity."""
     with atomic_path(path, ".onnx") as tmp:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter, chosen on purpose
@@ -173,8 +155,7 @@ def export_onnx(eager: nn.Module, path: Path, expected: list[np.ndarray], opset:
 
 def export_model(model: nn.Module, out: str | Path, formats: tuple[str, ...], meta: dict[str, Any],
                  opset: int = DEFAULT_OPSET) -> dict[str, Any]:
-    """Export ``model`` in ``formats`` into the folder ``out`` and write the sidecar ``export.json`` (``meta`` plus
-    the files, the parity results and the versions); returns the sidecar."""
+    """Export ``model`` in ``formats`` into ``out`` and write and return the ``export.json`` sidecar."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"Unknown export format(s) {unknown or formats}; valid: {', '.join(FORMATS)} or both.")

@@ -7,11 +7,8 @@
     python scoreSpeakers.py --config exps/demo/config.yaml --initial_model exps/demo/model/last.model \\
         --wav_scp data/wav.scp --pairs_file pairs.txt --out scores.txt
 
-``--model`` is a folder (or file) written by export.py; ``--initial_model`` (with ``--config``, or the config stored
-in the checkpoint) runs the eager model instead. Scores are the cosine of whole-utterance embeddings
-(speakerapi.py), written as 'score name1 name2' lines (6 decimals) to ``--out`` or standard output. Names are the
-paths given (--pairs), the paths under the folder (--folder), the utterance ids (--wav_scp) and ``--enroll_name``.
-A ``wav.scp`` has '<utt> <path>' lines; ``--pairs_file`` '<utt1> <utt2>' or '<label> <utt1> <utt2>' lines.
+Scores are cosines of whole-utterance embeddings (speakerapi.py), written as 'score name1 name2' lines. A ``wav.scp``
+has '<utt> <path>' lines; ``--pairs_file`` '[<label>] <utt1> <utt2>' lines.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Speaker Activation Map (SAM) command line and figures: which time-frequency regions a verification score rests
-on (the maths, after the DTDY paper, arXiv 2203.15277, is sam.py).
+"""Speaker Activation Map (SAM) command line and figures: which time-frequency regions a verification score rests on
+(the maths, after the DTDY paper, arXiv 2203.15277, is dtdysv/sam.py).
 
     python speakerActivationMap.py --config exps/demo/config.yaml --enroll a.wav --test b.wav --layer layer4
     python speakerActivationMap.py --config exps/demo/config.yaml --enroll a.wav --test b.wav \\
@@ -8,9 +8,7 @@ on (the maths, after the DTDY paper, arXiv 2203.15277, is sam.py).
     python speakerActivationMap.py --config exps/demo/config.yaml --trials demo_data/test_list.txt \\
         --test_path demo_data/test/wav --max_trials 100 --out profile.png       # mean SAM per mel bin
 
-Every option of ``trainSpeakerNet.py`` is accepted (``--config``, ``--initial_model``, ``--model``, ``--n_mels``,
-``--device``, ...); the weights are ``--initial_model``, else the newest checkpoint under ``--save_path``.
-Works for every model whose ``forward`` takes a waveform and that holds its mel front-end as ``torchfb``.
+Accepts every ``trainSpeakerNet.py`` option; weights are ``--initial_model``, else the newest checkpoint.
 """
 
 from __future__ import annotations

@@ -9,10 +9,8 @@
     s = sv.score(speaker, "b.wav")                           # cosine of whole-utterance embeddings
     accept, s = sv.verify("a.wav", "b.wav", threshold=0.5)
 
-Inputs are paths (read as training reads them: audio.py, 16 kHz mono unless ``resample``), waveforms (1-D float
-arrays or tensors at 16 kHz, finite, at least audio.py's ``MIN_SAMPLES``, 0.1 s, as files are) or, for ``score``
-and ``verify``, embeddings (1-D arrays of ``embedding_size`` values). Bad files raise audio.py's AudioError (missing,
-undecodable, empty, truncated, too short, non-finite, wrong rate or channels), the errors training gives.
+Inputs are paths (read as in training; bad files raise AudioError), finite 16 kHz 1-D waveforms of at least
+``MIN_SAMPLES``, or, for ``score`` and ``verify``, embeddings of ``embedding_size`` values.
 """
 
 from __future__ import annotations
@@ -58,8 +56,7 @@ class TorchScriptBackend:
 
 
 class OnnxBackend:
-    """An ONNX export (``model.onnx``) run by onnxruntime on the CPU with ``threads`` intra-op threads (0:
-    onnxruntime's default, one per core)."""
+    """An ONNX export run by onnxruntime on the CPU with ``threads`` intra-op threads (0: one per core)."""
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         try:
@@ -103,8 +100,7 @@ class SpeakerVerifier:
     @classmethod
     def from_checkpoint(cls, config: str | Path | Config | None, checkpoint: str | Path, device: str = "cpu",
                         resample: bool = False) -> SpeakerVerifier:
-        """The eager model of ``config`` (a YAML file, a Config, or None: the checkpoint's stored config) with the
-        weights of ``checkpoint``, on ``device`` ('cpu', 'cuda' or 'auto')."""
+        """The eager model of ``config`` (None: the checkpoint's) with ``checkpoint``'s weights."""
         cfg = config_of(config, checkpoint)
         net = build_net(cfg)
         load_weights(net, checkpoint, cfg, with_loss=False)
@@ -115,9 +111,7 @@ class SpeakerVerifier:
     @classmethod
     def from_export(cls, path: str | Path, prefer: str = "onnx", device: str = "cpu", resample: bool = False,
                     threads: int = 0) -> SpeakerVerifier:
-        """An export of export.py: its folder (``prefer`` 'onnx' or 'torchscript' where both are there; ONNX
-        needs onnxruntime) or one of its files (model.onnx, model.pt, with export.json beside it). ``threads``:
-        onnxruntime's intra-op threads (0: one per core)."""
+        """An export.py folder (``prefer`` 'onnx' or 'torchscript') or file beside its export.json."""
         if prefer not in ("onnx", "torchscript"):
             raise ApiError(f"prefer is 'onnx' or 'torchscript', got {prefer!r}.")
         path = Path(path)
@@ -202,8 +196,7 @@ class SpeakerVerifier:
         return self._run(self.wave(item)[None, :])[0]
 
     def embed_many(self, items: Sequence[Input], batch: int = 16) -> np.ndarray:
-        """Paths or waveforms -> (N, nOut) float32 in their order; waveforms of equal length run ``batch`` at a time
-        (never padded, so each embedding is that of its utterance alone)."""
+        """Paths or waveforms -> (N, nOut) float32; equal lengths batched, never padded."""
         if batch < 1:
             raise ApiError(f"batch must be at least 1, got {batch}.")
         waves = [self.wave(item) for item in items]
@@ -234,8 +227,7 @@ class SpeakerVerifier:
         return self.embed(item)
 
     def score(self, a: Input, b: Input) -> float:
-        """Cosine similarity of the whole-utterance embeddings of ``a`` and ``b`` (paths, waveforms or
-        embeddings)."""
+        """Cosine of the embeddings of ``a`` and ``b`` (paths, waveforms or embeddings)."""
         return float(np.dot(_unit(self._embedding(a)), _unit(self._embedding(b))))
 
     def verify(self, a: Input, b: Input, threshold: float) -> tuple[bool, float]:

@@ -4,9 +4,8 @@
     python trainSpeakerNet.py --config configs/DTDY_ResNet34_half_ASP.yaml
     python trainSpeakerNet.py --config configs/DTDY_ResNet34_half_ASP.yaml --eval
 
-Outputs under ``--save_path``: ``config.yaml`` (the resolved options), ``model/`` (checkpoints: ``last.model``
-every epoch, ``modelNNNNNNNNN.model`` at every evaluation), ``result/train.log``, ``result/scores.txt`` and
-``result/metrics.json``. Running the same command again resumes from ``model/last.model``.
+``--save_path`` gets ``config.yaml``, ``model/`` (``last.model`` every epoch, ``modelNNNNNNNNN.model`` per evaluation)
+and ``result/``; rerunning resumes from ``model/last.model``.
 """
 
 from __future__ import annotations

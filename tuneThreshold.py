@@ -1,26 +1,13 @@
-"""Speaker-verification metrics: EER, minDCF, the DET curve and, for calibrated scores (log-likelihood ratios),
-Cllr and the actual DCF, as pure vectorised NumPy (arrays in, numbers out).
+"""Speaker-verification metrics in vectorised NumPy: EER, minDCF, the DET curve and, for log-likelihood ratios, Cllr and
+the actual DCF.
 
-Convention: a trial is accepted when ``score >= threshold``; label 1 is a target (same speaker) trial, label 0 a
-non-target. FNR (miss, false rejection) is the fraction of targets rejected, FPR (false alarm, false acceptance)
-the fraction of non-targets accepted. The error curve has one point per distinct score (tied trials form one
-point) plus a final point at +inf (reject all).
-
-One routine, ``_curve``, builds that curve from one sort of the target and one of the non-target scores merged in a
-linear pass; every metric is read off it: the EER where FNR - FPR changes sign, minDCF as the minimum of the
-detection cost over its points, voxceleb_trainer's EER on the ROC points sklearn keeps, the DET curve and the
-rates at given thresholds (10^7 trials: about 0.5 s on one core, bench/eval_speed.py).
-
-The functions ``tuneThresholdfromScore``, ``ComputeErrorRates`` and ``ComputeMinDcf`` keep voxceleb_trainer's
-names, signatures and numbers (without sklearn at run time), so existing scripts keep working: voxceleb_trainer's
-users import them from here.
-
-Confidence intervals (``bootstrap_intervals``, ``bootstrap_replicates``, ``difference_test``) come from a bootstrap
-that resamples speakers rather than trials (Bolle, Ratha and Pankanti, "Error analysis of pattern recognition
-systems: the subsets bootstrap", CVIU 2004; Poh and Bengio, "Estimating the confidence interval of expected
-performance curve in biometric authentication using joint bootstrap", ICASSP 2007). Each resample is a weight per
-trial; the error curve is sorted once, and the metrics of a block of resamples are read off weighted cumulative sums
-over its turning points. The bootstrap and voxceleb_trainer's functions are why the file runs past 300 lines.
+A trial is accepted when ``score >= threshold``; label 1 is a target trial. FNR is the fraction of targets rejected, FPR
+of non-targets accepted. ``_curve`` builds the error curve (one point per distinct score, plus +inf: reject all) and
+every metric is read off it. Confidence intervals come from a bootstrap that resamples speakers rather than trials
+(Bolle, Ratha and Pankanti, CVIU 2004; Poh and Bengio, ICASSP 2007), read off weighted cumulative sums over the
+once-sorted curve. The file runs past 300 lines because of that bootstrap and voxceleb_trainer's function names,
+signatures and numbers (``tuneThresholdfromScore``, ``ComputeErrorRates``, ``ComputeMinDcf``), kept for scripts that
+import them from here.
 """
 
 import math
@@ -81,13 +68,7 @@ def _check_inputs(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.
 
 
 def _curve(scores: ArrayLike, labels: ArrayLike) -> _Curve:
-    """The error curve of validated ``scores`` (N,) and ``labels`` (N,).
-
-    The target and the non-target scores are sorted apart (``np.compress`` is several times faster than boolean
-    indexing, and two sorts of halves cost less than one of the whole), then merged as complex numbers
-    ``score + 1j * label`` by a stable sort (timsort merges two sorted runs in one linear pass); the labels'
-    cumulative sum counts the targets below each tie group. No argsort, no binary search; without ties (the usual
-    case for real-valued scores) no gather either."""
+    """The error curve of validated scores, labels (N,): both classes sorted apart, merged by a stable sort."""
     s, is_target = _check_inputs(scores, labels)
     tar = np.compress(is_target, s)
     tar.sort()
@@ -127,11 +108,7 @@ def _curve(scores: ArrayLike, labels: ArrayLike) -> _Curve:
 
 
 def _roc_curve(c: _Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """sklearn.metrics.roc_curve(labels, scores, pos_label=1) with drop_intermediate=True, bit for bit.
-
-    Points in decreasing threshold order; a point is dropped when it is collinear with its two neighbours
-    (zero second difference of both the false- and the true-positive counts); then (0, 0) at +inf is prepended.
-    """
+    """sklearn.metrics.roc_curve(labels, scores, pos_label=1, drop_intermediate=True), bit for bit."""
     tar_below, non_below, thresholds = c.tar_below[:-1], c.non_below[:-1], c.thresholds[:-1]
     keep = slice(None)
     if thresholds.size > 2:  # a second difference is zero on the reversed curve iff it is on this one
@@ -178,13 +155,7 @@ def _min_dcf(c: _Curve, p_target: float, c_miss: float, c_fa: float) -> tuple[fl
 
 
 def _eer_voxceleb_trainer(c: _Curve, d: np.ndarray, k: int) -> float:
-    """voxceleb_trainer's EER (fraction): max(FPR, FNR) at the point of sklearn's ROC curve (intermediate points
-    dropped, see ``_roc_curve``) where |FNR - FPR| is smallest, the first such point in decreasing threshold order,
-    in sklearn's arithmetic (fpr = fps / n_non, fnr = 1 - tps / n_tar).
-
-    |d| falls towards the crossing ``k`` from both sides, so the answer lies in a window around it that holds a
-    kept point on each side and ends where |d| exceeds the window's best: the window grows until it does.
-    """
+    """voxceleb_trainer's EER (fraction): max(FPR, FNR) where |FNR - FPR| is least on sklearn's ROC."""
     last = c.thresholds.size - 1  # the +inf point (the ROC's first, always kept); finite points 0 .. last - 1
     width = 64
     while True:
@@ -210,32 +181,20 @@ def _eer_voxceleb_trainer(c: _Curve, d: np.ndarray, k: int) -> float:
 
 
 def error_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Miss and false-alarm rates at every distinct threshold.
-
-    scores, labels: (N,) with labels 0/1 (1 = target). Returns (fnr, fpr, thresholds), each (K+1,) for K distinct
-    scores: thresholds ascending (accept when score >= threshold); the first point (threshold = lowest score)
-    accepts all (fnr 0, fpr 1), the last (threshold +inf) rejects all (fnr 1, fpr 0). Tied scores form one point.
-    """
+    """(fnr, fpr, thresholds), each (K+1,) for K distinct scores; thresholds ascending, last +inf."""
     c = _curve(scores, labels)
     return c.fnr, c.fpr, c.thresholds
 
 
 def rates_at(scores: ArrayLike, labels: ArrayLike, thresholds: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, fnr) when accepting ``score >= threshold``, for each of ``thresholds`` (any shape; +inf rejects
-    all). E.g. the operating points of the EER and minDCF thresholds on a DET curve."""
+    """(fpr, fnr) accepting ``score >= threshold`` for each of ``thresholds`` (any shape; +inf rejects all)."""
     c = _curve(scores, labels)
     k = np.searchsorted(c.thresholds, np.asarray(thresholds, dtype=np.float64), side="left")  # first point >= t
     return c.fpr[k], c.fnr[k]
 
 
 def compute_eer(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
-    """Equal error rate in percent and its threshold.
-
-    The error curve is taken as piecewise linear between consecutive points of ``error_curve``; the EER is where
-    it crosses FNR = FPR: with the bracketing points k-1 (FNR < FPR) and k (FNR >= FPR) and
-    alpha = -d[k-1] / (d[k] - d[k-1]) for d = FNR - FPR, EER = FNR[k-1] + alpha (FNR[k] - FNR[k-1]) (= the FPR
-    there). The threshold is interpolated the same way (the lower one when the upper is the +inf end point).
-    """
+    """EER in percent and its threshold, interpolated linearly where FNR - FPR changes sign."""
     c = _curve(scores, labels)
     eer, threshold = _eer(c, *_crossing(c))
     return 100.0 * eer, threshold
@@ -244,12 +203,7 @@ def compute_eer(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
 def compute_min_dcf(
     scores: ArrayLike, labels: ArrayLike, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0
 ) -> tuple[float, float]:
-    """Normalised minimum detection cost and its threshold.
-
-    min over thresholds of c_miss * p_target * FNR + c_fa * (1 - p_target) * FPR, divided by
-    min(c_miss * p_target, c_fa * (1 - p_target)) (the cost of the best fixed decision), so it is <= 1.
-    The threshold is the lowest optimal one; +inf when rejecting all trials is optimal.
-    """
+    """Normalised minimum detection cost (<= 1) and its lowest optimal threshold (+inf: reject all)."""
     return _min_dcf(_curve(scores, labels), p_target, c_miss, c_fa)
 
 
@@ -260,13 +214,8 @@ def compute_metrics(
     c_miss: float = 1.0,
     c_fa: float = 1.0,
 ) -> dict[str, float | int]:
-    """All verification metrics from one error curve (``_curve``).
-
-    Keys: eer_percent, eer_threshold (interpolated EER, see ``compute_eer``), eer_vt_percent (voxceleb_trainer's
-    EER: max(FPR, FNR) at the sklearn ROC point where |FNR - FPR| is smallest), min_dcf_p<p> and
-    min_dcf_p<p>_threshold for each p in p_targets (e.g. min_dcf_p0.01), dcf_c_miss, dcf_c_fa, n_trials,
-    n_target, n_nontarget.
-    """
+    """All metrics from one error curve: eer_percent, eer_threshold, eer_vt_percent, min_dcf_p<p> and
+    min_dcf_p<p>_threshold per p_target, dcf_c_miss, dcf_c_fa, n_trials, n_target, n_nontarget."""
     c = _curve(scores, labels)
     d, k = _crossing(c)
     eer, eer_threshold = _eer(c, d, k)
@@ -289,8 +238,7 @@ def compute_metrics(
 
 
 def cllr(llrs: ArrayLike, labels: ArrayLike) -> float:
-    """The log-likelihood-ratio cost in bits (Brümmer 2010): 1 for llrs that say nothing (all zero), 0 for perfect
-    ones; above 1 the scores mislead. ``(mean_t log2(1 + e^-l) + mean_n log2(1 + e^l)) / 2``."""
+    """Log-likelihood-ratio cost in bits (Brümmer 2010): 0 perfect, 1 uninformative, above 1 misleading."""
     s, y = _check_inputs(llrs, labels)
     return float((np.logaddexp(0.0, -s[y]).mean() + np.logaddexp(0.0, s[~y]).mean()) / (2 * math.log(2.0)))
 
@@ -304,8 +252,7 @@ def bayes_threshold(p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> 
 
 def actual_dcf(llrs: ArrayLike, labels: ArrayLike, p_target: float, c_miss: float = 1.0,
                c_fa: float = 1.0) -> float:
-    """The detection cost of deciding at the Bayes threshold of the llrs, normalised as minDCF is (divided by
-    ``min(C_miss p, C_fa (1 - p))``): equal to minDCF for well-calibrated llrs, higher otherwise."""
+    """Detection cost at the llrs' Bayes threshold, normalised as minDCF (equal to it when calibrated)."""
     s, y = _check_inputs(llrs, labels)
     accept = s > bayes_threshold(p_target, c_miss, c_fa)
     p_miss, p_fa = float((~accept[y]).mean()), float(accept[~y].mean())
@@ -314,11 +261,7 @@ def actual_dcf(llrs: ArrayLike, labels: ArrayLike, p_target: float, c_miss: floa
 
 
 def det_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, fnr) of the DET curve, thresholds ascending (fpr decreasing, fnr increasing).
-
-    Saturated points are trimmed: the curve starts at the last point with fnr = 0 and ends at the first with
-    fpr = 0, so only those two end points map to -inf on normal-deviate (probit) axes; clip before plotting.
-    """
+    """(fpr, fnr) of the DET curve, thresholds ascending, saturated points trimmed (clip before probit)."""
     fnr, fpr, _ = error_curve(scores, labels)
     first = int(np.searchsorted(fnr, 0.0, side="right")) - 1  # fnr[0] == 0, so first >= 0
     last = int(np.argmax(fpr == 0))  # fpr[-1] == 0
@@ -331,12 +274,8 @@ def det_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndar
 def tuneThresholdfromScore(
     scores: ArrayLike, labels: ArrayLike, target_fa: Sequence[float], target_fr: Sequence[float] | None = None
 ) -> tuple[list[list[float]], float, np.ndarray, np.ndarray]:
-    """voxceleb_trainer's threshold tuning on the sklearn ROC curve (without sklearn).
-
-    Returns (tuned, eer_percent, fpr, fnr): tuned is [threshold, fpr, fnr] at the ROC point nearest each
-    target_fr (FNR) then each target_fa (FPR); eer_percent = 100 max(FPR, FNR) at the point where |FNR - FPR| is
-    smallest; fpr, fnr are the ROC points (decreasing threshold, first threshold +inf).
-    """
+    """voxceleb_trainer's threshold tuning: (tuned, eer_percent, fpr, fnr), tuned = [threshold, fpr, fnr] at the ROC
+    point nearest each target_fr then target_fa."""
     fpr, tpr, thresholds = _roc_curve(_curve(scores, labels))
     fnr = 1 - tpr
     tuned = []
@@ -353,12 +292,7 @@ def tuneThresholdfromScore(
 
 
 def ComputeErrorRates(scores: ArrayLike, labels: ArrayLike) -> tuple[list[float], list[float], list[float]]:
-    """voxceleb_trainer's (Kaldi's) per-trial error rates.
-
-    Trials are sorted by score (stable, ascending); for sorted trial i, fnrs[i] is the fraction of targets among
-    trials 0..i and fprs[i] is 1 - the fraction of non-targets among trials 0..i; thresholds are the sorted
-    scores. One point per trial, ties not merged, as in the original.
-    """
+    """voxceleb_trainer's (Kaldi's) per-trial (fnrs, fprs, thresholds): one point per sorted trial, ties not merged."""
     s, is_target = _check_inputs(scores, labels)
     order = np.argsort(s, kind="stable")
     y = is_target[order].astype(np.int64)
@@ -371,11 +305,7 @@ def ComputeErrorRates(scores: ArrayLike, labels: ArrayLike) -> tuple[list[float]
 def ComputeMinDcf(
     fnrs: ArrayLike, fprs: ArrayLike, thresholds: Sequence[float], p_target: float, c_miss: float, c_fa: float
 ) -> tuple[float, float]:
-    """voxceleb_trainer's (Kaldi's) minDCF from ``ComputeErrorRates`` output: (min_dcf, threshold).
-
-    c_det = c_miss fnr p_target + c_fa fpr (1 - p_target), first minimum, divided by
-    min(c_miss p_target, c_fa (1 - p_target)) (NIST SRE 2016 plan, section 3).
-    """
+    """voxceleb_trainer's (Kaldi's) (min_dcf, threshold) (NIST SRE 2016 plan, section 3)."""
     fnrs = np.asarray(fnrs, dtype=np.float64)
     fprs = np.asarray(fprs, dtype=np.float64)
     if fnrs.ndim != 1 or fnrs.shape != fprs.shape or fnrs.size != len(thresholds) or fnrs.size == 0:

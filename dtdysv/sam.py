@@ -1,13 +1,10 @@
 """Speaker Activation Map (SAM) maths: layer capture, Grad-CAM of the cosine score, the log-mel grid.
 
-The DTDY paper (S.-H. Kim, H. Nam, Y.-H. Park, "Decomposed Temporal Dynamic CNN: Efficient Time-Adaptive Network
-for Text-Independent Speaker Verification Explained with Speaker Activation Map", arXiv 2203.15277) explains its
-network with a Grad-CAM variant for verification (Grad-CAM: R. R. Selvaraju et al., ICCV 2017); no code was
-published. For a trial with score ``s = cos(e_enroll, e_test)`` and a layer's activation ``A`` (C x F' x T') of one
-utterance: channel weights ``alpha_c = mean_{f,t} ds/dA_c``, map ``ReLU(sum_c alpha_c A_c)``, resampled to the
-log-mel grid (n_mels x frames) and divided by its maximum, so that it lies in [0, 1]. Both utterances get a map.
-Works for every model whose ``forward`` takes a waveform and that holds its mel front-end as ``torchfb``; the
-command line and the figures are speakerActivationMap.py.
+From the DTDY paper (S.-H. Kim, H. Nam, Y.-H. Park, "Decomposed Temporal Dynamic CNN: Efficient Time-Adaptive Network
+for Text-Independent Speaker Verification Explained with Speaker Activation Map", arXiv 2203.15277), a Grad-CAM variant
+(R. R. Selvaraju et al., ICCV 2017): for score ``s = cos(e_enroll, e_test)`` and a layer's activation ``A`` (C x F' x
+T'), ``alpha_c = mean_{f,t} ds/dA_c``, map ``ReLU(sum_c alpha_c A_c)`` resampled to the log-mel grid (n_mels x frames)
+and scaled to [0, 1]. Needs a model whose ``forward`` takes a waveform and holds ``torchfb``.
 """
 
 from __future__ import annotations
@@ -75,11 +72,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _probe(model: nn.Module, layers: Sequence[str]) -> dict[str, str | int]:
-    """Per layer, the index of its time axis among the spatial dims (after batch and channel), or why it gives no map.
-
-    Two noise inputs of different lengths: the axis whose size changes is time. A layer also needs a tensor output
-    (B, C, T) or (B, C, T, F) / (B, C, F, T), computed with gradients on (not in the mel front-end), once per forward.
-    """
+    """Per layer, its time axis among the spatial dims (two input lengths tell), or why it gives no map."""
     model.eval()
     gen = torch.Generator().manual_seed(0)
     waves = [torch.randn(1, crop_samples(frames), generator=gen) * 0.1 for frames in PROBE_FRAMES]
@@ -127,10 +120,7 @@ def map_layers(model: nn.Module) -> list[str]:
 
 
 def layer_time_axes(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
-    """For each layer, the index (among the spatial dims after batch and channel) of its time axis.
-
-    A layer that gives no map (after the pooling, in the front-end, run twice per forward) is an error.
-    """
+    """Per layer, the index of its time axis among the spatial dims; a layer giving no map is an error."""
     for name in layers:
         find_layer(model, name)
     axes = {}
@@ -144,11 +134,7 @@ def layer_time_axes(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
 
 def layer_gradients(model: nn.Module, enroll: torch.Tensor, test: torch.Tensor,
                     layers: Sequence[str]) -> tuple[float, dict[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
-    """Cosine score of a trial and, per layer, ``[(A, ds/dA) of the enrollment, (A, ds/dA) of the test]``.
-
-    enroll (samples,), test (samples,) 16 kHz waveforms. A and ds/dA are (C, *spatial) detached tensors in the
-    layer's own layout. The model is put in eval mode.
-    """
+    """Cosine score and per layer ``[(A, ds/dA) enroll, (A, ds/dA) test]``, detached (C, *spatial)."""
     model.eval()
     device = _device(model)
     with torch.enable_grad(), _capture(model, layers) as outputs:
@@ -176,8 +162,7 @@ def layer_gradients(model: nn.Module, enroll: torch.Tensor, test: torch.Tensor,
 
 
 def grad_cam(activation: torch.Tensor, gradient: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """activation, gradient (C, *spatial) -> channel weights alpha (C,) = spatial mean of the gradient,
-    map ReLU(sum_c alpha_c A_c) (*spatial), not normalised."""
+    """activation, gradient (C, *spatial) -> (alpha (C,), ReLU(sum_c alpha_c A_c) (*spatial))."""
     spatial = tuple(range(1, activation.dim()))
     alpha = gradient.mean(dim=spatial)
     cam = torch.relu(torch.tensordot(alpha, activation, dims=([0], [0])))
@@ -185,11 +170,7 @@ def grad_cam(activation: torch.Tensor, gradient: torch.Tensor) -> tuple[torch.Te
 
 
 def _resample(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """Linear interpolation of axis ``dim`` of a strided feature map onto an input grid of ``size`` points.
-
-    With odd kernels, padding (k - 1) / 2 and stride S, activation cell j is centred on input point j * S, so input
-    point i reads the activation at position i * n / size (n cells), clamped to the last cell.
-    """
+    """Linearly interpolate axis ``dim`` of a strided map onto ``size`` input points (cell j centred on j * S)."""
     n = x.shape[dim]
     pos = torch.arange(size, dtype=torch.float64) * (n / size)
     lo = pos.floor().long().clamp(max=n - 1)
@@ -201,10 +182,7 @@ def _resample(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
 
 
 def to_logmel_grid(cam: torch.Tensor, time_axis: int, n_mels: int, frames: int) -> torch.Tensor:
-    """A layer's map (T') or (T', F') / (F', T') -> (n_mels, frames) on the log-mel grid, divided by its maximum.
-
-    A map without a frequency axis is the same in every mel bin. An all-zero map stays zero.
-    """
+    """A layer's map (T') or (T', F') / (F', T') -> (n_mels, frames), divided by its maximum."""
     if cam.dim() == 1:
         grid = _resample(cam, 0, frames).unsqueeze(0).expand(n_mels, frames)
     elif cam.dim() == 2:
@@ -270,11 +248,7 @@ class TrialSam:
 
 def speaker_activation_maps(model: nn.Module, enroll: torch.Tensor, test: torch.Tensor, layers: Sequence[str],
                             log_input: bool = True, time_axes: dict[str, int] | None = None) -> TrialSam:
-    """The score and the SAM of both utterances at every layer. enroll, test (samples,) 16 kHz waveforms.
-
-    ``time_axes`` (from :func:`layer_time_axes`) is computed when not given. A map is zero everywhere when no
-    channel's activation raises the score (e.g. a near-identical pair, where the cosine is at its maximum).
-    """
+    """The score and both utterances' SAMs at every layer; enroll, test (samples,) 16 kHz."""
     layers = list(layers)
     time_axes = time_axes if time_axes is not None else layer_time_axes(model, layers)
     score, grads = layer_gradients(model, enroll, test, layers)

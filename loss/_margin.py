@@ -1,6 +1,4 @@
-"""The additive angular margin shared by the margin losses (ArcFace: J. Deng, J. Guo, N. Xue, S. Zafeiriou,
-"ArcFace: Additive Angular Margin Loss for Deep Face Recognition", CVPR 2019). Its schedule over training is in
-scheduler/_margin.py."""
+"""The additive angular margin of the margin losses (J. Deng, J. Guo, N. Xue, S. Zafeiriou, "ArcFace", CVPR 2019)."""
 
 from __future__ import annotations
 
@@ -10,12 +8,8 @@ import torch
 
 
 def additive_angular_margin(cosine: torch.Tensor, label: torch.Tensor, margin: float, scale: float) -> torch.Tensor:
-    """ArcFace logits: cosine (N, C), label (N,) -> (N, C) with ``scale * cos(theta + margin)`` at the target class
-    and ``scale * cos(theta)`` elsewhere.
-
-    The usual easy_margin=False form: where ``theta + margin`` would pass pi (``cos theta <= cos(pi - m)``) the
-    target logit is ``cos theta - m sin(m)`` instead, which keeps it monotonic in theta. Call in fp32.
-    """
+    """ArcFace logits, cosine (N, C), label (N,) -> (N, C): ``scale * cos(theta + margin)`` at the target, ``scale *
+    cos(theta)`` elsewhere; past pi the target is ``cos theta - m sin(m)`` (easy_margin=False). Call in fp32."""
     cos_m, sin_m = math.cos(margin), math.sin(margin)
     th = math.cos(math.pi - margin)
     mm = math.sin(math.pi - margin) * margin

@@ -1,7 +1,7 @@
 """Additive angular margin softmax (AAM-softmax / ArcFace): cross-entropy on ``scale * cos(theta + margin)``.
 
-J. Deng, J. Guo, N. Xue, S. Zafeiriou, "ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
-CVPR 2019. voxceleb_trainer's ``aamsoftmax`` (easy_margin=False); margin 0.2, scale 30 is the common setting.
+J. Deng, J. Guo, N. Xue, S. Zafeiriou, "ArcFace: Additive Angular Margin Loss for Deep Face Recognition", CVPR 2019;
+voxceleb_trainer's ``aamsoftmax`` (easy_margin=False).
 """
 
 from __future__ import annotations

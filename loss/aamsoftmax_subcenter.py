@@ -16,8 +16,8 @@ from loss._margin import additive_angular_margin
 
 
 class LossFunction(nn.Module):
-    """AAM-softmax over ``subcenters`` centres per class; row ``c * subcenters + k`` of ``weight`` is centre k of
-    class c (WeSpeaker's layout)."""
+    """AAM-softmax over ``subcenters`` centres per class; ``weight`` row ``c * subcenters + k`` is centre k of class
+    c."""
 
     test_normalize = True
     min_per_speaker = 1

@@ -1,7 +1,7 @@
 """Additive margin softmax (AM-softmax / CosFace): cross-entropy on ``scale * (cos theta - margin * onehot)``.
 
-F. Wang, J. Cheng, W. Liu, H. Liu, "Additive Margin Softmax for Face Verification", IEEE SPL 2018
-(also H. Wang et al., "CosFace", CVPR 2018). voxceleb_trainer's ``amsoftmax``.
+F. Wang, J. Cheng, W. Liu, H. Liu, "Additive Margin Softmax for Face Verification", IEEE SPL 2018; voxceleb_trainer's
+``amsoftmax``.
 """
 
 from __future__ import annotations

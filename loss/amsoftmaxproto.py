@@ -1,8 +1,7 @@
 """AM-softmax classification + angular prototypical loss, equal weight.
 
-F. Wang et al., "Additive Margin Softmax for Face Verification", IEEE SPL 2018, combined with the angular
-prototypical loss of J. S. Chung et al., "In defence of metric learning for speaker recognition",
-Interspeech 2020. voxceleb_trainer's ``amsoftmaxproto``: same attribute names (``amsoftmax``, ``angleproto``).
+F. Wang et al., IEEE SPL 2018, with the angular prototypical loss of J. S. Chung et al., "In defence of metric learning
+for speaker recognition", Interspeech 2020; voxceleb_trainer's ``amsoftmaxproto`` (same attribute names).
 """
 
 from __future__ import annotations

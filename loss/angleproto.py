@@ -1,9 +1,8 @@
-"""Angular prototypical loss: each speaker's first utterance is classified among the batch's prototypes (mean of
-the other utterances) by ``w * cos + b`` with a learnable scale w > 0 and bias b.
+"""Angular prototypical loss: each speaker's first utterance is classified among the batch's prototypes (mean of the
+other utterances) by ``w * cos + b``, learnable w > 0 and b.
 
-J. S. Chung, J. Huh, S. Mun, M. Lee, H. S. Heo, S. Choe, C. Ham, S. Jung, B.-J. Lee, I. Han, "In defence of
-metric learning for speaker recognition", Interspeech 2020. voxceleb_trainer's ``angleproto``, with the scale
-clamp that the original computes and throws away actually applied.
+J. S. Chung et al., "In defence of metric learning for speaker recognition", Interspeech 2020; voxceleb_trainer's
+``angleproto``, with its scale clamp applied.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ class LossFunction(nn.Module):
         self.b = nn.Parameter(torch.tensor(INIT_B))
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, nPerSpeaker >= 2, nOut), label (B,) -> (loss, % of first utterances whose closest prototype is
-        their own speaker's)."""
+        """x (B, nPerSpeaker >= 2, nOut), label (B,) -> (loss, % of first utterances nearest their own prototype)."""
         check_input(x, label, self.min_per_speaker, "angleproto")
         # Keep the scale positive in the parameter itself; through .data so that autograd's version counter is
         # untouched (a graph from an earlier forward that saved w stays valid).

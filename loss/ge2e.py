@@ -1,9 +1,8 @@
-"""Generalised end-to-end (GE2E) softmax loss: every utterance is classified among the batch's speaker centroids
-by ``w * cos + b``; its own centroid excludes the utterance itself.
+"""Generalised end-to-end (GE2E) softmax loss: every utterance is classified among the batch's speaker centroids (its
+own excluding itself) by ``w * cos + b``.
 
-L. Wan, Q. Wang, A. Papir, I. L. Moreno, "Generalized End-to-End Loss for Speaker Verification", ICASSP 2018.
-voxceleb_trainer's ``ge2e``, vectorised, with the scale clamp actually applied. Unlike voxceleb_trainer the
-cosines are not clamped at 1e-6 (the paper has no such clamp; it stopped negative cosines from getting a gradient).
+L. Wan, Q. Wang, A. Papir, I. L. Moreno, "Generalized End-to-End Loss for Speaker Verification", ICASSP 2018;
+voxceleb_trainer's ``ge2e`` with the scale clamp applied and, as in the paper, no clamp on the cosines.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ class LossFunction(nn.Module):
         self.b = nn.Parameter(torch.tensor(INIT_B))
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, nPerSpeaker >= 2, nOut), label (B,) -> (loss, % of utterances whose closest centroid is their
-        own speaker's)."""
+        """x (B, nPerSpeaker >= 2, nOut), label (B,) -> (loss, % of utterances nearest their own centroid)."""
         check_input(x, label, self.min_per_speaker, "ge2e")
         # Keep the scale positive in the parameter itself; through .data so that autograd's version counter is
         # untouched (a graph from an earlier forward that saved w stays valid).

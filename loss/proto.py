@@ -1,10 +1,9 @@
-"""Prototypical loss: each speaker's first utterance is classified among the batch's prototypes (mean of the
-other utterances) by the negative squared Euclidean distance.
+"""Prototypical loss: each speaker's first utterance is classified among the batch's prototypes (mean of the other
+utterances) by negative squared Euclidean distance.
 
-J. Snell, K. Swersky, R. Zemel, "Prototypical Networks for Few-shot Learning", NeurIPS 2017; for speakers
-J. S. Chung et al., "In defence of metric learning for speaker recognition", Interspeech 2020.
-voxceleb_trainer's ``proto``, fixed: the original calls ``pairwise_distance`` on unsqueezed tensors, which since
-PyTorch 1.10 returns (B, D) instead of the (B, B) distance matrix; here the full matrix is computed.
+J. Snell, K. Swersky, R. Zemel, "Prototypical Networks for Few-shot Learning", NeurIPS 2017; for speakers J. S. Chung et
+al., "In defence of metric learning for speaker recognition", Interspeech 2020. voxceleb_trainer's ``proto``, computing
+the full (B, B) distance matrix.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ class LossFunction(nn.Module):
         super().__init__()
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, nPerSpeaker >= 2, nOut), label (B,) -> (loss, % of first utterances whose closest prototype is
-        their own speaker's)."""
+        """x (B, nPerSpeaker >= 2, nOut), label (B,) -> (loss, % of first utterances nearest their own prototype)."""
         check_input(x, label, self.min_per_speaker, "proto")
         with fp32(x):
             x = x.float()

@@ -1,9 +1,8 @@
 """Softmax classification + angular prototypical loss, equal weight: the DTDY-CNN paper's training loss.
 
-J. S. Chung et al., "In defence of metric learning for speaker recognition", Interspeech 2020 (section on
-combining the two); used by S.-H. Kim, H. Nam, Y.-H. Park, "Decomposed Temporal Dynamic CNN", arXiv 2203.15277.
-voxceleb_trainer's ``softmaxproto``: same attribute names, so official checkpoint keys ``__L__.softmax.fc.weight``
-and ``__L__.angleproto.w`` load.
+J. S. Chung et al., "In defence of metric learning for speaker recognition", Interspeech 2020; used by DTDY-CNN (arXiv
+2203.15277). voxceleb_trainer's ``softmaxproto``: its attribute names, so official keys ``__L__.softmax.fc.weight`` and
+``__L__.angleproto.w`` load.
 """
 
 from __future__ import annotations

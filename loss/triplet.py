@@ -1,15 +1,9 @@
-"""Triplet loss with hard-negative mining on L2-normalised embeddings:
-``mean(relu(|a - p|^2 - |a - n|^2 + margin))``.
+"""Triplet loss with hard-negative mining on L2-normalised embeddings: ``mean(relu(|a - p|^2 - |a - n|^2 + margin))``.
 
-F. Schroff, D. Kalenichenko, J. Philbin, "FaceNet: A Unified Embedding for Face Recognition and Clustering",
-CVPR 2015; for speakers J. S. Chung et al., "In defence of metric learning for speaker recognition",
-Interspeech 2020. voxceleb_trainer's ``triplet``, fixed: the original mines negatives on
-``pairwise_distance`` of unsqueezed tensors, which since PyTorch 1.10 is (B, D) instead of the (B, B) distance
-matrix; here the full matrix is used.
-
-Mining, per anchor, among the other speakers' positives: with probability ``hard_prob`` one of the
-``hard_rank + 1`` closest (ranks 0..hard_rank, as voxceleb_trainer), otherwise any. ``hard_rank < 0`` selects
-semi-hard mining: a random negative with ``d_ap^2 < d_an^2 < d_ap^2 + margin``, any negative if there is none.
+F. Schroff, D. Kalenichenko, J. Philbin, "FaceNet", CVPR 2015; for speakers J. S. Chung et al., "In defence of metric
+learning for speaker recognition", Interspeech 2020. voxceleb_trainer's ``triplet``, mining on the full (B, B) distance
+matrix: with probability ``hard_prob`` one of the ``hard_rank + 1`` closest negatives, else any; ``hard_rank < 0``:
+semi-hard (``d_ap^2 < d_an^2 < d_ap^2 + margin``, else any).
 """
 
 from __future__ import annotations
@@ -23,8 +17,7 @@ from loss._common import accuracy, check_input, cosine_matrix, fp32
 
 
 class LossFunction(nn.Module):
-    """Anchor: utterance 0 of each speaker; positive: the mean of the others (utterance 1 when nPerSpeaker = 2).
-    Rows of the batch are distinct speakers; ``label`` is only checked."""
+    """Anchor: utterance 0 of each speaker; positive: the mean of the others. Rows are distinct speakers."""
 
     test_normalize = True
     min_per_speaker = 2
@@ -59,8 +52,7 @@ class LossFunction(nn.Module):
         return order.gather(1, column[:, None]).squeeze(1)
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B >= 2, nPerSpeaker >= 2, nOut), label (B,) -> (loss, % of anchors whose closest positive is their
-        own speaker's)."""
+        """x (B >= 2, nPerSpeaker >= 2, nOut), label (B,) -> (loss, % of anchors nearest their own positive)."""
         check_input(x, label, self.min_per_speaker, "triplet")
         if x.size(0) < 2:
             raise ValueError(f"loss 'triplet' needs at least 2 speakers per batch to find negatives, got {x.size(0)}")

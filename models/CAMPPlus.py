@@ -1,7 +1,7 @@
-"""CAM++, the 7.2M baseline (7,176,224 parameters at 80 mels, STP, nOut 512).
+"""CAM++, the 7.2M baseline (80 mels, STP, nOut 512).
 
 H. Wang, S. Zheng, Y. Chen, L. Cheng, Q. Chen, "CAM++: A Fast and Efficient Network for Speaker Verification Using
-Context-Aware Masking", Interspeech 2023 (7.18M); 3D-Speaker's and WeSpeaker's ``CAMPPlus``.
+Context-Aware Masking", Interspeech 2023; 3D-Speaker's and WeSpeaker's ``CAMPPlus``.
 """
 
 from config import DEFAULTS

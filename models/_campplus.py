@@ -1,23 +1,12 @@
 """CAM++, the densely connected TDNN baseline with context-aware masking.
 
 H. Wang, S. Zheng, Y. Chen, L. Cheng, Q. Chen, "CAM++: A Fast and Efficient Network for Speaker Verification Using
-Context-Aware Masking", Interspeech 2023. The layer layout and parameter count follow 3D-Speaker's
-``speakerlab/models/campplus`` and WeSpeaker's ``CAMPPlus`` (identical counts), 7.2M at 80 mels and nOut 512.
+Context-Aware Masking", Interspeech 2023; layout and parameter count as 3D-Speaker's and WeSpeaker's ``CAMPPlus``.
 
-wave (B, samples) -> log-mel (B, F = n_mels, T) -> ``head``, the front-end convolution module (FCM), a 2-D ResNet
-on (B, 1, F, T) with strides in frequency only: conv3x3 -> two stages of two BasicBlocks (stride 2 in frequency) ->
-conv3x3 (stride 2 in frequency) -> (B, 32, F', T), F' = ceil(F / 8) -> flattened (B, 32 F', T) -> TDNN Conv1d(k 5,
-stride 2 in time) (B, 128, T') -> three CAM-dense blocks (12, 24, 16 layers, growth 32, dilations 1, 2, 2), each
-followed by a transit layer halving the channels -> BN -> ReLU (B, 512, T') -> pooling (B, 1024) -> Linear (no
-bias) -> BN without affine -> embedding (B, nOut).
-
-A CAM-dense layer is BN -> ReLU -> Conv1d(1 x 1 -> 128) -> BN -> ReLU -> context-aware masking: a local Conv1d
-(k 3 -> 32) times a sigmoid mask computed from the global mean and the means of 100-frame segments.
-
-Poolings (``--encoder_type``): STP, the paper's statistics pooling; ASP, channel-dependent attentive statistics
-pooling (models/_pooling.py ContextASP without global context), as WeSpeaker's ``ASTP`` option; AVG, mean over time
-(``TAP``). The statistics use the population variance with floor 1e-5, as every pooling of this project (the
-references: the unbiased one).
+wave -> log-mel (B, F, T) -> front-end convolution module, a 2-D ResNet striding in frequency, (B, 32 ceil(F / 8), T) ->
+TDNN (k 5, stride 2) (B, 128, T') -> three CAM-dense blocks (12, 24, 16 layers, growth 32) with transit layers -> (B,
+512, T') -> pooling (STP, ASP or AVG) -> Linear -> BN -> embedding (B, nOut). Pooling statistics use the population
+variance with floor 1e-5, as every pooling here.
 """
 
 from __future__ import annotations
@@ -90,15 +79,14 @@ class FCM(nn.Module):
 
 
 def segment_means(x: torch.Tensor, seg_len: int) -> torch.Tensor:
-    """Mean of each segment of ``seg_len`` frames (the last one possibly shorter), repeated over its frames:
-    (B, C, T) -> (B, C, T)."""
+    """(B, C, T) -> (B, C, T): the mean of each ``seg_len``-frame segment, repeated over its frames."""
     seg = F.avg_pool1d(x, kernel_size=seg_len, stride=seg_len, ceil_mode=True)  # (B, C, ceil(T / seg_len))
     return seg.unsqueeze(-1).expand(-1, -1, -1, seg_len).flatten(2)[..., :x.shape[-1]]
 
 
 class CAMLayer(nn.Module):
-    """Context-aware masking: local Conv1d(x) * sigmoid(W2 ReLU(W1 (mean_t x + segment means))).
-    (B, C_bn, T) -> (B, C_out, T)."""
+    """Context-aware masking, (B, C_bn, T) -> (B, C_out, T): local Conv1d(x) * sigmoid(W2 ReLU(W1 (mean_t x + segment
+    means)))."""
 
     def __init__(self, bn_channels: int, out_channels: int, kernel_size: int, dilation: int) -> None:
         super().__init__()

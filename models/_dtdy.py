@@ -1,28 +1,18 @@
 """Decomposed Temporal Dynamic convolution (DTDY).
 
-S.-H. Kim, H. Nam, Y.-H. Park, "Decomposed Temporal Dynamic CNN: Efficient Time-Adaptive Network for
-Text-Independent Speaker Verification Explained with Speaker Activation Map", arXiv 2203.15277 (2022).
+S.-H. Kim, H. Nam, Y.-H. Park, "Decomposed Temporal Dynamic CNN: Efficient Time-Adaptive Network for Text-Independent
+Speaker Verification Explained with Speaker Activation Map", arXiv 2203.15277 (2022).
 
-The kernel of output time bin t is (paper, Eq. 3)
-
-    W(t) = W0 + P Phi(t) Q^T
-
-a static k x k kernel ``W0`` plus a dynamic residual in an L-dimensional latent space: ``Q`` projects the input
-patches into L channels, the L x L matrix ``Phi(t)`` mixes them differently in every time bin, and ``P`` (1 x 1)
-projects back to C_out. Phi(t) comes from the layer input's frequency- and channel-mean statistics through three
-convolutions over time (Eq. 4-5). As the official code computes it, with a BatchNorm on each latent tensor and an
-identity residual around the mixing:
+The kernel of output time bin t is W(t) = W0 + P Phi(t) Q^T (paper, Eq. 3), Phi(t) from the input's frequency- and
+channel-mean statistics (Eq. 4-5). As the official code computes it:
 
     r = conv_kxk(x; W0)                  static path                       (B, C_out, T', F')
     z = BN_a(conv_kxk(x; Q))             latent path                       (B, L, T', F')
     m = Phi(t) z   for every (b, t, f)   per-time-bin mixing               (B, L, T', F')
     y = r + P (BN_b(m) + z)              1 x 1 projection                  (B, C_out, T', F')
 
-Layout: tensors are time-major, ``(B, C, T, F)``, and kernels are stored in (time, frequency) orientation;
-``models/_official.py`` converts official checkpoints, which are frequency-major. tests/test_dtdy.py checks this
-module against the explicit per-time-bin kernel W(t) and against the official formulation of
-tests/reference_dtdy.py. The CPU inference path (BatchNorms folded, the mixing as batched matmuls) is
-models/_dtdy_cpu.py, used only where an entry point asks for it.
+Tensors are time-major ``(B, C, T, F)``, kernels (time, frequency); official checkpoints are frequency-major
+(models/_official.py).
 """
 
 from __future__ import annotations
@@ -53,10 +43,7 @@ def hard_sigmoid2(v: torch.Tensor) -> torch.Tensor:
 
 
 class PhiBranch(nn.Module):
-    """The temporal dynamic matrices Phi(t) from the layer input: x (B, C_in, T, F) -> phi (B, T', L, L).
-
-    ``phi[b, t]`` is Phi(t) of utterance b, ``phi[b, t, d, j]`` its row d and column j, in [0, 2].
-    """
+    """Phi(t) from the layer input: x (B, C_in, T, F) -> phi (B, T', L, L), values in [0, 2]."""
 
     def __init__(self, in_channels: int, freq_size: int, latent: int, kernel_size: int, stride: int) -> None:
         super().__init__()
@@ -76,12 +63,10 @@ class PhiBranch(nn.Module):
 
 
 class DTDYConv2d(nn.Module):
-    """DTDY convolution, no bias (the enclosing block's BatchNorm follows).
+    """DTDY convolution without bias: x (B, C_in, T, F) -> (B, C_out, T', F'), padding (k - 1) / 2.
 
-    x (B, C_in, T, F) -> y (B, C_out, T', F'), square kernel and stride, padding (k - 1) / 2.
-    ``freq_size`` is F, the frequency size entering the layer (the Phi branch reads per-frequency means).
-    Parameters: ``w0`` (C_out, C_in, k, k), ``q`` (L, C_in, k, k), ``p`` (C_out, L), ``bn_latent`` (BN_a),
-    ``bn_mix`` (BN_b), ``phi`` (the Phi branch).
+    ``freq_size`` is F. Parameters: ``w0`` (C_out, C_in, k, k), ``q`` (L, C_in, k, k), ``p`` (C_out, L), ``bn_latent``
+    (BN_a), ``bn_mix`` (BN_b), ``phi``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, freq_size: int) -> None:
@@ -102,8 +87,8 @@ class DTDYConv2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The official initialisation: kaiming-normal (fan_out, relu) for the 2D kernels, kaiming-normal
-        (fan_out) and zero bias for the Phi branch, BatchNorm weight 1 and bias 0."""
+        """The official initialisation: kaiming-normal (fan_out, relu) kernels, kaiming-normal (fan_out) and zero bias
+        in the Phi branch, BatchNorm 1 and 0."""
         for weight in (self.w0, self.q):
             nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
         nn.init.kaiming_normal_(self.p.data.view(self.out_channels, self.latent, 1, 1),

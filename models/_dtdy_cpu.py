@@ -1,22 +1,10 @@
 """The CPU inference path of the ResNet encoders: every block's convolution and BatchNorm as folded operands.
 
-``with fast_cpu_inference(model):`` makes the model's BasicBlocks, in eval mode without autograd, compute
-``bn(conv(x))`` from operands folded once per ``with`` block; every fold is an exact rewrite, so outputs equal the
-readable model's (models/_dtdy.py) to rounding, tested in tests/test_dtdy_cpu.py. Outside the block, in training,
-with autograd, under autocast, in a compiled graph or with hooks on a block's modules, the readable forward runs.
-The weights must not change inside the block (a training-mode forward there drops the folded operands).
-
-For a DTDY convolution followed by a BatchNorm (models/_dtdy.py's notation, BN(v) = s v + c in eval mode):
-
-- BN_a folds into Q (scaled rows, a bias); BN_b and the identity residual fold into one matrix per time bin,
-  ``M(t) = diag(s_b) Phi(t) + I``, computed as the Phi branch's last convolution with rescaled columns and a
-  shifted bias, written straight into M(t)^T, and one clamp (the hard sigmoid); ``P c_b`` and the block's
-  BatchNorm fold into W0's bias and the rows of W0 and P.
-- Tensors stay channels-last: the mixing is one batched matmul over the ``B * T'`` slabs (F', L), the Phi
-  branch's 1D convolutions are matmuls over time-major rows, and P adds into the static path's output in place.
-
-A plain Conv2d followed by a BatchNorm (the static twins, the stem is left alone) becomes one convolution with a
-scaled kernel and a bias. What each piece measures is in docs/benchmarks.md (bench/model_speed.py).
+``with fast_cpu_inference(model):`` makes eval-mode BasicBlocks without autograd compute ``bn(conv(x))`` from operands
+folded once per block, each an exact rewrite (equal to models/_dtdy.py to rounding); in training, with autograd,
+autocast, compilation or hooks, the readable forward runs. Weights must not change inside the block. DTDY: BN_a folds
+into Q, BN_b and the residual into ``M(t) = diag(s_b) Phi(t) + I``, the block's BatchNorm into W0 and P; the mixing is
+one batched matmul over ``B * T'`` channels-last slabs. Conv2d + BatchNorm become one conv.
 """
 
 from __future__ import annotations
@@ -39,10 +27,7 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def fast_cpu_inference(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the ``with`` block, ``model``'s BasicBlocks run the folded CPU inference path (module docstring).
-
-    For CPU evaluation and embedding extraction of an eager (not compiled) model; yields the model itself.
-    """
+    """Within the ``with`` block, ``model``'s BasicBlocks run the folded CPU path; yields the model."""
     devices = {t.device.type for t in model.parameters()}
     if devices != {"cpu"}:
         raise ValueError(f"fast_cpu_inference is for a model on the CPU; this one's parameters are on {devices}. "
@@ -122,13 +107,8 @@ class _Folded(NamedTuple):
 
 
 def fold_dtdy(conv: DTDYConv2d, scale: torch.Tensor, shift: torch.Tensor) -> _Folded:
-    """The operands of ``scale * conv(x) + shift`` for an eval-mode layer, all exact rewrites.
-
-    With hsig2(v) = clamp(v, -3, 3) / 3 + 1 and BN_b(v) = s v + c_b, the latent update BN_b(Phi z) + z is
-    M z + c_b with M[d, j] = (s_d / 3) clamp(v_dj, -3, 3) + s_d + delta_dj = clamp(v'_dj, o_dj - |s_d|,
-    o_dj + |s_d|), where v' = (s_d / 3) v + o and o = s_d + delta_dj: the Phi branch's last convolution, its
-    columns scaled by s_d / 3 and o added to its bias, writes v' transposed, and one clamp makes it M^T.
-    """
+    """The operands of ``scale * conv(x) + shift`` for an eval-mode layer, all exact rewrites: BN_b(Phi z) + z is M z +
+    c_b, M = clamp(v', o - |s|, o + |s|) from the Phi branch's rescaled last convolution (o = s + I)."""
     L = conv.latent
     a_scale, a_shift = _bn_affine(conv.bn_latent)
     b_scale, b_shift = _bn_affine(conv.bn_mix)
@@ -184,11 +164,8 @@ def _rows_kernel(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _conv1d_rows(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, stride: int) -> torch.Tensor:
-    """Conv1d (odd kernel k, padding (k - 1) / 2) over time-major rows: u (B, T, D), weight (k D, O) -> (B, T', O).
-
-    One matmul: with fewer outputs than inputs (the first convolution) the rows are multiplied by the k taps at
-    once and the k shifted products summed; otherwise the k shifted copies of the rows are multiplied side by side.
-    """
+    """Conv1d (odd k, padding (k - 1) / 2) over time-major rows as one matmul: u (B, T, D), weight (k D, O) -> (B, T',
+    O)."""
     B, T, D = u.shape
     frames, out = (T - 1) // stride + 1, weight.shape[1]
     if k == 1:

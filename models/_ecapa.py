@@ -1,19 +1,11 @@
 """ECAPA-TDNN, the 1-D convolutional baseline, one builder for both widths.
 
-B. Desplanques, J. Thienpondt, K. Demuynck, "ECAPA-TDNN: Emphasized Channel Attention, Propagation and Aggregation
-in TDNN Based Speaker Verification", Interspeech 2020. The layer layout and parameter count follow WeSpeaker's
-``ECAPA_TDNN_GLOB_c512`` / ``_c1024`` (wespeaker/models/ecapa_tdnn.py), which reproduce the paper's 6.2M and 14.7M.
+B. Desplanques, J. Thienpondt, K. Demuynck, "ECAPA-TDNN: Emphasized Channel Attention, Propagation and Aggregation in
+TDNN Based Speaker Verification", Interspeech 2020; layout as WeSpeaker's ``ECAPA_TDNN_GLOB_c512`` / ``_c1024``.
 
-wave (B, samples) -> log-mel (B, n_mels, T) -> layer1 Conv1d(k 5) -> ReLU -> BN (B, C, T) -> three SE-Res2Blocks
-(k 3, dilations 2, 3, 4, scale 8) -> multi-layer feature aggregation: concat of the three block outputs (B, 3C, T)
--> Conv1d(1 x 1 -> 1536) -> ReLU -> pooling (B, 3072) -> BN -> Linear -> embedding (B, nOut).
-Every TDNN unit is Conv -> ReLU -> BN, as in the paper and the reference implementations. The time axis keeps its
-length through the trunk.
-
-Poolings (``--encoder_type``): ASP, the paper's channel- and context-dependent attentive statistics pooling
-(models/_pooling.py ContextASP with global context); STP, plain statistics pooling (x-vector), as WeSpeaker's
-``TSTP`` option; AVG, mean over time (``TAP``). Numerics differ from WeSpeaker's only in the variance floor and
-estimator of the pooling (population variance, floor 1e-5, as every pooling of this project).
+wave -> log-mel (B, n_mels, T) -> Conv1d(k 5) (B, C, T) -> three SE-Res2Blocks (dilations 2, 3, 4, scale 8) -> concat
+(B, 3C, T) -> Conv1d(-> 1536) -> pooling (B, 3072) -> BN -> Linear -> (B, nOut); TDNN units are Conv -> ReLU -> BN.
+Poolings: ASP (ContextASP with global context), STP, AVG; population variance, floor 1e-5.
 """
 
 from __future__ import annotations
@@ -43,8 +35,8 @@ def _conv_relu_bn(in_channels: int, out_channels: int, kernel_size: int, dilatio
 
 
 class Res2Conv1d(nn.Module):
-    """Res2Net convolution: the channels split into ``scale`` groups; group i > 0 of the output is
-    K_i(x_i + y_{i-1}) (group 0: K_0(x_0)), the last group passes unchanged. (B, C, T) -> (B, C, T)."""
+    """Res2Net convolution, (B, C, T) -> (B, C, T): ``scale`` channel groups, group i > 0 is K_i(x_i + y_{i-1}), the
+    last passes unchanged."""
 
     def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int) -> None:
         super().__init__()
@@ -93,9 +85,8 @@ class SERes2Block(nn.Module):
 
 
 class ECAPATDNN(FrontEndEncoder):
-    """Front-end, ECAPA-TDNN trunk of width ``channels`` (a class attribute of each plugin), pooling, BN and
-    embedding layer. wave (B, samples) -> embedding (B, nOut); encoder_type ASP (the paper's), STP or AVG.
-    The defaults are the paper's settings, so a plugin's ``MainModel()`` is the paper's model."""
+    """Front-end, ECAPA-TDNN trunk of width ``channels`` (a plugin class attribute), pooling, BN, embedding: wave (B,
+    samples) -> (B, nOut)."""
 
     channels: int
 

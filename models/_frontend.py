@@ -1,9 +1,7 @@
 """The paper's mel front-end (DTDY-CNN, arXiv 2203.15277; voxceleb_trainer's ``torchfb``).
 
-16 kHz waveform -> mel power spectrogram (n_fft 512, Hamming window of 25 ms, hop 10 ms, 0-8 kHz) -> ``+1e-6``,
-natural log (when ``log_input``) -> per-utterance mean/variance normalisation of each mel bin over time
-(InstanceNorm1d without affine). No pre-emphasis. Computed in fp32 with autocast off and without gradient.
-``FrontEndEncoder`` is the base of the encoders that hold this front-end and its augmentation hook (ECAPA-TDNN, CAM++).
+16 kHz wave -> mel power spectrogram (n_fft 512, 25 ms Hamming, hop 10 ms, 0-8 kHz) -> ``+1e-6``, log (``log_input``) ->
+per-utterance mean/variance normalisation per mel bin. fp32, autocast off, no gradient.
 """
 
 from __future__ import annotations
@@ -25,8 +23,7 @@ INSTANCE_NORM_EPS = 1e-5  # nn.InstanceNorm1d's default
 
 
 def make_mel_spectrogram(n_mels: int) -> torchaudio.transforms.MelSpectrogram:
-    """The ``torchfb`` module of the official code; buffers ``spectrogram.window`` (400) and
-    ``mel_scale.fb`` (257, n_mels)."""
+    """The official ``torchfb``; buffers ``spectrogram.window`` (400), ``mel_scale.fb`` (257, n_mels)."""
     if n_mels < 1:
         raise ValueError(f"n_mels must be a positive number of mel bins, got {n_mels}.")
     return torchaudio.transforms.MelSpectrogram(
@@ -35,10 +32,7 @@ def make_mel_spectrogram(n_mels: int) -> torchaudio.transforms.MelSpectrogram:
 
 
 def log_mel(torchfb: torchaudio.transforms.MelSpectrogram, wave: torch.Tensor, log_input: bool) -> torch.Tensor:
-    """wave (B, samples) -> normalised (log-)mel features (B, n_mels, frames), fp32, no gradient.
-
-    frames = 1 + samples // 160 (centred STFT): 32,240 samples -> 202 frames.
-    """
+    """wave (B, samples) -> normalised (log-)mel features (B, n_mels, 1 + samples // 160), fp32."""
     if wave.dim() != 2:
         raise ValueError(f"The model expects a waveform batch of shape (B, samples), got {tuple(wave.shape)}.")
     with torch.no_grad(), torch.autocast(device_type=wave.device.type, enabled=False):
@@ -49,8 +43,8 @@ def log_mel(torchfb: torchaudio.transforms.MelSpectrogram, wave: torch.Tensor, l
 
 
 class FrontEndEncoder(nn.Module):
-    """Base of a speaker encoder that holds the front-end: ``torchfb``, ``log_input`` and the ``feature_augment``
-    hook; :meth:`features` gives the trunk its input. Subclasses build the trunk and call it in ``forward``."""
+    """Base of an encoder holding ``torchfb``, ``log_input`` and ``feature_augment``; :meth:`features` gives the trunk
+    its input."""
 
     def __init__(self, nOut: int, n_mels: int, log_input: bool) -> None:
         super().__init__()
@@ -58,8 +52,7 @@ class FrontEndEncoder(nn.Module):
             raise ValueError(f"nOut (embedding size) must be positive, got {nOut}.")
         self.log_input = log_input
         self.torchfb = make_mel_spectrogram(n_mels)
-        # Optional training-time feature augmentation (B, n_mels, T) -> same, e.g. augment.spec_augment; a plain
-        # callable, not a submodule, so it changes neither the state_dict nor the layer list.
+        # Training-time log-mel augmentation hook (models/__init__.py); a callable, not a submodule.
         self.feature_augment: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:

@@ -1,21 +1,13 @@
 """Conversion of checkpoints written by the official DTDY-CNN code (arXiv 2203.15277, voxceleb_trainer based).
 
-An official training checkpoint is a dict with ``model_state_dict`` (encoder keys prefixed ``__S__.``, loss head
-keys prefixed ``__L__.``) and ``optimizer_state_dict``. The encoder is a DTDY-ResNet with modules named
-``conv1, bn1, layer1..4, attention, fc``; each DTDY conv holds ``conv`` (W0), ``q``, ``p``, ``bn1`` (BN_a),
-``bn2`` (BN_b) and ``fc_phi.{fc1, semodule.fc.0, fc2}``. Its kernels are (frequency, time); ours are
-(time, frequency), so every 2D kernel is transposed.
+An official checkpoint holds ``model_state_dict`` (encoder keys ``__S__.``, loss head ``__L__.``) and
+``optimizer_state_dict``. The encoder's modules are ``conv1, bn1, layer1..4, attention, fc``; each DTDY conv has
+``conv`` (W0), ``q``, ``p``, ``bn1`` (BN_a), ``bn2`` (BN_b), ``fc_phi.{fc1, semodule.fc.0, fc2}``. Its kernels are
+(frequency, time), so every 2D kernel is transposed.
 
-The front-end: the official model wraps torchaudio's MelSpectrogram in an ``nn.Sequential`` named ``torchfb``,
-so its two buffers are ``torchfb.0.spectrogram.window`` (the Hamming window, 400) and ``torchfb.0.mel_scale.fb``
-(the mel filterbank, 257 x n_mels). Other forks write ``torchfb.spectrogram.window`` and some checkpoints carry no
-front-end buffers at all; all three are accepted. The buffers are fixed functions of the feature settings, so they
-are not loaded but checked against the model's own: a filterbank of another size or values (another ``n_mels``)
-or another window is an error that says which setting to change. voxceleb_trainer's pre-emphasis front-end
-(``torchfb.0.flipped_filter``) computes other features and is refused.
-
-Every key is mapped by an explicit rule; a key that no rule places, a mapped name the model does not have, a
-wrong shape, or a model key left unfilled is a ValueError naming it.
+Front-end buffers (``torchfb.0.*``, ``torchfb.*`` or none) are checked against the model's, not loaded; a mismatch names
+the setting to change; a pre-emphasis front-end (``torchfb.0.flipped_filter``) is refused. A key no rule places, an
+unknown name, a wrong shape or an unfilled model key is a ValueError naming it.
 """
 
 from __future__ import annotations
@@ -96,10 +88,7 @@ def map_official_key(key: str) -> tuple[str, Callable[[torch.Tensor], torch.Tens
 
 
 def check_frontend(name: str, theirs: torch.Tensor, ours: torch.Tensor, key: str) -> None:
-    """Raise ValueError unless the checkpoint's front-end buffer ``theirs`` equals the model's ``ours``.
-
-    ``name`` is our key (``torchfb.mel_scale.fb`` or ``torchfb.spectrogram.window``), ``key`` the checkpoint's.
-    """
+    """Raise ValueError unless the checkpoint's buffer ``theirs`` (key ``key``) equals our ``ours`` (``name``)."""
     if name.endswith("mel_scale.fb"):
         what, setting = "mel filterbank", "n_mels"
         if theirs.dim() == 2 and ours.dim() == 2 and theirs.shape[1] != ours.shape[1]:
@@ -121,12 +110,8 @@ def check_frontend(name: str, theirs: torch.Tensor, ours: torch.Tensor, key: str
 def convert_official_checkpoint(obj: Mapping[str, object], model_state: Mapping[str, torch.Tensor],
                                 source: str = "the checkpoint") -> tuple[dict[str, torch.Tensor],
                                                                          dict[str, torch.Tensor]]:
-    """Official checkpoint -> (model state_dict for ``load_state_dict(strict=True)``, loss-head state_dict).
-
-    ``model_state`` is the target model's ``state_dict()`` (names and shapes; the checkpoint's front-end buffers
-    are checked against its ``torchfb.*`` buffers, which the result keeps). The loss-head dict has the ``__L__.``
-    prefix stripped. ``source`` names the file in error messages.
-    """
+    """Official checkpoint -> (model state_dict for strict loading, loss-head state_dict without ``__L__.``); front-end
+    buffers checked against ``model_state``'s."""
     if not is_official_checkpoint(obj):
         raise ValueError(f"{source} is not an official DTDY-CNN checkpoint (expected a dict with "
                          f"'model_state_dict' whose keys start with '{ENCODER_PREFIX}').")

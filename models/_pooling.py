@@ -1,15 +1,11 @@
 """Temporal pooling heads: frame-level features (B, D, T) -> utterance-level vector (B, out_dim).
 
-- SAP, self-attentive pooling (Cai, Chen, Li, "Exploring the encoding layer and loss function in end-to-end
-  speaker and language recognition system", Odyssey 2018), as in voxceleb_trainer and DTDY-CNN.
-- ASP, attentive statistics pooling (Okabe, Koshinaka, Shinoda, Interspeech 2018): attention-weighted mean and
-  standard deviation.
+- SAP, self-attentive pooling (Cai, Chen, Li, Odyssey 2018), as in voxceleb_trainer and DTDY-CNN.
+- ASP, attentive statistics pooling (Okabe, Koshinaka, Shinoda, Interspeech 2018).
 - AVG, mean over time.
-- STP, statistics pooling (Snyder et al., x-vectors, ICASSP 2018): mean and standard deviation over time
-  (population variance, the same statistics as ASP with uniform weights).
-- ContextASP, channel- and context-dependent attentive statistics pooling (Desplanques, Thienpondt, Demuynck,
-  "ECAPA-TDNN", Interspeech 2020), the pooling of the ECAPA-TDNN and CAM++ baselines; not an ``--encoder_type``
-  of the ResNets.
+- STP, statistics pooling (Snyder et al., x-vectors, ICASSP 2018), population variance.
+- ContextASP, channel- and context-dependent ASP (Desplanques et al., "ECAPA-TDNN", Interspeech 2020), for the
+  ECAPA-TDNN and CAM++ baselines.
 """
 
 from __future__ import annotations
@@ -85,11 +81,10 @@ class STP(nn.Module):
 
 
 class ContextASP(nn.Module):
-    """Channel- (and optionally context-) dependent attentive statistics pooling: (B, D, T) -> (B, 2D), [mean; std].
+    """Channel- (optionally context-) dependent attentive statistics pooling: (B, D, T) -> (B, 2D).
 
-    e = Conv1d(H -> D)(tanh(Conv1d(D_in -> H)(x_in))), H = 128, softmax over time per channel, as in ECAPA-TDNN
-    (WeSpeaker's ``ASTP``). With ``global_context`` x_in = [x; mean_t(x); std_t(x)] (D_in = 3D), the global context
-    of the ECAPA-TDNN paper; else x_in = x (D_in = D). No BatchNorm or ReLU in the attention.
+    Attention Conv1d(H -> D)(tanh(Conv1d(D_in -> H)(x_in))), H = 128, softmax over time; ``global_context``: x_in = [x;
+    mean_t(x); std_t(x)].
     """
 
     def __init__(self, in_dim: int, global_context: bool) -> None:
@@ -125,8 +120,7 @@ BASELINE_POOLINGS = ("ASP", "STP", "AVG")  # the encoder types of the ECAPA-TDNN
 
 
 def make_baseline_pooling(encoder_type: str, in_dim: int, global_context: bool, model: str) -> nn.Module:
-    """The pooling of a 1-D baseline (``model`` names it in the error): ASP, :class:`ContextASP` (with the global
-    context or not), STP or AVG (WeSpeaker's ASTP, TSTP, TAP); its ``out_dim`` attribute is the output size."""
+    """A 1-D baseline's pooling (ASP, STP or AVG), with ``out_dim``; ``model`` names it in errors."""
     if encoder_type == "ASP":
         return ContextASP(in_dim, global_context)
     if encoder_type == "STP":

@@ -1,17 +1,12 @@
 """The ResNet-34 speaker encoder of DTDY-CNN and its static twin, one builder for every variant.
 
-S.-H. Kim, H. Nam, Y.-H. Park, "Decomposed Temporal Dynamic CNN: Efficient Time-Adaptive Network for
-Text-Independent Speaker Verification Explained with Speaker Activation Map", arXiv 2203.15277 (2022);
-ResNet: K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016.
+S.-H. Kim, H. Nam, Y.-H. Park, "Decomposed Temporal Dynamic CNN: Efficient Time-Adaptive Network for Text-Independent
+Speaker Verification Explained with Speaker Activation Map", arXiv 2203.15277 (2022). ResNet: K. He, X. Zhang, S. Ren,
+J. Sun, CVPR 2016.
 
-A variant is data: stage widths, blocks per stage, and which convolution the blocks use (DTDY or plain).
-wave (B, samples) -> log-mel (B, n_mels, T) -> stem 7 x 7 conv (stride 2 in frequency) -> four stages of
-BasicBlocks (strides 1, 2, 2, 1) -> (B, C3 * F', T') -> pooling -> Linear -> embedding (B, nOut).
-
-Layout: the trunk runs time-major, on (B, C, T, F) tensors in channels-last memory (CPU convolutions run several
-times faster on it than on NCHW, docs/benchmarks.md), with kernels stored in (time, frequency) orientation.
-``models/_official.py`` converts official checkpoints, whose kernels are (frequency, time). For CPU inference,
-models/_dtdy_cpu.py folds each block's convolution and BatchNorm (``fast_cpu_inference``).
+wave -> log-mel (B, n_mels, T) -> 7 x 7 stem (stride 2 in frequency) -> four stages of BasicBlocks (strides 1, 2, 2, 1)
+-> (B, C3 * F', T') -> pooling -> Linear -> (B, nOut). The trunk runs on (B, C, T, F) in channels-last memory, kernels
+(time, frequency).
 """
 
 from __future__ import annotations
@@ -49,10 +44,8 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, fr
 
 
 class BasicBlock(nn.Module):
-    """conv3x3(stride) -> BN -> ReLU -> conv3x3 -> BN, + shortcut (1 x 1 conv + BN on a change), -> ReLU.
-
-    x (B, C_in, T, F) -> (B, C_out, T', F'); ``freq_size`` is F.
-    """
+    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, + shortcut, -> ReLU: (B, C_in, T, F) -> (B, C_out, T', F'); ``freq_size``
+    is F."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, freq_size: int, dynamic: bool) -> None:
         super().__init__()
@@ -74,10 +67,9 @@ class BasicBlock(nn.Module):
 
 
 class ResNetSpeakerEncoder(nn.Module):
-    """Front-end, ResNet trunk, pooling and embedding layer. wave (B, samples) -> embedding (B, nOut).
+    """Front-end, ResNet trunk, pooling and embedding: wave (B, samples) -> (B, nOut).
 
-    widths: channels of the four stages; depths: BasicBlocks per stage; dynamic: DTDY convolutions in every
-    block conv and shortcut conv (True) or plain convolutions (False). The stem, pooling and fc are static.
+    widths, depths: per stage; dynamic: DTDY (True) or plain (False) block and shortcut convolutions.
     """
 
     def __init__(self, *, widths: tuple[int, ...], depths: tuple[int, ...], dynamic: bool, nOut: int,
@@ -89,8 +81,7 @@ class ResNetSpeakerEncoder(nn.Module):
             raise ValueError(f"nOut (embedding size) must be positive, got {nOut}.")
         self.log_input = log_input
         self.torchfb = make_mel_spectrogram(n_mels)
-        # Optional training-time feature augmentation (B, n_mels, T) -> same, e.g. augment.spec_augment; a plain
-        # callable, not a submodule, so it changes neither the state_dict nor the layer list.
+        # Training-time log-mel augmentation hook (models/__init__.py); a callable, not a submodule.
         self.feature_augment: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.conv1 = nn.Conv2d(1, widths[0], STEM_KERNEL, stride=(1, STEM_FREQ_STRIDE), padding=STEM_KERNEL // 2,
                                bias=False)  # (time, frequency)

@@ -8,16 +8,14 @@ from torch import nn
 
 
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
-    """True for biases and for parameters with at most one dimension (BatchNorm/LayerNorm weights, scalar scales
-    such as angleproto's w and b)."""
+    """True for biases and parameters of at most one dimension (norm weights, angleproto's w and b)."""
     return param.dim() <= 1 or name == "bias" or name.endswith(".bias")
 
 
 def param_groups(named_parameters: list[tuple[str, nn.Parameter]], weight_decay: float,
                  no_decay_bn_bias: bool) -> list[dict[str, Any]]:
-    """One group with ``weight_decay``, or with ``no_decay_bn_bias`` two: decayed parameters first, then the
-    :func:`is_no_decay` ones with weight decay 0. Empty groups are left out. Parameters are passed with their
-    names, so each group records them under ``param_names`` (also in the optimizer's state_dict)."""
+    """One group with ``weight_decay`` or, with ``no_decay_bn_bias``, decayed then :func:`is_no_decay` parameters (decay
+    0); empty groups left out; names recorded under ``param_names``."""
     if weight_decay < 0:
         raise ValueError(f"--weight_decay must be >= 0, got {weight_decay}")
     named_parameters = list(named_parameters)

@@ -1,8 +1,4 @@
-"""Adam. D. P. Kingma, J. Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
-
-``weight_decay`` is the classic L2 penalty added to the gradient (voxceleb_trainer's ``adam``); see ``adamw``
-for decoupled weight decay.
-"""
+"""Adam (D. P. Kingma, J. Ba, ICLR 2015) with the classic L2 ``weight_decay``, voxceleb_trainer's ``adam``."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""AdamW: Adam with decoupled weight decay.
-
-I. Loshchilov, F. Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
-"""
+"""AdamW: Adam with decoupled weight decay (I. Loshchilov, F. Hutter, ICLR 2019)."""
 
 from __future__ import annotations
 

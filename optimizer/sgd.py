@@ -1,8 +1,4 @@
-"""SGD with momentum, optionally Nesterov's.
-
-I. Sutskever, J. Martens, G. Dahl, G. Hinton, "On the importance of initialization and momentum in deep
-learning", ICML 2013. voxceleb_trainer's ``sgd`` (momentum 0.9).
-"""
+"""SGD with momentum, optionally Nesterov's (I. Sutskever et al., ICML 2013); voxceleb_trainer's ``sgd``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Per-iteration schedulers whose learning rate is a closed-form function of the step count (so a resumed run,
-which restores ``last_epoch``, continues exactly where it stopped)."""
+"""Per-iteration schedulers whose learning rate is a closed form of the step count (resumable from ``last_epoch``)."""
 
 from __future__ import annotations
 
@@ -60,8 +59,8 @@ class WarmupCosine(ClosedFormScheduler):
 
 
 class WarmupExponential(ClosedFormScheduler):
-    """WeSpeaker's ExponentialDecrease: base_lr * (lr_min / base_lr) ** (step / total_iters), times the linear
-    warm-up factor; lr_min after total_iters."""
+    """base_lr * (lr_min / base_lr) ** (step / total_iters) times the linear warm-up factor; lr_min after
+    total_iters."""
 
     def lr_at(self, step: int, base_lr: float) -> float:
         decay = (self.lr_min / base_lr) ** (min(step, self.total_iters) / self.total_iters)

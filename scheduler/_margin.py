@@ -1,6 +1,5 @@
-"""The margin schedule: WeSpeaker's exponential margin increase (H. Wang et al., "WeSpeaker: A Research and
-Production Oriented Speaker Embedding Learning Toolkit", ICASSP 2023), a schedule the trainer applies to a loss's
-``margin`` before every step, as the learning-rate schedulers are applied to the optimizer."""
+"""The margin schedule the trainer applies to a loss's ``margin`` before every step: WeSpeaker's exponential margin
+increase (H. Wang et al., "WeSpeaker", ICASSP 2023)."""
 
 from __future__ import annotations
 
@@ -11,14 +10,9 @@ RAMP_FLOOR = 1e-3
 
 
 def margin_at(epoch: float, final: float, start: float, end: float) -> float:
-    """Margin at training progress ``epoch`` (completed epochs, 0.0 at the start of training, 1.5 halfway through
-    the second epoch) for a ramp from 0 at ``start`` to ``final`` at ``end``.
-
-    ``start == end == 0`` means no schedule (always ``final``). Otherwise the margin is 0 up to ``start``,
-    ``final`` from ``end`` on, and in between rises exponentially as in WeSpeaker, normalised to be continuous:
-    ``final * (1 - 1e-3 ** p) / (1 - 1e-3)`` with ``p = (epoch - start) / (end - start)``; most of the rise
-    happens early (half the margin at p = 0.1).
-    """
+    """Margin at progress ``epoch`` (completed epochs, fractional): 0 up to ``start``, ``final`` from ``end``,
+    between ``final * (1 - 1e-3 ** p) / (1 - 1e-3)``, p = (epoch - start) / (end - start); start == end == 0: always
+    ``final``."""
     if start < 0 or end < start:
         raise ValueError(f"margin schedule needs 0 <= margin_rampup_start <= margin_rampup_end, got start {start}, "
                          f"end {end} (0/0 disables the schedule)")

@@ -1,11 +1,8 @@
 """Cosine annealing with linear warm-up, stepped per iteration.
 
-I. Loshchilov, F. Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017 (one cycle, no
-restart); warm-up as in P. Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017.
-
-With W = round(warmup_epochs * iters_per_epoch), T = max_epoch * iters_per_epoch and i the iteration (from 0):
-``lr(i) = lr * (i + 1) / W`` for i < W, then ``lr_min + (lr - lr_min) * (1 + cos(pi * (i - W) / (T - W))) / 2``,
-and lr_min from i = T on.
+I. Loshchilov, F. Hutter, "SGDR", ICLR 2017 (one cycle); warm-up as P. Goyal et al., "Accurate, Large Minibatch SGD",
+2017. With W = round(warmup_epochs * iters_per_epoch), T = max_epoch * iters_per_epoch, iteration i: ``lr * (i + 1) /
+W`` for i < W, then ``lr_min + (lr - lr_min) * (1 + cos(pi * (i - W) / (T - W))) / 2``, lr_min from T on.
 """
 
 from __future__ import annotations

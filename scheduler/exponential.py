@@ -1,9 +1,7 @@
-"""Exponential decay from lr to lr_min over max_epoch epochs with linear warm-up, stepped per iteration
-(WeSpeaker's ``ExponentialDecrease``: H. Wang et al., "WeSpeaker: A Research and Production Oriented Speaker
-Embedding Learning Toolkit", ICASSP 2023; their recipes use lr 0.1 -> 5e-5 with 6 warm-up epochs).
+"""Exponential decay from lr to lr_min over max_epoch epochs with linear warm-up, per iteration.
 
-With W = round(warmup_epochs * iters_per_epoch), T = max_epoch * iters_per_epoch and i the iteration (from 0):
-``lr(i) = lr * (lr_min / lr) ** (min(i, T) / T) * min(1, (i + 1) / W)`` (the last factor is 1 without warm-up).
+WeSpeaker's ``ExponentialDecrease`` (H. Wang et al., ICASSP 2023). With W, T as in cosine.py: ``lr(i) = lr * (lr_min /
+lr) ** (min(i, T) / T) * min(1, (i + 1) / W)``.
 """
 
 from __future__ import annotations

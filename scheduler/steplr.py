@@ -1,8 +1,6 @@
-"""Step decay: the learning rate is multiplied by ``lr_decay`` every ``decay_interval`` epochs,
-``lr(e) = lr * lr_decay ** floor(e / decay_interval)`` after e completed epochs (stepped once per epoch).
+"""Step decay, once per epoch: ``lr(e) = lr * lr_decay ** floor(e / decay_interval)``.
 
-voxceleb_trainer's ``steplr`` (the DTDY recipe: x0.75 every 15 epochs), with the step interval as its own option
-instead of ``test_interval``.
+voxceleb_trainer's ``steplr`` (DTDY recipe: x0.75 every 15 epochs) with its own interval option.
 """
 
 from __future__ import annotations

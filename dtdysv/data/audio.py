@@ -1,10 +1,8 @@
-"""Audio constants and audio I/O: 16 kHz mono, read with partial reads, written as 16-bit wav.
+"""Audio constants and I/O: 16 kHz mono, partial reads, 16-bit wav output.
 
-A crop of ``frames`` mel frames (hop 10 ms, window 25 ms) is ``frames * 160 + 240`` samples. Files that are not
-16 kHz mono are an error naming the file (and its list line, ``where``), or with ``resample`` are resampled
-(polyphase, reading only the crop and a little context) and downmixed. Speed perturbation resamples the same way.
-Speech shorter than ``MIN_SAMPLES`` (0.1 s), truncated files (a wav whose header promises more samples than it holds)
-and NaN or infinite samples are errors too, in training, evaluation and the API alike.
+A crop of ``frames`` mel frames (hop 10 ms, window 25 ms) is ``frames * 160 + 240`` samples. Other rates or channel
+counts are an error naming the file, or with ``resample`` are resampled (polyphase) and downmixed. Speech shorter
+than ``MIN_SAMPLES`` (0.1 s), truncated files and NaN or infinite samples are errors too, everywhere alike.
 """
 
 from __future__ import annotations
@@ -46,9 +44,8 @@ def _describe(path: str | Path, where: str) -> str:
 
 
 def open_audio(path: str | Path, resample: bool = False, where: str = "", min_samples: int = 1) -> soundfile.SoundFile:
-    """An open audio file; refuses files that are undecodable, empty, truncated, shorter than ``min_samples`` at
-    16 kHz, or (unless ``resample``) not 16 kHz mono. ``where`` ('line N of <list>') is added to the error
-    messages."""
+    """An open audio file; refuses undecodable, empty, truncated, shorter than ``min_samples`` or (unless
+    ``resample``) non-16 kHz-mono files, naming ``where`` ('line N of <list>')."""
     try:
         f = soundfile.SoundFile(path)
     except (RuntimeError, soundfile.LibsndfileError) as err:
@@ -100,12 +97,8 @@ def _resample(audio: np.ndarray, up: int, down: int) -> np.ndarray:
 
 def read_segment(path: str, samples: int, rng: np.random.Generator, resample: bool = False,
                  speed: Fraction = Fraction(1), where: str = "", min_samples: int = 1) -> np.ndarray:
-    """A random segment of ``samples`` samples at 16 kHz, (samples,) float32, read with a partial file read.
-
-    Files shorter than the segment are repeated to length. With ``resample`` other rates are resampled (polyphase)
-    and channels averaged. ``speed`` > 1 plays faster (the segment spans ``speed`` times as much of the file).
-    Files shorter than ``min_samples`` (at 16 kHz) are an error.
-    """
+    """A random (samples,) float32 16 kHz segment, by a partial read; short files repeat to length. ``speed`` > 1 plays
+    faster (spans ``speed`` times as much of the file)."""
     with open_audio(path, resample, where, min_samples) as f:
         ratio = Fraction(f.samplerate) * Fraction(speed) / SAMPLE_RATE  # file samples per output sample
         if ratio == 1:
@@ -155,8 +148,7 @@ def load_eval(path: str, eval_frames: int, num_eval: int, resample: bool = False
 
 
 def write_wav(path: str | Path, audio: np.ndarray) -> None:
-    """Write (samples,) audio as a 16 kHz 16-bit wav, atomically. Floats are clipped to [-1, 1); int16 is written
-    as it is."""
+    """Write (samples,) as a 16 kHz 16-bit wav, atomically; floats clipped to [-1, 1), int16 as is."""
     if audio.dtype.kind == "f":
         audio = np.clip(audio, -1.0, 32767 / 32768)
     with atomic_path(path) as tmp:

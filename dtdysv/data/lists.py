@@ -1,10 +1,10 @@
-"""List files (voxceleb_trainer's formats): train lists and trial lists, read and written.
+"""List files (voxceleb_trainer's formats), read and written:
 
-    train list   '<speaker_id> <path relative to --train_path>'      e.g. 'id00012 id00012/21Uxsk56VDQ/00001.wav'
-    trial list   '<label 0|1> <enroll path> <test path>', or '<enroll> <test>' (unlabeled), relative to --test_path
+    train list   '<speaker_id> <path relative to --train_path>'
+    trial list   '<label 0|1> <enroll> <test>', or '<enroll> <test>' (unlabeled), relative to --test_path
 
-Lists are UTF-8 (a byte-order mark is dropped). Blank lines are skipped; every error quotes the offending lines with
-their numbers, all of them in one message.
+Lists are UTF-8 (a byte-order mark is dropped). Blank lines are skipped; errors quote every offending line with its
+number, in one message.
 """
 
 from __future__ import annotations
@@ -73,10 +73,7 @@ class TrainList:
 
 
 def read_train_list(list_path: str | Path, train_path: str | Path) -> TrainList:
-    """Parse '<speaker_id> <relative path>' lines; speaker ids sorted and mapped to 0..N-1.
-
-    Malformed lines and missing files are reported together, in one error.
-    """
+    """Parse a train list; speaker ids sorted and mapped to 0..N-1."""
     rows = _read_lines(list_path, "--train_list")
     bad = [f"line {n}: {' '.join(t)!r}" for n, t in rows if len(t) != 2]
     _raise_problems(list_path, bad, "Each line must be '<speaker_id> <path relative to --train_path>', "
@@ -117,9 +114,7 @@ class TrialList:
 
 
 def read_trial_list(list_path: str | Path, test_path: str | Path, check_files: bool = True) -> TrialList:
-    """Parse '<label 0|1> <enroll> <test>' lines, or '<enroll> <test>' lines of an unlabeled list.
-
-    ``check_files`` False skips the check that every file exists (scoring from cached embeddings)."""
+    """Parse a trial list; ``check_files`` False skips the file-existence check."""
     rows = _read_lines(list_path, "--test_list")
     hint = ("Each line must be '<label 0|1> <enroll path> <test path>' (or '<enroll> <test>' for an unlabeled "
             "list, the same on every line), paths relative to --test_path.")

@@ -1,25 +1,15 @@
-"""Score calibration: the calibration model (scores -> log-likelihood ratios) and the calibration stage
-(``--calibration_list``, ``--calibration_model``): score files -> ``<stem>.cal.txt`` llrs beside the raw and normalised
-ones, and ``calibration.json``.
+"""Score calibration: the calibration model (scores -> log-likelihood ratios) and its stage (``--calibration_list``,
+``--calibration_model``): score files -> ``<stem>.cal.txt`` llrs and ``calibration.json``.
 
-A calibrated score is a log-likelihood ratio, so the Bayes decision for a prior and costs is a fixed threshold
-(``tuneThreshold.bayes_threshold``). Quality-aware calibration (QMF, as in WeSpeaker's and 3D-Speaker's VoxCeleb
-recipes), trained by prior-weighted logistic regression (N. Brümmer, "Measuring, refining and calibrating speaker
-and language information extracted from speech", PhD thesis, Stellenbosch 2010):
-``llr = w . f + b`` over the features of a trial
+Quality-aware calibration (QMF, as in WeSpeaker's and 3D-Speaker's VoxCeleb recipes): ``llr = w . f + b``, trained by
+prior-weighted logistic regression at prior 0.5 (objective Cllr; N. Brümmer, PhD thesis, Stellenbosch 2010), over
 
-    score                         the final score: the --score_norm score if any, else the raw score, as written
-    log_seconds_enroll / _test    log durations (s) of both files (embeddings.npz 'seconds', from the wav headers)
-    cohort_..._mean_enroll/_test  the mean of each file's top --norm_top_n cosine scores against the cohort (asnorm;
-                                  snorm: the whole cohort), the statistics of the score normalisation
+    score                         the final score (--score_norm score if any, else raw)
+    log_seconds_enroll / _test    log durations (s) of both files (embeddings.npz 'seconds')
+    cohort_..._mean_enroll/_test  mean of each file's top --norm_top_n cohort cosines (only with --score_norm)
 
-(no cohort features without --score_norm). The map is trained by prior-weighted logistic regression at prior 0.5,
-whose objective is Cllr (with a ridge penalty of 1 / trials on the standardised features), on a labelled
-``--calibration_list`` (its files embedded with the test lists) and written to ``--calibration_model`` (default
-``<save_path>/result/calibration.json``) with its feature names and the settings they depend on (protocol, score
-normalisation, mean subtraction); a model given without a list is applied as it is, and refused if it was trained
-on other features or settings. Everything is computed from the result folder's files (score files,
-embeddings.npz, cohort.npz), so the stage reruns without the model or the audio.
+The model stores its feature names and settings (protocol, normalisation, mean subtraction); applying it under other
+ones is refused. Inputs are the result folder's files only, so the stage reruns without the model or audio.
 """
 
 from __future__ import annotations
@@ -115,11 +105,8 @@ def _softplus(x: np.ndarray) -> np.ndarray:
 
 def fit_calibration(features: ArrayLike, labels: ArrayLike, names: tuple[str, ...] | None = None,
                     prior: float = 0.5, l2: float = 1e-6, max_iter: int = 100) -> Calibration:
-    """Prior-weighted logistic regression: the linear map of ``features`` (N, K) to llrs that minimises the
-    cross-entropy at ``prior`` (targets and non-targets weighted ``prior`` and ``1 - prior`` whatever their
-    counts), with a tiny ``l2`` penalty so that separable data has a finite answer. Newton's method on
-    standardised features, with step halving; converges in a few iterations.
-    """
+    """Prior-weighted logistic regression: the linear map of ``features`` (N, K) to llrs minimising the cross-entropy at
+    ``prior``, with a small ``l2`` penalty so separable data has a finite answer (Newton, step halving)."""
     f = _features(features)
     y = _labels(labels, f.shape[0])
     if not 0.0 < prior < 1.0:
@@ -166,8 +153,7 @@ def fit_calibration(features: ArrayLike, labels: ArrayLike, names: tuple[str, ..
 
 
 def ridge(n_trials: int) -> float:
-    """The ridge penalty on the standardised features: 1 / n_trials, the per-trial share of scikit-learn's default
-    (C = 1, which WeSpeaker's QMF uses), so that a short calibration list is not fitted to its noise."""
+    """The ridge penalty on standardised features: 1 / n_trials (scikit-learn's C = 1, as WeSpeaker's QMF)."""
     return 1.0 / max(n_trials, 1)
 
 
@@ -221,8 +207,7 @@ def save_model(path: Path, model: Calibration, settings: Mapping[str, Any], trai
 
 
 def load_model(path: Path, names: tuple[str, ...], settings: Mapping[str, Any]) -> tuple[Calibration, str]:
-    """The calibration model of ``path`` and the list it was trained on, refused unless it was trained on ``names``
-    under ``settings``."""
+    """The model of ``path`` and its training list; refused unless trained on ``names`` under ``settings``."""
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"--calibration_model '{path}' does not exist; give --calibration_list <labelled trial "
@@ -246,8 +231,7 @@ def load_model(path: Path, names: tuple[str, ...], settings: Mapping[str, Any]) 
 
 
 def calibrate_stage(run: EvalRun, lists: list[ListResult]) -> None:
-    """Train the calibration on the --calibration_list among ``lists`` (none there: apply --calibration_model) and
-    write every list's calibrated scores to ``<stem>.cal.txt`` (``ListResult.cal``)."""
+    """Train on the --calibration_list (else apply --calibration_model); write ``<stem>.cal.txt`` llrs."""
     cfg = run.cfg
     meta, arrays = run.embeddings("Calibration")
     if "seconds" not in arrays:

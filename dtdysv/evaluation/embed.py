@@ -1,11 +1,8 @@
-"""The embed stage: audio files -> ``embeddings.npz`` (a cache reused while it fits), and ``--extract`` of a file
-list to a .npz. For whole utterances only files of exactly equal length are batched together (no padding, no
-cropping), so every embedding is that of the file alone.
+"""The embed stage: audio files -> ``embeddings.npz`` (a cache reused while it fits), and ``--extract``.
 
-An embeddings file holds 'names' (F,), 'embeddings' float32 (F, C, nOut) exactly as the model outputs them
-(C = num_eval crops, or 1 for whole utterances), 'seconds' (F,) float64 (each file's duration, for calibration)
-and 'meta' (JSON: protocol, checkpoint, weights fingerprint, model
-settings, test_normalize); it is all the score and normalisation stages need.
+embeddings.npz: 'names' (F,), 'embeddings' float32 (F, C, nOut) as the model outputs them (C = num_eval, or 1 for whole
+utterances), 'seconds' (F,) float64 durations, 'meta' (JSON). Whole utterances are batched only with files of equal
+length, so every embedding is that of the file alone.
 """
 
 from __future__ import annotations
@@ -73,8 +70,7 @@ def _equal_length_batches(files: Sequence[str], root: str | Path) -> list[list[i
 
 def embed_files(embedder: Embedder, files: Sequence[str], root: str | Path, cfg: Config,
                 show_progress: bool = True, what: str = "files") -> torch.Tensor:
-    """Embeddings of ``files`` (paths under ``root``) by the configured protocol: (F, C, nOut) float32 on CPU,
-    C = num_eval crops (paper) or 1 (whole), exactly as the model outputs them (not normalised)."""
+    """(F, C, nOut) float32 CPU embeddings of ``files`` under ``root``, C = num_eval or 1 (whole), not normalised."""
     dataset = TestDataset(files, root, cfg.eval_frames, cfg.num_eval, resample=cfg.resample)
     pin = embedder.device.type == "cuda"
     workers = loader_workers(cfg.nDataLoaderThread)
@@ -94,9 +90,8 @@ def embed_files(embedder: Embedder, files: Sequence[str], root: str | Path, cfg:
 
 def embed_stage(run: EvalRun, embedder: Embedder, files: Sequence[str], weights: str, normalize: bool,
                 show_progress: bool = True) -> None:
-    """Make embeddings.npz hold every one of ``files`` (under --test_path): rows of a fitting file are reused, the
-    others embedded, and the file (the union) rewritten by rank 0. A file of other weights, protocol, model or
-    test_path is rebuilt. Under DDP every rank takes part in the embedding."""
+    """Make embeddings.npz hold every one of ``files``: fitting rows are reused, others embedded (by every rank under
+    DDP), rank 0 rewrites it. A file of other weights, protocol, model or test_path is rebuilt."""
     cfg, path, checkpoint = run.cfg, run.embeddings_file, run.checkpoint
     expected = {**identity(cfg, weights), "test_path": str(Path(cfg.test_path).resolve())}
     names: list[str] = []
@@ -150,9 +145,8 @@ def read_file_list(path: str | Path) -> tuple[list[str], list[str] | None]:
 
 def run_extract(cfg: Config, embedder: Embedder, checkpoint: str | Path | None = None,
                 show_progress: bool = True) -> Path:
-    """Embed every file of ``--extract`` (under --test_path) and write ``--extract_out``: arrays 'names' (N,),
-    'embeddings' float32 (N, nOut) for whole utterances or (N, num_eval, nOut) for the paper protocol (as the
-    model outputs them, not normalised), 'labels' (N,) for '<label> <path>' lists, and 'meta' (JSON)."""
+    """Embed the ``--extract`` list into ``--extract_out``: 'names' (N,), 'embeddings' float32 (N, nOut) or (N,
+    num_eval, nOut), not normalised, 'labels' (N,) for labelled lists, 'meta' (JSON)."""
     if not cfg.extract or not cfg.extract_out:
         raise EvalError("Embedding extraction needs --extract <file list> and --extract_out <file.npz>.")
     if Path(cfg.extract_out).is_dir():

@@ -1,14 +1,8 @@
-"""The metrics stage: score files -> ``metrics.json`` (all maths in tuneThreshold.py).
+"""The metrics stage: score files -> ``metrics.json`` (the maths is in tuneThreshold.py).
 
-metrics.json holds the first list's description and metrics at the top level, with several lists also
-"lists": {name: ...}; normalised scores have their own under "norm", calibrated scores (llrs) under "cal"; an
-unlabeled list has no metrics. Cllr (``cllr_bits``) and the actual DCF (``act_dcf_p<p>``, deciding at the Bayes
-threshold of the scores read as llrs) are reported for every score file, so that the gain of calibration shows
-against the raw and normalised scores, which are not llrs. The metrics are computed from the score files as
-written, so ``rerun_metrics`` recomputes the same metrics.json from them alone. Every labelled score file also
-gets 95% intervals of its EER and minDCF (``eer_ci95_percent``, ``min_dcf_p<p>_ci95``) from a bootstrap over the
-list's speakers with a fixed seed (tuneThreshold.py says why speakers; ``bootstrap`` records the unit, the
-resamples and the seed).
+metrics.json: the first list at the top level, all lists under "lists"; normalised scores under "norm", calibrated ones
+under "cal"; unlabeled lists have no metrics. Cllr and actual DCF are reported for every score file, and 95% intervals
+of EER and minDCF from a bootstrap over the list's speakers (``eer_ci95_percent``, ``min_dcf_p<p>_ci95``).
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
-"""Score normalisation (``--score_norm asnorm|snorm``, as in WeSpeaker): its maths, the cohort stage (train list ->
-``cohort.npz``) and the norm stage (embeddings.npz + cohort.npz + trial lists -> ``<stem>.<norm>.txt``).
+"""Score normalisation (``--score_norm asnorm|snorm``, as in WeSpeaker): the maths, the cohort stage (train list ->
+``cohort.npz``) and the norm stage (-> ``<stem>.<norm>.txt``).
 
-The cohort is one vector per training speaker (``--train_list``): the mean of the L2-normalised crop-mean
-embeddings of ``norm_cohort_utts`` utterances spread over its list entries. Cohort scores are cosines, so the score
-that is normalised is the cosine of the L2-normalised crop-mean embeddings of the two files: for ``whole`` that is
-the raw score itself; for ``paper`` it is not the (distance) raw score but its cosine counterpart, and metrics.json
-says so ("score"). AS-norm: 0.5 ((s - mu_e) / sd_e + (s - mu_t) / sd_t), mu and sd over each file's ``norm_top_n``
-highest cohort scores; S-norm: over the whole cohort.
-
-``--mean_subtraction`` subtracts the training-set mean embedding, the mean of the cohort files' crop means (crops
-L2-normalised first when the loss says so), from every file's crop mean before it is L2-normalised, for the test
-files and the cohort files alike. cohort.npz holds 'names' (M speakers), 'embeddings' (M, D) the cohort without
-mean subtraction, 'file_means' (U, D) the crop means of its U files and 'owner' (U,) their speakers, from which
-either cohort is computed.
+Cohort: per training speaker, the mean unit crop-mean embedding of ``norm_cohort_utts`` utterances. Normalised scores
+are cosines of unit crop means. AS-norm: 0.5 ((s - mu_e) / sd_e + (s - mu_t) / sd_t) over each file's ``norm_top_n``
+highest cohort scores; S-norm: the whole cohort. cohort.npz: 'names' (M,), 'embeddings' (M, D), 'file_means' (U, D),
+'owner' (U,).
 """
 
 from __future__ import annotations
@@ -56,16 +48,14 @@ def crop_means(table: torch.Tensor, normalize: bool) -> torch.Tensor:
 
 
 def file_vectors(table: torch.Tensor, normalize: bool, mean: torch.Tensor | None = None) -> torch.Tensor:
-    """(F, C, D) crop embeddings -> (F, D) unit vectors: the ``crop_means`` less the training-set ``mean`` (D,)
-    (--mean_subtraction; None: nothing subtracted), L2-normalised."""
+    """(F, C, D) crops -> (F, D) unit vectors of the crop means less ``mean`` (D,) (None: nothing)."""
     means = crop_means(table, normalize)
     return F.normalize(means if mean is None else means - mean.to(means), dim=-1)
 
 
 def speaker_vectors(file_means: torch.Tensor, owner: torch.Tensor, n_speakers: int,
                     mean: torch.Tensor | None = None) -> torch.Tensor:
-    """The cohort: (n_speakers, D), each speaker's mean of its files' unit vectors; file_means (U, D) the
-    ``crop_means`` of the cohort files, owner (U,) their speakers, ``mean`` as for ``file_vectors``."""
+    """The cohort (n_speakers, D): each speaker's mean of the unit vectors of its file_means (U, D), owner (U,)."""
     vectors = F.normalize(file_means if mean is None else file_means - mean.to(file_means), dim=-1)
     cohort = torch.zeros(n_speakers, vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
     cohort.index_add_(0, owner.to(vectors.device), vectors)
@@ -79,8 +69,7 @@ def cohort_identity(cfg: Config, weights: str | None, normalize: bool | None) ->
 
 
 def cohort_stage(run: EvalRun, embedder: Embedder, weights: str, normalize: bool, show_progress: bool = True) -> None:
-    """Make cohort.npz hold the (M, nOut) speaker vectors of the cohort (see the module docstring); a fitting file
-    is kept. Under DDP every rank takes part in the embedding and rank 0 writes."""
+    """Make cohort.npz hold the (M, nOut) cohort, keeping a fitting file; all DDP ranks embed, rank 0 writes."""
     cfg, path = run.cfg, run.cohort_file
     train_list = Path(cfg.train_list)
     stat = train_list.stat() if train_list.is_file() else None
@@ -113,10 +102,8 @@ def cohort_stage(run: EvalRun, embedder: Embedder, weights: str, normalize: bool
 
 @torch.no_grad()
 def cohort_statistics(emb: Tensor, cohort: Tensor, top_n: int, chunk_size: int = 4096) -> tuple[Tensor, Tensor]:
-    """Mean and (population) std of each embedding's top_n cosine scores against the cohort.
-
-    emb (U, D), cohort (M, D) -> mean (U,), std (U,); top_n = M uses the whole cohort.
-    """
+    """Mean and population std (U,) of each of emb (U, D)'s top_n cosines against cohort (M, D); top_n = M: the whole
+    cohort."""
     if emb.dim() != 2 or cohort.dim() != 2 or emb.shape[1] != cohort.shape[1]:
         raise ValueError(f"need emb (U, D) and cohort (M, D), got {tuple(emb.shape)} and {tuple(cohort.shape)}")
     if not 2 <= top_n <= cohort.shape[0]:
@@ -136,11 +123,8 @@ def cohort_statistics(emb: Tensor, cohort: Tensor, top_n: int, chunk_size: int =
 def norm_with_statistics(
     scores: Tensor | np.ndarray, mean: Tensor, std: Tensor, enroll_index: Tensor, test_index: Tensor
 ) -> Tensor:
-    """AS-norm / S-norm with cohort statistics computed once per file (``cohort_statistics`` of a file table).
-
-    scores (N,); mean, std (F,) of each file's cohort scores; enroll_index, test_index (N,) rows of each trial's
-    files -> 0.5 * ((s - mu_e) / sd_e + (s - mu_t) / sd_t), (N,), in the dtype of ``scores``.
-    """
+    """AS-/S-norm of scores (N,) from per-file mean, std (F,) and trials' enroll_index, test_index (N,) -> (N,) in the
+    dtype of ``scores``."""
     s = torch.as_tensor(scores)
     std = std.clamp_min(torch.finfo(std.dtype).eps)
     mean_e, std_e = mean[enroll_index].to(s), std[enroll_index].to(s)
@@ -149,8 +133,7 @@ def norm_with_statistics(
 
 
 class FileStatistics(NamedTuple):
-    """Every embedded file's unit vector and cohort statistics: index {file: row}, vectors (F, D), mean and std
-    (F,) of its top_n cosine scores against the cohort."""
+    """Per embedded file: index {file: row}, unit vectors (F, D), mean and std (F,) of its cohort scores."""
 
     index: dict[str, int]
     vectors: torch.Tensor
@@ -162,8 +145,7 @@ class FileStatistics(NamedTuple):
 
 
 def file_statistics(run: EvalRun) -> FileStatistics:
-    """The cohort statistics of every file of embeddings.npz (asnorm: its --norm_top_n highest cohort scores;
-    snorm: the whole cohort), with the training-set mean subtracted under --mean_subtraction."""
+    """The cohort statistics of every file of embeddings.npz (mean-subtracted under --mean_subtraction)."""
     method, device = run.score_norm, run.device
     if method == ScoreNorm.NONE:
         raise EvalError("Cohort statistics need --score_norm asnorm or snorm.")
@@ -185,8 +167,7 @@ def file_statistics(run: EvalRun) -> FileStatistics:
 
 
 def norm_stage(run: EvalRun, lists: list[ListResult]) -> None:
-    """Normalise the cosine scores of every list (see the module docstring) into ``<stem>.<norm>.txt``
-    (``ListResult.norm``)."""
+    """Normalise every list's cosine scores into ``<stem>.<norm>.txt`` (``ListResult.norm``)."""
     stats = file_statistics(run)
     method = str(run.score_norm)
     for item in lists:

@@ -1,6 +1,6 @@
 """Evaluation as a chain of file-in/file-out stages, each rerunnable alone from the files before it:
 
-    embed      audio + trial lists           -> embeddings.npz       (embed.py; a cache reused while it fits)
+    embed      audio + trial lists           -> embeddings.npz       (embed.py)
     cohort     train list (--score_norm)     -> cohort.npz           (normalise.py)
     score      embeddings.npz + trial lists  -> scores*.txt          (score.py)
     normalise  embeddings.npz + cohort.npz   -> scores*.<norm>.txt   (normalise.py)
@@ -8,9 +8,7 @@
     metrics    score files                   -> metrics.json         (metrics.py)
     plot       metrics.json + score files    -> det.png              (plot.py)
 
-The stages share one ``EvalRun`` (options, result folder, device, weights) and pass each list along as a
-``ListResult`` (results.py, which also owns the folder's formats). ``score_from_cache`` runs every stage after the
-embedding, so it needs neither the model nor the audio.
+Stages share one ``EvalRun`` and pass each list as a ``ListResult`` (results.py).
 """
 
 from __future__ import annotations
@@ -91,8 +89,7 @@ def needs_cohort(cfg: Config) -> bool:
 
 
 def warn_shared_trials(calibration: TrialList, trial_lists: Sequence[TrialList]) -> None:
-    """Log a warning for every test list that shares trials with the calibration list (its figures are not
-    held-out ones)."""
+    """Warn for every test list sharing trials with the calibration list."""
     pairs = set(zip(calibration.enroll, calibration.test, strict=True))
     for trials in trial_lists:
         shared = sum(pair in pairs for pair in zip(trials.enroll, trials.test, strict=True))
@@ -102,8 +99,7 @@ def warn_shared_trials(calibration: TrialList, trial_lists: Sequence[TrialList])
 
 
 def score_and_report(run: EvalRun, lists: list[ListResult]) -> dict[str, Any]:
-    """The stages after the embedding, from embeddings.npz (and cohort.npz): score files, normalised and calibrated
-    score files, metrics.json and det.png; returns the content of metrics.json."""
+    """Run the stages after the embedding; returns the content of metrics.json."""
     score_stage(run, lists)
     if run.score_norm != ScoreNorm.NONE:
         norm_stage(run, lists)
@@ -123,12 +119,8 @@ def score_and_report(run: EvalRun, lists: list[ListResult]) -> dict[str, Any]:
 
 def evaluate(embedder: Embedder, trial_lists: list[TrialList], cfg: Config, result_dir: Path, normalize: bool,
              show_progress: bool = True, checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Embed the files of every list once (reusing the cache), score, and write the results; returns the first
-    list's metrics (with "lists" for several). ``normalize``: the loss's test_normalize (crop embeddings
-    L2-normalised before scoring). ``checkpoint``: the weights' file, recorded in the results.
-
-    Under DDP every rank embeds its share; rank 0 writes the files and scores, the others return {}.
-    """
+    """Embed every list's files once, score and write the results; returns the first list's metrics. Under DDP rank 0
+    scores and writes, the others return {}."""
     check_eval_options(cfg)
     run = EvalRun(cfg, Path(result_dir), embedder.device, checkpoint)
     weights = weights_fingerprint(embedder.model.state_dict())
@@ -145,11 +137,8 @@ def evaluate(embedder: Embedder, trial_lists: list[TrialList], cfg: Config, resu
 
 def score_from_cache(cfg: Config, trial_lists: list[TrialList], result_dir: Path,
                      checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """``evaluate`` without the model or the audio, from ``<result_dir>/embeddings.npz`` (and cohort.npz).
-
-    The cache must match the protocol and model settings, hold every file of the lists and, when ``checkpoint``
-    is given (the weights the user means to evaluate), come from the same weights; else EvalError says why.
-    """
+    """``evaluate`` from ``embeddings.npz`` without model or audio; EvalError unless the cache matches protocol, model
+    settings, files and (if given) ``checkpoint``'s weights."""
     check_eval_options(cfg)
     run = EvalRun(cfg, Path(result_dir), torch.device("cpu"), checkpoint)
     path = run.embeddings_file

@@ -1,5 +1,4 @@
-"""The plot stage: metrics.json + the score files it names -> ``det.png``, DET curves (FNR against FPR on
-normal-deviate axes) with the EER (circle) and minDCF points of every labeled list, raw and normalised."""
+"""The plot stage: metrics.json + its score files -> ``det.png``, DET curves with EER and minDCF points."""
 
 from __future__ import annotations
 
@@ -29,10 +28,7 @@ def _threshold(value: float | None) -> float:
 
 def plot_det(curves: Sequence[tuple[str, np.ndarray, np.ndarray, Mapping[str, Any], str]], path: Path,
              p_targets: Sequence[float]) -> None:
-    """DET curves to a PNG, with the EER (circle) and minDCF points.
-
-    curves: (label, scores (N,), labels (N,), metrics of compute_metrics, line style) per curve.
-    """
+    """DET curves to a PNG. curves: (label, scores (N,), labels (N,), metrics, line style) each."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from scipy.special import ndtri
@@ -77,8 +73,7 @@ def plot_det(curves: Sequence[tuple[str, np.ndarray, np.ndarray, Mapping[str, An
 
 
 def plot_stage(result_dir: Path) -> Path | None:
-    """``<result_dir>/det.png`` from metrics.json and its score files; None (nothing written) without a labeled
-    list. The minDCF points are those of every p_target in metrics.json."""
+    """``<result_dir>/det.png`` from metrics.json; None (nothing written) without a labeled list."""
     result_dir = Path(result_dir)
     curves = []
     for name, entry in entries_of(read_metrics(result_dir)).items():

@@ -1,18 +1,15 @@
-"""The result folder and its formats, shared by every evaluation stage: the file names, the embeddings container
-(``embeddings.npz``, ``cohort.npz``, ``--extract`` files), score files, the embedding protocol, what a cache must
-agree on to be reused, and the typed record of a list's score files that the stages pass along.
+"""The result folder's file names and formats, the embedding protocol, cache identity and the typed records the
+evaluation stages pass along.
 
 Result folder (``<save_path>/result``):
-  scores.txt, scores_<stem>.txt     'score label enroll test' (no label column for an unlabeled list) of the first /
-                                    every further list; normalised: scores*.<norm>.txt; calibrated: scores*.cal.txt
-  calibration.json                  the calibration model (--calibration_list / --calibration_model)
-  metrics.json, det.png             the metrics of every labelled score file; their DET curves
+  scores.txt, scores_<stem>.txt     'score [label] enroll test' of the first / further lists;
+                                    normalised: scores*.<norm>.txt; calibrated: scores*.cal.txt
+  calibration.json                  the calibration model
+  metrics.json, det.png             metrics of every labelled score file; their DET curves
   embeddings.npz, cohort.npz        'names', 'embeddings' (float32, as the model outputs them), 'meta' (JSON)
 
-Protocols, named in every file and result:
-- ``paper`` (``eval_frames`` > 0): ``num_eval`` evenly spaced crops of ``eval_frames`` frames per file, score =
-  minus the mean Euclidean distance over the crop pairs (DTDY-CNN, arXiv 2203.15277; voxceleb_trainer).
-- ``whole`` (``eval_frames`` 0): one embedding per whole utterance, cosine score.
+Protocols: ``paper`` (``eval_frames`` > 0): ``num_eval`` crops per file, score = minus the mean Euclidean distance over
+crop pairs (DTDY-CNN, arXiv 2203.15277; voxceleb_trainer). ``whole`` (0): whole utterances, cosine score.
 """
 
 from __future__ import annotations
@@ -138,8 +135,7 @@ class EvalRun:
 
 
 def list_results(trial_lists: Sequence[TrialList], calibration: TrialList | None = None) -> list[ListResult]:
-    """The lists of an evaluation, the --calibration_list last, each with a distinct name and score file stem:
-    'scores' for the first list, 'scores_<name>' for every further one."""
+    """The evaluation's lists (--calibration_list last) with distinct names; stems 'scores', then 'scores_<name>'."""
     lists = [*trial_lists, calibration] if calibration is not None else list(trial_lists)
     names = list_names(lists)
     return [ListResult(name, "scores" if i == 0 else f"scores_{name}", trials, calibration is not None and

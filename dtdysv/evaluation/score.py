@@ -1,12 +1,7 @@
-"""The score stage (embeddings.npz + trial lists -> score files) and its maths (pure torch, no device choice).
+"""The score stage (embeddings.npz + trial lists -> score files) and its maths (pure torch).
 
-Scoring protocols (``PROTOCOLS``):
-- "paper": the score of voxceleb_trainer and of DTDY-CNN (Kim, Nam, Park, "Decomposed Temporal Dynamic CNN",
-  arXiv 2203.15277): minus the mean Euclidean distance over all C x C pairs of enrollment and test crops.
-- "cosine": cosine similarity of the crop-mean embeddings (the whole-utterance protocol uses C = 1).
-
-The "paper" score uses ||e - t||^2 = |e|^2 + |t|^2 - 2 e.t, one batched matrix product per chunk of trials,
-gathered into reused buffers that stay in cache; pairs where that form loses its precision are recomputed directly.
+Protocols: "paper" (voxceleb_trainer; DTDY-CNN, Kim, Nam, Park, arXiv 2203.15277): minus the mean Euclidean distance
+over all C x C enrollment/test crop pairs. "cosine": cosine of the crop-mean embeddings.
 """
 
 from __future__ import annotations
@@ -38,12 +33,10 @@ NEAR_DISTANCE = 1e-2  # relative squared distance below which a pair is recomput
 
 
 def _paper_scores(enroll: Tensor, test: Tensor, sq_e: Tensor | None = None, sq_t: Tensor | None = None) -> Tensor:
-    """-mean_ij ||e_i - t_j|| for (n, Ce, D), (n, Ct, D) -> (n,), in the dtype of the inputs.
+    """-mean_ij ||e_i - t_j|| for (n, Ce, D), (n, Ct, D) -> (n,), in the inputs' dtype.
 
-    ||e - t||^2 = |e|^2 + |t|^2 - 2 e.t by a batched matrix product; its rounding error is a few ulp of
-    |e|^2 + |t|^2, harmless for the usual distances but not for (near-)identical crops, whose residue of ~1e-7
-    would become ~3e-4 after the square root. Those pairs (squared distance < NEAR_DISTANCE (|e|^2 + |t|^2), i.e.
-    cosine > 0.99 for unit vectors) are recomputed directly; they are rare, so the cost is that of the product.
+    Uses |e|^2 + |t|^2 - 2 e.t; pairs below NEAR_DISTANCE (|e|^2 + |t|^2), where that loses precision, are recomputed
+    directly.
     """
     sq_e = enroll.pow(2).sum(-1) if sq_e is None else sq_e  # (n, Ce) squared norms
     sq_t = test.pow(2).sum(-1) if sq_t is None else sq_t  # (n, Ct)
@@ -92,13 +85,9 @@ def _lookup(index: Mapping[str, int], names: Sequence[str], side: str) -> Tensor
 def score_trial_list(
     embeddings: EmbeddingTable, pairs: Sequence[tuple[str, str]], protocol: str, batch_size: int = 256
 ) -> np.ndarray:
-    """Score (enroll file, test file) pairs -> float64 scores (len(pairs),).
+    """Score (enroll, test) pairs -> float64 (len(pairs),); independent of ``batch_size``.
 
-    embeddings: {file: (C, D) or (D,) tensor} or (index {file: row}, stacked (files, C, D) or (files, D)).
-    "cosine": the crop means are normalised once per file, then each trial is one dot product. "paper": the crops
-    of ``batch_size`` trials at a time are gathered into two reused buffers (small enough to stay in cache) and
-    scored by ``_paper_scores`` (squared norms computed once per file); the result does not depend on
-    ``batch_size``.
+    embeddings: {file: (C, D) or (D,)} or (index {file: row}, stacked (files, C, D) or (files, D)).
     """
     _check_protocol(protocol)
     if batch_size < 1:
@@ -128,11 +117,8 @@ def score_trial_list(
 
 
 def score_stage(run: EvalRun, lists: list[ListResult]) -> None:
-    """Score every list from embeddings.npz, by the protocol it records, into ``<stem>.txt`` (``ListResult.raw``).
-
-    With --mean_subtraction the training-set mean embedding is subtracted from every crop as the scoring sees it
-    (L2-normalised if the loss says so), which is then L2-normalised again if the loss says so.
-    """
+    """Score every list from embeddings.npz by its protocol into ``<stem>.txt`` (``ListResult.raw``); --mean_subtraction
+    subtracts the training mean from every crop."""
     meta, arrays = run.embeddings("Scoring")
     proto = protocol_of(int(meta["eval_frames"]), int(meta["num_eval"]))
     index = {name: i for i, name in enumerate(arrays["names"].tolist())}

@@ -1,9 +1,8 @@
-"""The dataset archives: download with resume, join split archives, unpack safely (``dataprep.py`` steps).
+"""Dataset archives (``dataprep.py`` steps): download with resume, join split archives, unpack safely.
 
-VoxCeleb URLs are those handed out with credentials, as in voxceleb_trainer's lists/fileparts.txt; if the owners
-move them, give the new ones with ``--url_list`` (lines '<dataset> <url>'). A download continues from its ``.part``
-file; joined and extracted files are written under a temporary name and renamed, so a rerun skips what is done.
-Archive members with absolute paths, '..', links or special files are refused.
+VoxCeleb URLs follow voxceleb_trainer's lists/fileparts.txt; ``--url_list`` ('<dataset> <url>' lines) overrides them.
+Outputs are written under temporary names and renamed, so a rerun skips finished work. Archive members with absolute
+paths, '..', links or special files are refused.
 """
 
 from __future__ import annotations
@@ -154,9 +153,8 @@ def _copy_member(src: IO[bytes], dest: Path) -> None:
 
 
 def extract_archive(archive: Path, out_dir: Path) -> int:
-    """Unpack a zip or tar (any compression) into ``out_dir``; returns the files written (existing files of the
-    right size are skipped). Unsafe members are an error before they are written; a damaged archive (bad CRC,
-    truncated) is an error naming it, the members before the damage kept."""
+    """Unpack a zip or tar into ``out_dir``, skipping existing files of the right size; returns the files written.
+    Unsafe members and damaged archives (bad CRC, truncated) are errors; members before the damage are kept."""
     if not archive.is_file():
         raise ArchiveError(f"--extract {archive}: no such file")
     try:

@@ -1,13 +1,11 @@
-"""Audio preparation (``dataprep.py`` steps): convert corpora to 16 kHz mono wav, split MUSAN, set up the RIRs.
+"""Audio preparation (``dataprep.py`` steps):
 
-- convert: every .m4a/.aac (with ffmpeg), .wav and .flac under a tree -> 16 kHz mono 16-bit wav at the same
-  relative path in another tree, in parallel worker processes.
-- MUSAN: <type>/<source>/<file>.wav -> 5-s chunks every 3 s (voxceleb_trainer's split),
-  <type>/<source>/<file>/<start second>.wav. A file shorter than 5 s stays one chunk (voxceleb_trainer drops it).
-- RIRs: simulated_rirs/{smallroom,mediumroom} of RIRS_NOISES linked (or copied), every RIR checked.
+- convert: .m4a/.aac (ffmpeg), .wav, .flac -> 16 kHz mono 16-bit wav at the same relative path, in parallel.
+- MUSAN: <type>/<source>/<file>.wav -> 5-s chunks every 3 s, <type>/<source>/<file>/<start second>.wav
+  (voxceleb_trainer's split; a file under 5 s stays one chunk).
+- RIRs: simulated_rirs/{smallroom,mediumroom} of RIRS_NOISES linked (or copied) and checked.
 
-Each output (a file, or a MUSAN file's folder of chunks) is written under a temporary name and renamed, so a rerun
-skips what an earlier run finished; failures are reported together at the end, after everything else is done.
+Outputs are written under temporary names and renamed, so reruns skip finished work; failures are reported at the end.
 """
 
 from __future__ import annotations
@@ -80,11 +78,8 @@ def _convert_one(job: tuple[str, str, str | None]) -> tuple[str, str]:
 
 
 def convert_tree(source: Path, out_dir: Path, workers: int) -> dict[str, int]:
-    """Every audio file under ``source`` -> 16 kHz mono 16-bit wav at the same relative path under ``out_dir``.
-
-    Outputs that exist are skipped (they are complete: written under a temporary name and renamed). Files that
-    fail are reported together at the end, after everything else was converted.
-    """
+    """Every audio file under ``source`` -> 16 kHz mono 16-bit wav at the same path under ``out_dir``; existing outputs
+    are skipped, failures reported at the end."""
     if not source.is_dir():
         raise AudioPrepError(f"--convert {source}: not a directory")
     src, out = source.resolve(), out_dir.resolve()

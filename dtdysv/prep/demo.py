@@ -1,14 +1,12 @@
-"""Synthetic multi-speaker corpus for the demo recipe (``make demo``): no download, a few minutes on a CPU.
-
-The voices and channels are speechsynth.py's, so the task is learnable but not trivial. Layout and lists follow
-VoxCeleb / voxceleb_trainer::
+"""Synthetic multi-speaker corpus for the demo recipe (``make demo``), voices from speechsynth.py, in VoxCeleb /
+voxceleb_trainer layout:
 
     out_dir/train/wav/id00001/<video>/00001.wav    out_dir/train_list.txt   "<speaker> <path under train/wav>"
     out_dir/test/wav/id10001/<video>/00001.wav     out_dir/test_list.txt    "<label 0|1> <enroll> <test>"
     out_dir/demo_info.json                         settings and counts, written last (marks a complete corpus)
 
-Test speakers are held out. Everything is drawn from generators seeded by (seed, split, speaker, ...), so the same
-settings and seed give byte-identical files and a speaker's voice does not depend on how many others there are.
+Test speakers are held out. Generators are seeded by (seed, split, speaker, ...): the same settings give byte-identical
+files.
 """
 
 from __future__ import annotations
@@ -99,8 +97,8 @@ def read_demo_info(out_dir: Path) -> dict[str, Any] | None:
 
 
 def demo_corpus_complete(out_dir: Path, settings: dict[str, Any]) -> bool:
-    """Whether ``out_dir`` holds a complete corpus made with ``settings`` (keyword arguments of
-    :func:`make_demo_corpus`, the others at their defaults) by this generator version, every listed file present."""
+    """Whether ``out_dir`` holds a complete corpus of this generator version made with ``settings`` (keyword arguments
+    of :func:`make_demo_corpus`)."""
     out_dir = Path(out_dir)
     info = read_demo_info(out_dir)
     if not info or not info.get("complete") or info.get("generator_version") != GENERATOR_VERSION:
@@ -123,11 +121,8 @@ def make_demo_corpus(out_dir: Path, n_train_speakers: int = 40, n_test_speakers:
                      utts_per_speaker: int = 16, test_utts_per_speaker: int = 8, videos_per_speaker: int = 4,
                      n_trials: int = 400, min_seconds: float = 2.0, max_seconds: float = 4.0,
                      seed: int = 0) -> dict[str, Any]:
-    """Write the demo corpus to ``out_dir`` (see the module docstring) and return a summary.
-
-    Any earlier demo corpus in ``out_dir`` (one with a ``demo_info.json``) is replaced; a ``train/wav`` or
-    ``test/wav`` that is not a demo corpus is an error rather than something to delete.
-    """
+    """Write the demo corpus to ``out_dir`` and return a summary; replaces an earlier demo corpus, refuses a
+    ``train/wav`` or ``test/wav`` that is not one."""
     settings = {k: v for k, v in locals().items() if k != "out_dir"}
     checks = [("n_train_speakers", n_train_speakers, 2, 9999), ("n_test_speakers", n_test_speakers, 2, 9999),
               ("utts_per_speaker", utts_per_speaker, 1, 99999),

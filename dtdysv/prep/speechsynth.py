@@ -1,13 +1,10 @@
-"""Source-filter speech synthesis for the demo corpus (demodata.py): synthetic speakers and recording channels.
+"""Source-filter speech synthesis for the demo corpus: synthetic speakers and recording channels.
 
-In the spirit of the Klatt cascade formant synthesiser (D. H. Klatt, "Software for a cascade/parallel formant
-synthesizer", JASA 67(3), 1980): a Rosenberg glottal pulse train (A. E. Rosenberg, JASA 49, 1971) with intonation,
-jitter, shimmer and aspiration noise excites a cascade of time-varying second-order resonators (formants);
-fricatives and stop bursts are band-passed noise. Utterances are random syllable sequences. Speakers differ the way
-voices do: F0 and intonation range, vocal-tract length (all formants scaled), their own vowel qualities, glottal
-pulse shape and spectral tilt, breathiness, speaking rate. Every session ("video") has its own channel (band
-limits, EQ, room, background noise colour and level) and every utterance its own level, level drift, EQ and noise
-(15-30 dB SNR). All randomness comes from the generators passed in.
+After the Klatt cascade formant synthesiser (D. H. Klatt, JASA 67(3), 1980): a Rosenberg glottal pulse train (A. E.
+Rosenberg, JASA 49, 1971) with jitter, shimmer and aspiration excites time-varying formant resonators; fricatives and
+bursts are band-passed noise. Speakers differ in F0, vocal-tract length, vowels, pulse shape, tilt, breathiness and
+rate; each session and utterance has its own channel, level and noise (15-30 dB SNR). All randomness comes from the
+generators passed in.
 """
 
 from __future__ import annotations
@@ -116,11 +113,8 @@ def _resonator_sos(freq: np.ndarray, bandwidth: np.ndarray) -> np.ndarray:
 def _formant_cascade(x: np.ndarray, freqs: np.ndarray, bandwidths: np.ndarray) -> np.ndarray:
     """Cascade of Klatt resonators whose frequencies change every control block.
 
-    x: (n_blocks * CONTROL_HOP,); freqs: (n_blocks, k) Hz; bandwidths: (k,) Hz. A resonator
-    A / ((1 - p z^-1)(1 - p* z^-1)), p = r e^(j theta), A = |1 - p|^2, equals its partial fraction
-    y = Re(A e^(j theta) w / (j sin theta)) of the complex one-pole w[n] = p w[n-1] + x[n]. Within a block
-    w is a closed form (cumulative sum), so only the block-to-block state is a loop: this is the per-block
-    lfilter with carried state, without a Python call per block.
+    x: (n_blocks * CONTROL_HOP,); freqs: (n_blocks, k) Hz; bandwidths: (k,) Hz. Each resonator is computed as its
+    partial fraction, a complex one-pole filter with a closed form (cumulative sum) within a block.
     """
     n_blocks = freqs.shape[0]
     m = np.arange(CONTROL_HOP)
@@ -147,8 +141,8 @@ _Plan = tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int]]]
 
 
 def _plan(voice: Voice, rng: np.random.Generator, seconds: float) -> _Plan:
-    """Random syllables at control rate: formant targets (n, 3), voicing (n,), accents (n,), noise bursts
-    (start block, blocks, fricative kind); n = seconds / 5 ms (rounded down) exactly."""
+    """Random syllables at control rate: formant targets (n, 3), voicing (n,), accents (n,), noise bursts; n = seconds /
+    5 ms (rounded down)."""
     n_total = int(seconds * SAMPLE_RATE / CONTROL_HOP)
     rate = rng.uniform(0.85, 1.15)  # this utterance's tempo around the speaker's
 

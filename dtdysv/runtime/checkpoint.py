@@ -1,8 +1,7 @@
 """Checkpoints: one dict written atomically, read with ``weights_only=True``.
 
-A checkpoint holds the model, the loss head, optimizer, scheduler and scaler states, the number of finished epochs,
-the random states of every library, the resolved config and the last evaluation's metrics. Training resumes from
-the newest file in ``<save_path>/model/``; the epoch is read from its contents.
+A checkpoint holds the model, loss head, optimizer, scheduler and scaler states, finished epochs, every library's random
+state, the resolved config and the last metrics. Training resumes from the newest file in ``<save_path>/model/``.
 """
 
 from __future__ import annotations
@@ -140,10 +139,8 @@ def _load_failure(err: Exception) -> str:
 
 def split_weights(obj: dict[str, Any], path: str | Path,
                   model_state: dict[str, torch.Tensor]) -> tuple[dict, dict, dict | None]:
-    """(model state, loss-head state, stored config or None) of a checkpoint in either format.
-
-    ``model_state`` is the configured model's ``state_dict()``: official checkpoints are mapped onto it.
-    """
+    """(model state, loss-head state, stored config or None) of a checkpoint in either format; official checkpoints are
+    mapped onto ``model_state``."""
     if obj.get("format") == FORMAT:
         require(obj, path, ("model", "loss", "config"))
         return obj["model"], obj["loss"], obj["config"]
@@ -190,9 +187,8 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str
 
 
 def training_state(trainer: Any, epoch: int, step: int, cfg: Config, owes_evaluation: bool = False) -> dict[str, Any]:
-    """The checkpoint dict of a ``SpeakerNet.ModelTrainer``: everything to continue exactly, with ``epoch`` epochs
-    finished and ``step`` batches of the next one done; ``owes_evaluation``: the evaluation of ``epoch`` is not
-    written yet (a resume runs it first)."""
+    """The checkpoint dict of a ``ModelTrainer`` with ``epoch`` epochs and ``step`` batches of the next done;
+    ``owes_evaluation``: the evaluation of ``epoch`` is not written yet (a resume runs it first)."""
     net = trainer.speaker_net
     return {"format": FORMAT, "version": 1, "epoch": epoch, "step": step, "model": net.model.state_dict(),
             "loss": net.loss.state_dict(), "optimizer": trainer.optimizer.state_dict(),
@@ -213,13 +209,9 @@ def restore_training(state: dict[str, Any], trainer: Any, path: str | Path) -> t
 
 
 class Saver:
-    """Where a training run saves: ``last.model`` at every epoch end, a numbered checkpoint when asked, and with
-    ``minutes`` > 0 the position inside a long epoch now and then. Only the main process writes.
-
-    What an epoch owes survives a kill at any moment: the numbered checkpoint is written before ``last.model``, and
-    an epoch that evaluates is saved as owing its evaluation until ``settle`` records it done, so a rerun finishes
-    both before it trains on (or calls the run finished).
-    """
+    """Saves ``last.model`` at every epoch end, numbered checkpoints when asked and, with ``minutes`` > 0, the position
+    inside an epoch. Only the main process writes. The numbered checkpoint is written before ``last.model``, and an
+    evaluating epoch is saved as owing its evaluation until ``settle``, so a rerun after a kill finishes both."""
 
     def __init__(self, save_path: Path, cfg: Config, trainer: Any, steps: int, minutes: float, writes: bool) -> None:
         self.save_path, self.cfg, self.trainer, self.steps = Path(save_path), cfg, trainer, steps

@@ -1,9 +1,7 @@
-"""Distributed data parallel the nanoGPT way: read torchrun's environment, never hard-code an address or GPU.
+"""Distributed data parallel from torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE): NCCL on GPUs, gloo on CPU.
 
-- Under ``torchrun`` (RANK, LOCAL_RANK, WORLD_SIZE set) every process joins the group: NCCL on GPUs, gloo on CPU.
-- ``--distributed`` without torchrun starts one process per local GPU (or ``--nproc_per_node`` CPU processes)
-  through torch's elastic launcher, on a free local port unless ``--port`` names one, so the single command works.
-- ``batch_size`` is per process: a step sees ``batch_size * world_size`` speakers.
+``--distributed`` without torchrun starts one process per local GPU (or ``--nproc_per_node``) through torch's elastic
+launcher on a free port (or ``--port``). ``batch_size`` is per process.
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
 """Atomic file writes, UTF-8 text reads, and the lock of a run's folder.
 
-    with atomic_path(out) as tmp:      # a temporary name beside ``out``
+    with atomic_path(out) as tmp:      # renamed over ``out`` on success; removed on an exception
         write_something(tmp)
-    # renamed over ``out`` here; on an exception ``out`` is left as it was and the temporary removed
 
-Temporaries are named ``.<name>.tmp<pid><suffix>`` (``suffix`` keeps an extension that a writer needs, e.g.
-``.png`` for matplotlib), so a process killed while writing leaves only dot-files that
-:func:`remove_temporaries` clears once that process is gone. The temporary may also be made a folder (filled,
-then renamed as a whole). A full disk or a read-only folder is a UserError naming the file; nothing is replaced.
-
-Text files (lists, YAML, JSON) are read as UTF-8 with an optional byte-order mark (:func:`read_text`). One run
-holds ``<folder>/.lock`` (:func:`run_lock`) while it writes there.
+Temporaries are ``.<name>.tmp<pid><suffix>`` dot-files (``suffix`` keeps an extension, e.g. ``.png``) that
+:func:`remove_temporaries` clears once their process is gone; the temporary may also be a folder. A full disk or a
+read-only folder is a UserError naming the file. Text is read as UTF-8 with an optional byte-order mark; one run holds
+``<folder>/.lock`` (:func:`run_lock`) while it writes there.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One resolver for every plugin: ``--model X`` loads ``models/X.py``, ``--trainfunc X`` ``loss/X.py``, ...
 
-A plugin declares explicit keyword parameters; :func:`build` passes each parameter from the runtime arguments
-given by the caller or, failing that, from the config option of the same name. Nothing else is passed.
+:func:`build` passes each of a plugin's explicit keyword parameters from the caller's runtime arguments, else from the
+config option of the same name; nothing else.
 """
 
 from __future__ import annotations

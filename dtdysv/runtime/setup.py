@@ -1,7 +1,5 @@
-"""What every entry point shares: logging, the device, seeding, DataLoader workers, and the configured model with
-its weights (for training, and as an ``Embedder`` for inference). trainSpeakerNet.py and speakerActivationMap.py
-both build on it; neither imports the other.
-"""
+"""What every entry point shares: logging, device, seeding, DataLoader workers, and the configured model with its
+weights (for training, or as an ``Embedder``)."""
 
 from __future__ import annotations
 
@@ -70,8 +68,7 @@ _capped: set[tuple[int, int]] = set()  # (asked, cores) already logged
 
 
 def loader_workers(asked: int) -> int:
-    """--nDataLoaderThread capped at the available cores (more workers only contend for them); the cap is
-    logged once per process instead of DataLoader's warning at every loader."""
+    """--nDataLoaderThread capped at the available cores (logged once per process)."""
     cores = available_cores()
     if asked <= cores:
         return asked
@@ -116,8 +113,7 @@ def compile_model(net: SpeakerNet, cfg: Config) -> None:
 
 
 def test_normalize(loss: nn.Module) -> bool:
-    """Whether a loss head wants test embeddings L2-normalised before scoring (its ``test_normalize``, default
-    True)."""
+    """Whether the loss head wants test embeddings L2-normalised (``test_normalize``, default True)."""
     return bool(getattr(loss, "test_normalize", True))
 
 
@@ -127,8 +123,8 @@ def weights_path(cfg: Config) -> str | Path | None:
 
 
 def build_embedder(cfg: Config, device: torch.device, env: DistEnv) -> tuple[Embedder, SpeakerNet, str | Path]:
-    """(embedder, the model + loss head it embeds with, the weights' file): the configured model with the weights
-    of ``weights_path``, on ``device``, ready to embed. The loss head says whether embeddings are normalised."""
+    """(embedder, model + loss head, weights' file): the configured model with ``weights_path``'s weights on
+    ``device``."""
     path = weights_path(cfg)
     if not path:
         raise UserError(f"--eval, --extract and speakerActivationMap.py need weights: give --initial_model, or "
