@@ -66,16 +66,17 @@ class TrainDataset(Dataset):
 
 
 class TestDataset(Dataset):
-    """Items are (crops (num_eval, samples) float32, file index); ``trials`` lets errors name the list line."""
+    """Items are (crops (num_eval, samples) float32, file index); ``trials`` (a list or several) lets errors name
+    the first list line of the file."""
 
     def __init__(self, files: Sequence[str], test_path: str | Path, eval_frames: int, num_eval: int,
-                 resample: bool = False, trials: TrialList | None = None) -> None:
+                 resample: bool = False, trials: TrialList | Sequence[TrialList] | None = None) -> None:
         self.files = list(files)
         self.root = Path(test_path)
         self.eval_frames = eval_frames
         self.num_eval = num_eval
         self.resample = resample
-        self.trials = trials
+        self.trials = [trials] if isinstance(trials, TrialList) else list(trials or ())
 
     def __len__(self) -> int:
         return len(self.files)
@@ -85,9 +86,11 @@ class TestDataset(Dataset):
         try:
             crops = load_eval(path, self.eval_frames, self.num_eval, self.resample)
         except AudioError as err:
-            if self.trials is None:
+            places = [t.where(self.files[index]) for t in self.trials]
+            listed = [place for place in places if place.startswith("line ")]
+            if not listed:
                 raise
-            raise AudioError(f"{err} It is first listed on {self.trials.where(self.files[index])}.") from None
+            raise AudioError(f"{err} It is first listed on {listed[0]}.") from None
         return torch.from_numpy(crops), index
 
 

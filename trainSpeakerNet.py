@@ -25,7 +25,7 @@ from augment import spec_augment
 from config import Config, parse_args, save_config
 from DatasetLoader import get_data_loader
 from dtdysv.data.lists import read_train_list, read_trial_list
-from dtdysv.errors import UserError
+from dtdysv.errors import UserError, message_of
 from dtdysv.evaluation.embed import run_extract
 from dtdysv.evaluation.pipeline import check_eval_options, check_trial_lists, evaluate, score_from_cache
 from dtdysv.runtime import checkpoint as ckpt
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 run_train(cfg, device, env)
     except UserError as err:
-        log.error("%s", err)
+        log.error("%s", message_of(err))
         return 2
     finally:
         distributed.cleanup()

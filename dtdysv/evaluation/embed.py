@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader
 from config import Config
 from DatasetLoader import TestDataset
 from dtdysv.data.audio import crop_samples
-from dtdysv.data.lists import DataError
+from dtdysv.data.lists import DataError, TrialList
 from dtdysv.evaluation.results import (
     EvalError,
     EvalRun,
+    ListResult,
     differences,
     identity,
     load_npz,
@@ -69,9 +70,10 @@ def _equal_length_batches(files: Sequence[str], root: str | Path) -> list[list[i
 
 
 def embed_files(embedder: Embedder, files: Sequence[str], root: str | Path, cfg: Config,
-                show_progress: bool = True, what: str = "files") -> torch.Tensor:
-    """(F, C, nOut) float32 CPU embeddings of ``files`` under ``root``, C = num_eval or 1 (whole), not normalised."""
-    dataset = TestDataset(files, root, cfg.eval_frames, cfg.num_eval, resample=cfg.resample)
+                show_progress: bool = True, what: str = "files", trials: Sequence[TrialList] = ()) -> torch.Tensor:
+    """(F, C, nOut) float32 CPU embeddings of ``files`` under ``root``, C = num_eval or 1 (whole), not normalised;
+    an audio error names the first line of ``trials`` that lists the file."""
+    dataset = TestDataset(files, root, cfg.eval_frames, cfg.num_eval, resample=cfg.resample, trials=trials)
     pin = embedder.device.type == "cuda"
     workers = loader_workers(cfg.nDataLoaderThread)
     if cfg.eval_frames > 0:
@@ -88,15 +90,27 @@ def embed_files(embedder: Embedder, files: Sequence[str], root: str | Path, cfg:
     return embeddings
 
 
-def embed_stage(run: EvalRun, embedder: Embedder, files: Sequence[str], weights: str, normalize: bool,
+def file_stats(files: Sequence[str], root: str | Path) -> np.ndarray:
+    """(F, 2) int64: each file's size and modification time (ns), what tells a cached embedding from a stale one."""
+    out = np.zeros((len(files), 2), dtype=np.int64)
+    for i, name in enumerate(files):
+        stat = (Path(root) / name).stat()
+        out[i] = stat.st_size, stat.st_mtime_ns
+    return out
+
+
+def embed_stage(run: EvalRun, lists: Sequence[ListResult], embedder: Embedder, weights: str, normalize: bool,
                 show_progress: bool = True) -> None:
-    """Make embeddings.npz hold every one of ``files``: fitting rows are reused, others embedded (by every rank under
-    DDP), rank 0 rewrites it. A file of other weights, protocol, model or test_path is rebuilt."""
+    """Make embeddings.npz hold every file of the ``lists``: rows of files unchanged on disk (size and modification
+    time) are reused, the others embedded (by every rank under DDP), and rank 0 rewrites the file. A file of other
+    weights, protocol, model, --resample or test_path is rebuilt."""
     cfg, path, checkpoint = run.cfg, run.embeddings_file, run.checkpoint
+    trials = [item.trials for item in lists]
+    files = list(dict.fromkeys(f for t in trials for f in t.files))
     expected = {**identity(cfg, weights), "test_path": str(Path(cfg.test_path).resolve())}
     names: list[str] = []
-    table: torch.Tensor | None = None
-    seconds: np.ndarray | None = None
+    table = torch.zeros(0)
+    seconds, stats = np.zeros(0), np.zeros((0, 2), dtype=np.int64)
     meta: dict[str, Any] = {}
     found = load_npz(path)
     if found is not None:
@@ -105,24 +119,33 @@ def embed_stage(run: EvalRun, embedder: Embedder, files: Sequence[str], weights:
             log.info("embedding cache '%s' does not fit (%s): embedding again", path, "; ".join(problems))
         else:
             meta, names, table = found[0], found[1]["names"].tolist(), torch.from_numpy(found[1]["embeddings"])
-            seconds = found[1].get("seconds")
-    stale_meta = seconds is None and bool(names)  # a cache of an older version: durations read from the headers
-    seconds = durations(names, cfg.test_path) if seconds is None else seconds
+            seconds = found[1]["seconds"] if "seconds" in found[1] else durations(names, cfg.test_path)
+            stats = found[1].get("stats", np.zeros((len(names), 2), dtype=np.int64))  # none: all stale
+    wanted = set(files)
+    rows = [i for i, name in enumerate(names) if name in wanted]
+    now = file_stats([names[i] for i in rows], cfg.test_path)
+    stale = {i for i, current in zip(rows, now, strict=True) if tuple(stats[i]) != tuple(current)}
+    if stale:
+        log.info("%d cached files changed on disk since they were embedded (e.g. '%s'): embedding them again",
+                 len(stale), names[min(stale)])
+        keep = [i for i in range(len(names)) if i not in stale]
+        names, table, seconds, stats = [names[i] for i in keep], table[keep], seconds[keep], stats[keep]
     known = set(names)
     missing = [f for f in files if f not in known]
     if missing:
-        new = embed_files(embedder, missing, cfg.test_path, cfg, show_progress, "test files")
-        table = new if table is None else torch.cat([table, new])
+        new = embed_files(embedder, missing, cfg.test_path, cfg, show_progress, "test files", trials)
+        table = new if not names else torch.cat([table, new])
         seconds = np.concatenate([seconds, durations(missing, cfg.test_path)])
+        stats = np.concatenate([stats, file_stats(missing, cfg.test_path)])
         names += missing
     else:
         log.info("reusing the cached embeddings of all %d files from '%s'", len(files), path)
-    stale_meta |= meta.get("test_normalize") != normalize or bool(checkpoint and
-                                                                   meta.get("checkpoint") != str(checkpoint))
+    stale_meta = meta.get("test_normalize") != normalize or bool(checkpoint and
+                                                                  meta.get("checkpoint") != str(checkpoint))
     if embedder.env.is_main and (missing or stale_meta):
         meta = {**expected, "checkpoint": str(checkpoint or meta.get("checkpoint", "")), "test_normalize": normalize,
                 "n_files": len(names)}
-        save_npz(path, meta, names=np.array(names), embeddings=table.numpy(), seconds=seconds)
+        save_npz(path, meta, names=np.array(names), embeddings=table.numpy(), seconds=seconds, stats=stats)
 
 
 def read_file_list(path: str | Path) -> tuple[list[str], list[str] | None]:

@@ -126,8 +126,7 @@ def evaluate(embedder: Embedder, trial_lists: list[TrialList], cfg: Config, resu
     weights = weights_fingerprint(embedder.model.state_dict())
     calibration = read_calibration_list(cfg.calibration_list, cfg.test_path) if cfg.calibration_list else None
     lists = list_results(trial_lists, calibration)
-    files = list(dict.fromkeys(f for item in lists for f in item.trials.files))
-    embed_stage(run, embedder, files, weights, normalize, show_progress)
+    embed_stage(run, lists, embedder, weights, normalize, show_progress)
     if needs_cohort(cfg):
         cohort_stage(run, embedder, weights, normalize, show_progress)
     if not embedder.env.is_main:

@@ -179,7 +179,8 @@ def identity(cfg: Config, weights: str | None) -> dict[str, Any]:
     """What an embeddings file must agree on to be reused (``weights`` None: any weights)."""
     proto = protocol_of(cfg.eval_frames, cfg.num_eval)
     return {"format": CACHE_FORMAT, "version": 1, "protocol": proto["name"], "eval_frames": proto["eval_frames"],
-            "num_eval": proto["num_eval"], "model": {k: getattr(cfg, k) for k in MODEL_KEYS}, "weights": weights}
+            "num_eval": proto["num_eval"], "model": {k: getattr(cfg, k) for k in MODEL_KEYS}, "weights": weights,
+            "resample": cfg.resample}
 
 
 def differences(meta: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:

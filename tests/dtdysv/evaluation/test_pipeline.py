@@ -474,9 +474,8 @@ def test_every_stage_reruns_from_its_input_files(corpus, tmp_path, caplog):
     # embed stage: a deleted embeddings file is embedded again, to the same embeddings
     (out / "embeddings.npz").unlink()
     with caplog.at_level("INFO"):
-        embedding.embed_stage(run, embedder, list(dict.fromkeys(f for t in lists(cfg) for f in t.files)),
-                              embedding.weights_fingerprint(embedder.model.state_dict()), normalize,
-                              show_progress=False)
+        embedding.embed_stage(run, stages, embedder, embedding.weights_fingerprint(embedder.model.state_dict()),
+                              normalize, show_progress=False)
     assert "embedded 7 test files" in caplog.text
     again = embedding.load_npz(out / "embeddings.npz")
     before = np.load(io.BytesIO(first["embeddings.npz"]))
