@@ -237,6 +237,10 @@ def get_data_loader(train: TrainList, cfg: Config, rank: int = 0, world_size: in
         raise UserError(f"The train list '{cfg.train_list}' has {len(train.speakers)} speakers{speeds}, "
                         f"{dataset.num_classes} classes, but --nClasses is {cfg.nClasses}; set --nClasses "
                         f"{dataset.num_classes}.")
+    if cfg.nClasses > dataset.num_classes:
+        log.warning("--nClasses %d is more than the %d classes of '%s': %d outputs of the head never train; set "
+                    "--nClasses %d", cfg.nClasses, dataset.num_classes, cfg.train_list,
+                    cfg.nClasses - dataset.num_classes, dataset.num_classes)
     sampler = SpeakerBalancedSampler(train.labels, cfg.nPerSpeaker, cfg.max_seg_per_spk, cfg.batch_size, cfg.seed,
                                      rank=rank, world_size=world_size)
     if sampler.batches_per_epoch() == 0:

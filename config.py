@@ -133,6 +133,7 @@ class Config:
     checkpoint_minutes: float = opt(0.0, "Also checkpoint inside an epoch every this many minutes (0: off).",
                                     "runtime")
     tensorboard: bool = opt(True, "TensorBoard scalars under <save_path>/tensorboard (rank 0).", "runtime")
+    threads: int = opt(0, "CPU threads of torch's intra-op pool (0: torch's default, one per core).", "runtime")
     device: str = opt("auto", "auto (CUDA if available), cpu or cuda.", "runtime", ("auto", "cpu", "cuda"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,11 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and evaluate speaker-embedding networks (voxceleb_trainer layout, DTDY-CNN).",
         argument_default=argparse.SUPPRESS, allow_abbrev=False)
     parser.add_argument("--config", type=str, help="YAML file of options; the command line overrides it.")
+    from dtdysv.runtime import plugins  # the plugin choices are the files of the plugin folders
+
+    plugin_choices = {flag[2:]: plugins.available(kind) for kind, (_, _, flag) in plugins.KINDS.items()}
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, f in _FIELDS.items():
         group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        helptext = f"{f.metadata['help']} (default: {default!r})"
+        choices = f.metadata["choices"] or plugin_choices.get(name)
+        helptext = f"{f.metadata['help']} (default: {default!r}{'; choices: ' + ', '.join(choices) if choices else ''})"
         if _TYPES[name] is bool:
             group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, help=helptext)
         elif typing.get_origin(_TYPES[name]) is list:
@@ -295,7 +300,7 @@ def resolve(yaml_values: dict[str, Any] | None = None, cli_values: dict[str, Any
 _RANGES: dict[str, tuple[float, bool]] = {
     "max_frames": (1, False), "eval_frames": (0, False), "batch_size": (1, False), "nPerSpeaker": (1, False),
     "nDataLoaderThread": (0, False), "test_interval": (1, False), "max_epoch": (1, False), "lr": (0, True),
-    "n_mels": (1, False), "nOut": (1, False),
+    "n_mels": (1, False), "nOut": (1, False), "threads": (0, False), "bootstrap": (0, False),
 }
 
 
@@ -306,7 +311,8 @@ def check_ranges(cfg: Config) -> None:
         value = getattr(cfg, key)
         if not (math.isfinite(value) and (value > low if excluded else value >= low)):
             meaning = {"eval_frames": " (0: whole utterances)",
-                       "nDataLoaderThread": " (0: data read in the main process)"}.get(key, "")
+                       "nDataLoaderThread": " (0: data read in the main process)",
+                       "threads": " (0: torch's default)", "bootstrap": " (0: no intervals)"}.get(key, "")
             problems.append(f"--{key} is {value!r}; valid: {'>' if excluded else '>='} {low}{meaning}.")
     if problems:
         raise ConfigError("\n".join(problems))

@@ -27,6 +27,7 @@ from DatasetLoader import get_data_loader
 from dtdysv.data.lists import read_train_list, read_trial_list
 from dtdysv.errors import UserError, message_of
 from dtdysv.evaluation.embed import run_extract
+from dtdysv.evaluation.normalise import check_cohort_size
 from dtdysv.evaluation.pipeline import check_eval_options, check_trial_lists, evaluate, score_from_cache
 from dtdysv.runtime import checkpoint as ckpt
 from dtdysv.runtime import distributed, plugins
@@ -116,7 +117,12 @@ def margin_schedule(cfg: Config, loss: nn.Module) -> MarginSchedule | None:
         schedule = MarginSchedule(cfg.margin, cfg.margin_rampup_start, cfg.margin_rampup_end)
     except ValueError as err:
         raise UserError(f"--margin_rampup_start/--margin_rampup_end: {err}") from None
-    return schedule if schedule.enabled and hasattr(loss, "margin") else None
+    if not (schedule.enabled and hasattr(loss, "margin")):
+        return None
+    if schedule.end > cfg.max_epoch + 1:
+        log.warning("--margin_rampup_end %g is after the last epoch (--max_epoch %d): the margin never reaches %g",
+                    schedule.end, cfg.max_epoch, cfg.margin)
+    return schedule
 
 
 def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
@@ -126,6 +132,7 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
     if resume is not None:
         ckpt.check_compatible(resume.get("config"), cfg, last, resume_keys(cfg))
     train = read_train_list(cfg.train_list, cfg.train_path)
+    check_cohort_size(cfg, len(train.speakers))
     trials = check_trial_lists([read_trial_list(p, cfg.test_path) for p in cfg.test_list])
     loader, sampler = get_data_loader(train, cfg, env.rank, env.world_size, pin_memory=device.type == "cuda")
     steps = sampler.batches_per_epoch()
@@ -209,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
         check_eval_options(cfg)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
         device = pick_device(cfg.device)
         if cfg.distributed and env is None:
             nproc = cfg.nproc_per_node or (torch.cuda.device_count() if device.type == "cuda" else 0)

@@ -14,6 +14,7 @@ ones is refused. Inputs are the result folder's files only, so the stage reruns 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from config import DEFAULTS, Config
 from dtdysv.data.lists import DataError, TrialList, read_trial_list
 from dtdysv.evaluation.normalise import FileStatistics, file_statistics
 from dtdysv.evaluation.results import (
@@ -228,6 +230,26 @@ def load_model(path: Path, names: tuple[str, ...], settings: Mapping[str, Any]) 
         raise EvalError(f"--calibration_model '{path}' was trained on other features or settings ({diff}). Evaluate "
                         f"with the model's settings, or train a new model with --calibration_list.")
     return model, str(data.get("trained_on", ""))
+
+
+def adopt_settings(cfg: Config) -> Config:
+    """``cfg`` with the scoring settings (--score_norm, --norm_top_n, --mean_subtraction) that a --calibration_model
+    applied without --calibration_list was trained with, where ``cfg`` leaves them at their defaults: the model file
+    records them, so they need not be repeated. A setting given otherwise is kept (and refused by ``load_model``)."""
+    path = Path(cfg.calibration_model)
+    if cfg.calibration_list or not path.is_file():
+        return cfg
+    try:
+        settings = json.loads(path.read_text()).get("settings", {})
+    except (ValueError, AttributeError, OSError):
+        return cfg  # load_model says what is wrong with the file
+    adopted = {key: settings[key] for key in ("score_norm", "norm_top_n", "mean_subtraction")
+               if settings.get(key) is not None and getattr(cfg, key) == getattr(DEFAULTS, key)
+               and settings[key] != getattr(cfg, key)}
+    if adopted:
+        log.info("applying --calibration_model '%s' with the settings it was trained with: %s", path,
+                 ", ".join(f"--{k} {v}" for k, v in adopted.items()))
+    return dataclasses.replace(cfg, **adopted)
 
 
 def calibrate_stage(run: EvalRun, lists: list[ListResult]) -> None:

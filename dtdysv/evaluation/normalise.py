@@ -68,6 +68,14 @@ def cohort_identity(cfg: Config, weights: str | None, normalize: bool | None) ->
             "norm_cohort_utts": cfg.norm_cohort_utts, "test_normalize": normalize}
 
 
+def check_cohort_size(cfg: Config, n_speakers: int) -> None:
+    """Refuse an AS-norm that needs more cohort speakers (--norm_top_n) than the train list has, before any work."""
+    if ScoreNorm(cfg.score_norm) == ScoreNorm.ASNORM and not 2 <= cfg.norm_top_n <= n_speakers:
+        raise EvalError(f"--norm_top_n {cfg.norm_top_n} needs a cohort of at least that many (and 2) speakers; "
+                        f"--train_list '{cfg.train_list}' has {n_speakers}. Lower --norm_top_n (e.g. "
+                        f"{max(2, n_speakers // 3)}), or use --score_norm snorm (the whole cohort).")
+
+
 def cohort_stage(run: EvalRun, embedder: Embedder, weights: str, normalize: bool, show_progress: bool = True) -> None:
     """Make cohort.npz hold the (M, nOut) cohort, keeping a fitting file; all DDP ranks embed, rank 0 writes."""
     cfg, path = run.cfg, run.cohort_file
@@ -84,6 +92,7 @@ def cohort_stage(run: EvalRun, embedder: Embedder, weights: str, normalize: bool
             return
         log.info("cohort cache '%s' does not fit (%s): embedding again", path, "; ".join(problems))
     train = read_train_list(cfg.train_list, cfg.train_path)
+    check_cohort_size(cfg, len(train.speakers))
     order = np.argsort(train.labels, kind="stable")  # list order within each speaker
     bounds = np.searchsorted(train.labels[order], np.arange(len(train.speakers) + 1))
     chosen, owner = [], []

@@ -22,7 +22,7 @@ import torch
 
 from config import Config
 from dtdysv.data.lists import TrialList
-from dtdysv.evaluation.calibrate import calibrate_stage, read_calibration_list
+from dtdysv.evaluation.calibrate import adopt_settings, calibrate_stage, read_calibration_list
 from dtdysv.evaluation.embed import embed_stage
 from dtdysv.evaluation.metrics import metrics_stage
 from dtdysv.evaluation.normalise import cohort_identity, cohort_stage, norm_stage
@@ -121,6 +121,7 @@ def evaluate(embedder: Embedder, trial_lists: list[TrialList], cfg: Config, resu
              show_progress: bool = True, checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Embed every list's files once, score and write the results; returns the first list's metrics. Under DDP rank 0
     scores and writes, the others return {}."""
+    cfg = adopt_settings(cfg)
     check_eval_options(cfg)
     run = EvalRun(cfg, Path(result_dir), embedder.device, checkpoint)
     weights = weights_fingerprint(embedder.model.state_dict())
@@ -138,6 +139,7 @@ def score_from_cache(cfg: Config, trial_lists: list[TrialList], result_dir: Path
                      checkpoint: str | Path | None = None) -> dict[str, Any]:
     """``evaluate`` from ``embeddings.npz`` without model or audio; EvalError unless the cache matches protocol, model
     settings, files and (if given) ``checkpoint``'s weights."""
+    cfg = adopt_settings(cfg)
     check_eval_options(cfg)
     run = EvalRun(cfg, Path(result_dir), torch.device("cpu"), checkpoint)
     path = run.embeddings_file

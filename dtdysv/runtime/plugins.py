@@ -73,4 +73,7 @@ def build(kind: str, name: str, cfg: Config, **runtime: Any) -> Any:
             raise PluginError(f"{kind} '{name}' needs a parameter '{pname}' that is neither a config option nor "
                               f"given by the trainer.")
     log.debug("building %s %s with %s", kind, name, sorted(kwargs))
-    return factory(**kwargs)
+    try:
+        return factory(**kwargs)
+    except ValueError as err:  # settings the plugin cannot work with, e.g. a warm-up as long as the training
+        raise PluginError(f"{KINDS[kind][2]} {name}: {err}.") from None

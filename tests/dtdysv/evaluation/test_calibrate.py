@@ -194,3 +194,20 @@ def test_new_options_are_coerced():
     assert config.DEFAULTS.mean_subtraction is False and config.DEFAULTS.calibration_list == ""
     with pytest.raises(config.ConfigError, match="expects bool"):
         config.resolve({"mean_subtraction": "sometimes"})
+
+
+def test_a_saved_calibration_applies_with_its_own_settings(folder, caplog):
+    out, data = folder
+    calib, heldout = halves(data["trials"])
+    report(make_cfg(calibration_list="calib.txt"), [heldout], out, calib)
+    first = (out / "scores.cal.txt").read_bytes()
+    (out / "scores.cal.txt").unlink()
+    # only the model file: --score_norm asnorm, --norm_top_n 3 and --mean_subtraction come from it
+    bare = config.Config(calibration_model=str(out / "calibration.json"))
+    with caplog.at_level("INFO"):
+        ev.score_and_report(EvalRun(ev.adopt_settings(bare), out), list_results([heldout]))
+    assert "--score_norm asnorm, --norm_top_n 3, --mean_subtraction True" in caplog.text
+    assert (out / "scores.cal.txt").read_bytes() == first
+    with pytest.raises(EvalError, match="score_norm: model 'asnorm', now 'snorm'"):  # a setting given otherwise
+        report(ev.adopt_settings(config.Config(calibration_model=str(out / "calibration.json"), score_norm="snorm")),
+               [heldout], out)
