@@ -64,6 +64,7 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("plugin, widths, encoder_type", [("DTDY_ResNet34_half", WIDTHS_HALF, "ASP"),
                                                           ("DTDY_ResNet34_quarter", WIDTHS_QUARTER, "SAP")])
+@pytest.mark.slow
 def test_training_step_equals_the_official_computation(plugin, widths, encoder_type):
     torch.manual_seed(0)
     ref = ReferenceResNet(widths, RESNET34_DEPTHS, nOut=512, encoder_type=encoder_type, n_mels=64).double()
@@ -151,6 +152,7 @@ def _one_training_step(mixedprec: bool) -> tuple[float, torch.Tensor, SpeakerNet
     return stats["loss"], torch.cat([p.grad.flatten() for p in net.parameters()]), net
 
 
+@pytest.mark.slow
 def test_a_bf16_training_step_stays_close_to_fp32():
     """--mixedprec on CPU (bf16 autocast): the loss within 1% of fp32's, the gradient pointing the same way.
 

@@ -19,6 +19,7 @@ def run(corpus, tmp_path_factory):
     return save
 
 
+@pytest.mark.slow
 def test_save_interval_keeps_a_checkpoint_per_epoch_without_evaluating(run):
     assert [p.name for p in ckpt.numbered_checkpoints(run)] == [
         "model000000001.model", "model000000002.model", "model000000003.model"]

@@ -61,6 +61,7 @@ def exported(request, tmp_path_factory):
     return request.param, model, out, sidecar
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", export.FORMATS)
 def test_export_gives_the_eager_embeddings(exported, fmt):
     _, model, out, sidecar = exported

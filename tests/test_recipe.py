@@ -27,6 +27,7 @@ def recipe_corpus(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_train_finetune_average_eval_with_asnorm_mean_subtraction_and_calibration(recipe_corpus, tmp_path):
     corpus, aam = recipe_corpus, ("--trainfunc", "aamsoftmax", "--scale", "30", "--nPerSpeaker", "1",
                                   "--batch_size", "6")

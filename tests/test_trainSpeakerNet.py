@@ -14,6 +14,8 @@ from conftest import ROOT
 from conftest import tiny_argv as argv
 from dtdysv.runtime import checkpoint as ckpt
 
+pytestmark = pytest.mark.slow  # trains or runs the command end to end
+
 
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):

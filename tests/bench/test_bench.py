@@ -5,9 +5,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_model_speed_runs_and_outputs_agree():
     cmd = [sys.executable, str(ROOT / "bench" / "model_speed.py"), "--models", "DTDY_ResNet34_quarter",
            "--no-layers", "--iters", "1", "--batch", "2", "--frames", "20", "--device", "cpu"]

@@ -9,6 +9,7 @@ from conftest import ROOT, tiny_argv
 from dtdysv.runtime import plugins
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trainfunc", plugins.available("loss"))
 def test_every_loss_trains_the_demo_configuration(corpus, tmp_path, trainfunc):
     save = tmp_path / trainfunc

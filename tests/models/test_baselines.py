@@ -81,6 +81,7 @@ def calibrated():
     return models
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BASELINES)
 def test_shapes_over_lengths_and_eval_determinism_and_batch_independence(calibrated, name):
     model = calibrated[name]
@@ -113,6 +114,7 @@ def test_time_axis_through_the_trunks(calibrated):
                     "block3": (1, 512 + 16 * 32, 51), "out_nonlinear": (1, 512, 51)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, encoder_type", [("ECAPA_TDNN_c512", "STP"), ("CAMPPlus", "ASP")])
 def test_the_other_pooling_trains_every_parameter(name, encoder_type):
     """The pooling the plugin contract test does not use, at 80 mels: every parameter gets a non-zero gradient."""
@@ -198,6 +200,7 @@ def test_unsupported_pooling_names_the_valid_ones():
 
 @pytest.mark.parametrize("name, encoder_type", [("ECAPA_TDNN_c512", "ASP"), ("ECAPA_TDNN_c1024", "STP"),
                                                 ("CAMPPlus", "STP")])
+@pytest.mark.slow
 def test_one_epoch_trains_and_evaluates_end_to_end(corpus, tmp_path, name, encoder_type):
     """Through trainSpeakerNet.main on the tiny demo corpus (two steps of 3 speakers x 2 crops), with SpecAugment
     through the feature_augment hook; then the evaluation of every trial."""

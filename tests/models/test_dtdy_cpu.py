@@ -23,6 +23,7 @@ def calibrated(name: str, wave: torch.Tensor) -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["DTDY_ResNet34_quarter", "DTDY_ResNet34_half", "ResNet34_quarter"])
 def test_fast_path_equals_the_readable_model(name):
     """Embeddings of several crop lengths (frame counts odd and even)."""

@@ -59,6 +59,7 @@ def test_plugin_contract(name):
     assert not dead, f"parameters with an all-zero gradient: {dead}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PLUGINS)
 def test_plugin_runs_under_bfloat16_autocast(name):
     torch.manual_seed(0)
@@ -71,6 +72,7 @@ def test_plugin_runs_under_bfloat16_autocast(name):
         assert torch.isfinite(model(torch.randn(2, SHORT_SAMPLES)).float()).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["DTDY_ResNet34_quarter", "ResNet34_quarter"])
 def test_eval_embedding_does_not_depend_on_the_batch(name):
     torch.manual_seed(0)

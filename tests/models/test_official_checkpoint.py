@@ -124,6 +124,7 @@ def test_pre_emphasis_front_end_is_refused():
         convert_official_checkpoint(ckpt, half_asp().state_dict())
 
 
+@pytest.mark.slow
 def test_converted_model_computes_what_the_official_formulation_computes():
     torch.manual_seed(0)
     ref = ReferenceResNet(WIDTHS_HALF, RESNET34_DEPTHS, nOut=512, encoder_type="ASP", n_mels=64).double()
@@ -188,6 +189,7 @@ def test_rules_map_representative_keys():
     assert map_official_key("attention.3.weight")[0] == "pooling.attention.3.weight"
 
 
+@pytest.mark.slow
 def test_eval_runs_on_an_official_checkpoint(corpus, tmp_path):
     """--initial_model recognises the official format, and --eval scores a trial list with it."""
     import json

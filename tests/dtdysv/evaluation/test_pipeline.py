@@ -394,6 +394,7 @@ def wav_bytes(pcm: np.ndarray) -> bytes:
     return header + data
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not VOX1_O.is_file(), reason=f"the VoxCeleb1-O cleaned list is not at {VOX1_O} (../shared/data)")
 def test_eval_on_the_real_voxceleb1_o_list(tmp_path):
     trials = [line.split() for line in VOX1_O.read_text().splitlines() if line.strip()]

@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, tiny_argv
+
+pytestmark = pytest.mark.slow  # trains or runs the command end to end
 
 
 def test_two_cpu_processes_train_evaluate_and_exit(corpus, tmp_path):
