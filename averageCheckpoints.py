@@ -107,13 +107,19 @@ def main(argv: list[str] | None = None) -> int:
             found = ckpt.numbered_checkpoints(args.save_path)
             if len(found) < args.last:
                 raise UserError(f"--last {args.last}: '{Path(args.save_path) / 'model'}' holds {len(found)} numbered "
-                                f"checkpoints ({', '.join(p.name for p in found) or 'none'}).")
+                                f"checkpoints ({', '.join(p.name for p in found) or 'none'}). Training keeps one at "
+                                f"every evaluation (--test_interval) and every --save_interval epochs: train with "
+                                f"--save_interval 1 to keep one per epoch, or name the files with --checkpoints.")
             paths = found[-args.last:]
             out = args.out or Path(args.save_path) / "model" / f"average_last{args.last}.model"
         else:
             if not args.out:
                 raise UserError("--checkpoints needs --out (the averaged checkpoint to write).")
             paths, out = args.checkpoints, args.out
+            resolved = [Path(p).resolve() for p in paths]
+            if twice := sorted({str(p) for p in paths if resolved.count(Path(p).resolve()) > 1}):
+                raise UserError(f"--checkpoints names the same file more than once ({', '.join(twice)}); an average "
+                                f"of distinct checkpoints is meant: name each once.")
         average_checkpoints(paths, out)
     except UserError as err:
         log.error("%s", err)

@@ -100,8 +100,9 @@ class Config:
                                  "eval")
     score_from_cache: bool = opt(False, "With --eval: rescore from result/embeddings.npz (no model, no audio).",
                                  "eval")
-    extract: str = opt("", "Embed this list's files ('[<label>] <path>' under --test_path), then stop.", "eval")
-    extract_out: str = opt("", "--extract output .npz: names, embeddings (N, nOut) or (N, num_eval, nOut).", "eval")
+    extract: str = opt("", "Embed the files of a file, train or trial list (under --test_path), then stop.", "eval")
+    extract_out: str = opt("", "--extract output .npz: names, embeddings (N, nOut), one per file.", "eval")
+    extract_crops: bool = opt(False, "--extract keeps every crop's embedding: (N, num_eval, nOut).", "eval")
     # --- paths
     initial_model: str = opt("", "Checkpoint to fine-tune or evaluate (ours or the official DTDY format).", "paths")
     save_path: str = opt("exps/exp1", "Experiment folder: model/, result/, config.yaml.", "paths")

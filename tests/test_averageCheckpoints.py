@@ -59,7 +59,10 @@ def test_bad_requests_are_refused_and_inputs_kept(corpus, run, tmp_path, caplog)
     first = run / "model" / "model000000001.model"
     before = first.read_bytes()
     assert averageCheckpoints.main(["--save_path", str(run), "--last", "9"]) == 2
-    assert "holds 3 numbered checkpoints" in caplog.text
+    assert "holds 3 numbered checkpoints" in caplog.text and "--save_interval 1" in caplog.text
+    assert averageCheckpoints.main(["--checkpoints", str(first), str(run / "model" / ".." / "model" / first.name),
+                                    "--out", str(tmp_path / "twice.model")]) == 2
+    assert "names the same file more than once" in caplog.text and not (tmp_path / "twice.model").exists()
     assert averageCheckpoints.main(["--checkpoints", str(first), str(run / "model/model000000002.model"),
                                     "--out", str(first)]) == 2
     assert "is one of the checkpoints" in caplog.text

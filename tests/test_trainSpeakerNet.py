@@ -260,7 +260,14 @@ def test_extract_writes_embeddings_of_a_file_list(corpus, trained, tmp_path):
                                      str(out)))
     assert code == 0
     data = np.load(out)
-    assert data["names"].tolist() == files and data["embeddings"].shape == (len(files), 2, 32)
+    assert data["names"].tolist() == files and data["embeddings"].shape == (len(files), 32)  # one per file
+    crops = tmp_path / "crops.npz"  # a trial list, every crop kept: the mean of the crops is the file's vector
+    assert trainSpeakerNet.main(argv(corpus, trained, "--extract", str(corpus / "test_list.txt"), "--extract_out",
+                                     str(crops), "--extract_crops")) == 0
+    per_crop = np.load(crops)
+    assert sorted(per_crop["names"].tolist()) == files and per_crop["embeddings"].shape == (len(files), 2, 32)
+    order = [per_crop["names"].tolist().index(f) for f in files]
+    np.testing.assert_allclose(per_crop["embeddings"][order].mean(1), data["embeddings"], rtol=1e-5, atol=1e-6)
 
 
 def test_score_from_cache_reproduces_the_evaluation_without_audio(corpus, trained, tmp_path):

@@ -148,8 +148,10 @@ def embed_stage(run: EvalRun, lists: Sequence[ListResult], embedder: Embedder, w
         save_npz(path, meta, names=np.array(names), embeddings=table.numpy(), seconds=seconds, stats=stats)
 
 
-def read_file_list(path: str | Path) -> tuple[list[str], list[str] | None]:
-    """Files of an --extract list: '<path>' lines, or '<label> <path>' lines (a train list); duplicates dropped."""
+def read_file_list(path: str | Path, test_path: str | Path = "") -> tuple[list[str], list[str] | None]:
+    """Files of an --extract list, duplicates dropped, and their labels where the list has some: '<path>' lines,
+    '<label> <path>' lines (a train list), or a trial list ('<0|1> <enroll> <test>', or '<enroll> <test>' where both
+    are files under ``test_path``), whose files are those of its trials."""
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"File list '{path}' (--extract) does not exist.")
@@ -157,9 +159,13 @@ def read_file_list(path: str | Path) -> tuple[list[str], list[str] | None]:
             if line.strip()]
     ncols = len(rows[0][1]) if rows else 0
     bad = [f"line {n}: {' '.join(t)!r}" for n, t in rows if len(t) != ncols]
-    if not rows or ncols not in (1, 2) or bad:
-        raise EvalError(f"File list '{path}' (--extract) must have '<path>' or '<label> <path>' lines (paths under "
-                        f"--test_path), the same on every line; bad: {', '.join(bad[:5]) or 'the first line'}.")
+    if not rows or ncols not in (1, 2, 3) or bad:
+        raise EvalError(f"File list '{path}' (--extract) must have '<path>', '<label> <path>' or trial-list lines "
+                        f"('<0|1> <enroll> <test>'; paths under --test_path), the same on every line; bad: "
+                        f"{', '.join(bad[:5]) or 'the first line'}.")
+    pairs = ncols == 3 or (ncols == 2 and all((Path(test_path) / name).is_file() for name in rows[0][1]))
+    if pairs:  # a trial list: its files, in order of first appearance
+        return list(dict.fromkeys(name for _, t in rows for name in t[-2:])), None
     first: dict[str, str] = {}
     for _, t in rows:
         first.setdefault(t[-1], t[0])
@@ -168,26 +174,29 @@ def read_file_list(path: str | Path) -> tuple[list[str], list[str] | None]:
 
 def run_extract(cfg: Config, embedder: Embedder, checkpoint: str | Path | None = None,
                 show_progress: bool = True) -> Path:
-    """Embed the ``--extract`` list into ``--extract_out``: 'names' (N,), 'embeddings' float32 (N, nOut) or (N,
-    num_eval, nOut), not normalised, 'labels' (N,) for labelled lists, 'meta' (JSON)."""
+    """Embed the ``--extract`` list into ``--extract_out``: 'names' (N,), 'embeddings' float32 (N, nOut), one vector
+    per file (for the paper protocol the mean of its crops; (N, num_eval, nOut) with --extract_crops), as the model
+    outputs them (not normalised), 'labels' (N,) for labelled lists, 'meta' (JSON)."""
     if not cfg.extract or not cfg.extract_out:
         raise EvalError("Embedding extraction needs --extract <file list> and --extract_out <file.npz>.")
     if Path(cfg.extract_out).is_dir():
         raise EvalError(f"--extract_out '{cfg.extract_out}' is a folder; give the .npz file to write, e.g. "
                         f"'{Path(cfg.extract_out) / 'embeddings.npz'}'.")
-    files, labels = read_file_list(cfg.extract)
+    files, labels = read_file_list(cfg.extract, cfg.test_path)
     absent = [f for f in files if not (Path(cfg.test_path) / f).is_file()]
     if absent:
         raise EvalError(f"{len(absent)} files of --extract '{cfg.extract}' do not exist under --test_path "
                         f"'{cfg.test_path}', e.g. '{absent[0]}'.")
     embeddings = embed_files(embedder, files, cfg.test_path, cfg, show_progress)
     proto = protocol_of(cfg.eval_frames, cfg.num_eval)
-    arrays = {"names": np.array(files),
-              "embeddings": (embeddings[:, 0] if proto["name"] == "whole" else embeddings).numpy()}
+    per_file = embeddings[:, 0] if proto["name"] == "whole" else embeddings.mean(1)
+    arrays = {"names": np.array(files), "embeddings": (embeddings if cfg.extract_crops and proto["name"] == "paper"
+                                                      else per_file).numpy()}
     if labels is not None:
         arrays["labels"] = np.array(labels)
     meta = {**identity(cfg, weights_fingerprint(embedder.model.state_dict())), "checkpoint": str(checkpoint or ""),
             "protocol_detail": proto["detail"], "file_list": str(cfg.extract),
+            "per_file": "crops" if cfg.extract_crops and proto["name"] == "paper" else "mean of the crops",
             "test_path": str(Path(cfg.test_path).resolve()), "normalised": False}
     out = Path(cfg.extract_out)
     if embedder.env.is_main:
