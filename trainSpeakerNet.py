@@ -69,13 +69,22 @@ def changed_settings(stored: dict, cfg: Config) -> list[str]:
 
 
 def run_eval(cfg: Config, device: torch.device, env: DistEnv) -> dict:
+    """--eval: score the trial lists with the weights of --initial_model (else the newest checkpoint); the log goes
+    to result/eval.log and the figures to TensorBoard as well, as in training."""
     result_dir = Path(cfg.save_path) / "result"
     trials = check_trial_lists([read_trial_list(p, cfg.test_path, check_files=not cfg.score_from_cache)
                                 for p in cfg.test_list])
+    if env.is_main:
+        setup_logging(result_dir / "eval.log")
     if cfg.score_from_cache:
-        return score_from_cache(cfg, trials, result_dir, checkpoint=weights_path(cfg))
-    embedder, net, path = build_embedder(cfg, device, env)
-    return evaluate(embedder, trials, cfg, result_dir, test_normalize(net.loss), checkpoint=path)
+        metrics = score_from_cache(cfg, trials, result_dir, checkpoint=weights_path(cfg))
+    else:
+        embedder, net, path = build_embedder(cfg, device, env)
+        metrics = evaluate(embedder, trials, cfg, result_dir, test_normalize(net.loss), checkpoint=path)
+    board = Board(Path(cfg.save_path) / "tensorboard", cfg.tensorboard and env.is_main)
+    board.add({f"eval_standalone/{k}": v for k, v in metrics.items() if k.startswith(("eer", "min_dcf"))}, 0)
+    board.close()
+    return metrics
 
 
 class Board:

@@ -53,6 +53,8 @@ def test_eval_reproduces_the_last_training_evaluation(corpus, trained, tmp_path)
     after = json.loads((out / "result/metrics.json").read_text())
     assert after == before
     assert (out / "result/scores.txt").read_text() == scores_before
+    log = (out / "result/eval.log").read_text()  # a standalone evaluation keeps its log and TensorBoard scalars
+    assert "test_list: EER" in log and list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_eval_without_initial_model_uses_the_latest_checkpoint(corpus, trained):
