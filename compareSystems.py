@@ -33,7 +33,15 @@ import numpy as np
 
 from config import load_yaml
 from dtdysv.errors import UserError
-from dtdysv.evaluation.results import METRICS_FILE, EvalError, ScoreFile, entries_of, read_metrics, read_scores
+from dtdysv.evaluation.results import (
+    METRICS_FILE,
+    EvalError,
+    ScoreFile,
+    entries_of,
+    finite_json,
+    read_metrics,
+    read_scores,
+)
 from dtdysv.runtime.fileio import atomic_write_text
 from dtdysv.runtime.setup import setup_logging
 from tuneThreshold import bootstrap_replicates, compute_metrics, difference_test, replicate_intervals, trial_clusters
@@ -205,7 +213,7 @@ def run_compare(args: argparse.Namespace) -> None:
     sys.stdout.write(report(result, path_a, path_b, args.p_target))
     result.update(a=str(path_a), b=str(path_b))
     if args.json:
-        atomic_write_text(args.json, json.dumps(_finite(result), indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(finite_json(result), indent=2) + "\n")
         log.info("wrote %s", args.json)
     if args.det:
         from dtdysv.evaluation.plot import plot_det
@@ -215,15 +223,6 @@ def run_compare(args: argparse.Namespace) -> None:
                   (names[1], b.scores, b.labels, result["point"]["b"], "--")]
         plot_det(curves, Path(args.det), sorted(args.p_target))
         log.info("wrote %s", args.det)
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no infinity or NaN: such floats become null."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
 
 
 # ---- summary table -------------------------------------------------------------------------------------------------

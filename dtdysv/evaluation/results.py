@@ -268,15 +268,15 @@ def read_metrics(result_dir: Path) -> dict[str, Any]:
 
 
 def write_metrics(result_dir: Path, metrics: Mapping[str, Any]) -> None:
-    atomic_write_text(Path(result_dir) / METRICS_FILE, json.dumps(_finite(metrics), indent=2) + "\n")
+    atomic_write_text(Path(result_dir) / METRICS_FILE, json.dumps(finite_json(metrics), indent=2) + "\n")
 
 
-def _finite(obj: Any) -> Any:
+def finite_json(obj: Any) -> Any:
     """JSON has no infinity: non-finite floats (e.g. a reject-all threshold) become null."""
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite(v) for v in obj]
+        return [finite_json(v) for v in obj]
     return None if isinstance(obj, float) and not np.isfinite(obj) else obj
 
 
