@@ -136,15 +136,22 @@ class Config:
     distributed: bool = opt(False, "Distributed data parallel over the local GPUs.", "runtime")
     nproc_per_node: int = opt(0, "--distributed without torchrun: processes to start (0: one per GPU).", "runtime")
     mixedprec: bool = opt(False, "Mixed-precision training (the mel front-end stays fp32).", "runtime")
-    mixedprec_dtype: str = opt("fp16", "Autocast type on CUDA: fp16 (with a gradient scaler) or bf16; CPU: bf16.",
-                               "runtime", ("fp16", "bf16"))
+    mixedprec_dtype: str = opt("auto", "--mixedprec type on CUDA: auto (bf16 where the GPU supports it, else fp16), "
+                               "bf16, or fp16 (with a dynamic gradient scaler); CPU: bf16.", "runtime",
+                               ("auto", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the embedding model for training and embedding: the first steps wait "
                         "for the compiler (minutes on CPU), later ones run faster (DTDY models on CPU: README, "
                         "Benchmarks); weights and checkpoints are unchanged.", "runtime")
+    compile_mode: str = opt("default", "--compile mode: default, reduce-overhead (CUDA graphs: fewer kernel launches, "
+                            "more memory) or max-autotune (autotuned kernels, longer compile).", "runtime",
+                            ("default", "reduce-overhead", "max-autotune"))
     fast_cpu_inference: bool = opt(True, "Evaluation and embedding on the CPU run the folded inference path of "
                                    "models/_dtdy_cpu.py (exact rewrites of the model, faster: README, Benchmarks); "
                                    "--no-fast_cpu_inference runs the readable model. No effect on GPUs and in "
                                    "training.", "runtime")
+    log_interval: int = opt(20, "Read loss and accuracy back from the device every this many steps (progress bar, "
+                            "non-finite check: a non-finite step is skipped, training stops within this many).",
+                            "runtime")
     checkpoint_minutes: float = opt(0.0, "Also checkpoint inside an epoch every this many minutes (0: off).",
                                     "runtime")
     tensorboard: bool = opt(True, "TensorBoard scalars under <save_path>/tensorboard (rank 0).", "runtime")

@@ -54,6 +54,8 @@ log = logging.getLogger("trainSpeakerNet")
 
 # Settings a resumed run must share with its checkpoint (besides config.MODEL_KEYS): the states must fit.
 RESUME_KEYS = ("trainfunc", "nClasses", "optimizer", "scheduler")
+# Batches each DataLoader worker keeps ready: a GPU step is shorter than the jitter of reading and cropping a batch.
+LOADER_PREFETCH = 4
 
 
 def checkpoint_state(trainer: ModelTrainer, epoch: int, step: int, cfg: Config) -> dict:
@@ -128,9 +130,10 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
                         f"{cfg.nPerSpeaker} crops per process ({env.world_size} processes); lower --batch_size or "
                         f"--nPerSpeaker.")
     # Crop positions come from the sampler's seeds; the generator only keeps DataLoader off the global RNG.
-    workers = loader_workers(cfg.nDataLoaderThread)
+    workers = loader_workers(cfg.nDataLoaderThread, env.local_world_size)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        prefetch_factor=LOADER_PREFETCH if workers > 0 else None,
                         generator=torch.Generator().manual_seed(cfg.seed))
     optimizer = plugins.build("optimizer", cfg.optimizer, cfg, named_parameters=list(net.named_parameters()))
     scheduler, step_per = plugins.build("scheduler", cfg.scheduler, cfg, optimizer=optimizer, iters_per_epoch=steps)
@@ -160,7 +163,7 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
     wrapped = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
         if env.enabled else net
     trainer = ModelTrainer(wrapped, optimizer, scheduler, step_per, device, cfg.mixedprec, cfg.mixedprec_dtype, env,
-                           on_iteration=set_margin)
+                           on_iteration=set_margin, log_interval=cfg.log_interval)
     if resume is not None:
         trainer.scaler.load_state_dict(resume["scaler"])
         ckpt.set_rng_state(resume["rng"])
@@ -185,7 +188,7 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
         nonlocal last_save
         due = time.monotonic() - last_save > 60 * cfg.checkpoint_minutes
         if cfg.checkpoint_minutes > 0 and done < steps and due:
-            if env.is_main:
+            if env.is_main and trainer.steps_so_far_finite():  # never a state touched by a non-finite step
                 ckpt.atomic_save(checkpoint_state(trainer, epoch - 1, done, cfg), save / "model" / "last.model")
             last_save = time.monotonic()
 
