@@ -23,6 +23,7 @@ from config import Config
 from dtdysv.data.audio import AudioError, load_crop, load_eval
 from dtdysv.data.lists import DataError, TrainList, TrialList
 from dtdysv.errors import UserError
+from dtdysv.runtime.distributed import DistEnv
 from dtdysv.runtime.setup import loader_workers
 
 SPEEDS = (Fraction(1), Fraction(9, 10), Fraction(11, 10))  # speed perturbation, WeSpeaker's order (class offsets)
@@ -226,9 +227,14 @@ def _item_seed(seed: int, epoch: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
 
 
-def get_data_loader(train: TrainList, cfg: Config, rank: int = 0, world_size: int = 1,
+# Batches each DataLoader worker keeps ready: a GPU step is shorter than the jitter of reading and cropping a batch.
+LOADER_PREFETCH = 4
+
+
+def get_data_loader(train: TrainList, cfg: Config, env: DistEnv | None = None,
                     pin_memory: bool = False) -> tuple[DataLoader, SpeakerBalancedSampler]:
     """This rank's training loader and sampler, checked to give a batch per epoch and a head for every class."""
+    env = env or DistEnv()
     augmenter = Augmenter(cfg.musan_path, cfg.rir_path, cfg.resample, cfg.aug_prob) if cfg.augment else None
     dataset = TrainDataset(train, cfg.max_frames, augmenter=augmenter, speed_perturb=cfg.speed_perturb,
                            resample=cfg.resample)
@@ -242,14 +248,15 @@ def get_data_loader(train: TrainList, cfg: Config, rank: int = 0, world_size: in
                     "--nClasses %d", cfg.nClasses, dataset.num_classes, cfg.train_list,
                     cfg.nClasses - dataset.num_classes, dataset.num_classes)
     sampler = SpeakerBalancedSampler(train.labels, cfg.nPerSpeaker, cfg.max_seg_per_spk, cfg.batch_size, cfg.seed,
-                                     rank=rank, world_size=world_size)
+                                     rank=env.rank, world_size=env.world_size)
     if sampler.batches_per_epoch() == 0:
         raise UserError(f"An epoch of '{cfg.train_list}' has no full batch of {cfg.batch_size} speakers x "
-                        f"{cfg.nPerSpeaker} crops per process ({world_size} processes); lower --batch_size or "
+                        f"{cfg.nPerSpeaker} crops per process ({env.world_size} processes); lower --batch_size or "
                         f"--nPerSpeaker.")
     # Crop positions come from the sampler's seeds; the generator only keeps DataLoader off the global RNG.
-    workers = loader_workers(cfg.nDataLoaderThread)
+    workers = loader_workers(cfg.nDataLoaderThread, env.local_world_size)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                         pin_memory=pin_memory, persistent_workers=workers > 0,
+                        prefetch_factor=LOADER_PREFETCH if workers > 0 else None,
                         generator=torch.Generator().manual_seed(cfg.seed))
     return loader, sampler

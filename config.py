@@ -28,6 +28,21 @@ class ConfigError(UserError):
     pass
 
 
+# The plugin folders beside this file: kind -> (package folder, entry point, the flag that names it).
+PLUGIN_KINDS = {
+    "model": ("models", "MainModel", "--model"),
+    "loss": ("loss", "LossFunction", "--trainfunc"),
+    "optimizer": ("optimizer", "Optimizer", "--optimizer"),
+    "scheduler": ("scheduler", "Scheduler", "--scheduler"),
+}
+
+
+def available_plugins(kind: str) -> list[str]:
+    """Names of every plugin of ``kind`` (module files not starting with '_'): the choices of its flag."""
+    folder = Path(__file__).resolve().parent / PLUGIN_KINDS[kind][0]
+    return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+
+
 def opt(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
     meta = {"help": help, "group": group, "choices": choices}
     if isinstance(default, list):
@@ -125,12 +140,16 @@ class Config:
     distributed: bool = opt(False, "Distributed data parallel over the local GPUs.", "runtime")
     nproc_per_node: int = opt(0, "--distributed without torchrun: processes to start (0: one per GPU).", "runtime")
     mixedprec: bool = opt(False, "Mixed-precision training (the mel front-end stays fp32).", "runtime")
-    mixedprec_dtype: str = opt("fp16", "Autocast type on CUDA: fp16 (with a gradient scaler) or bf16; CPU: bf16.",
-                               "runtime", ("fp16", "bf16"))
+    mixedprec_dtype: str = opt("auto", "--mixedprec type on CUDA: auto (bf16 where supported, else fp16), bf16, fp16.",
+                               "runtime", ("auto", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the embedding model (slow first steps; checkpoints unchanged).",
                         "runtime")
+    compile_mode: str = opt("default", "--compile mode: default, reduce-overhead (CUDA graphs) or max-autotune.",
+                            "runtime", ("default", "reduce-overhead", "max-autotune"))
     fast_cpu_inference: bool = opt(True, "CPU evaluation runs the folded exact path of models/_dtdy_cpu.py.",
                                    "runtime")
+    log_interval: int = opt(20, "Steps between reads of loss and accuracy from the device (and the NaN check).",
+                            "runtime")
     checkpoint_minutes: float = opt(0.0, "Also checkpoint inside an epoch every this many minutes (0: off).",
                                     "runtime")
     tensorboard: bool = opt(True, "TensorBoard scalars under <save_path>/tensorboard (rank 0).", "runtime")
@@ -221,9 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and evaluate speaker-embedding networks (voxceleb_trainer layout, DTDY-CNN).",
         argument_default=argparse.SUPPRESS, allow_abbrev=False)
     parser.add_argument("--config", type=str, help="YAML file of options; the command line overrides it.")
-    from dtdysv.runtime import plugins  # the plugin choices are the files of the plugin folders
-
-    plugin_choices = {flag[2:]: plugins.available(kind) for kind, (_, _, flag) in plugins.KINDS.items()}
+    plugin_choices = {flag[2:]: available_plugins(kind) for kind, (_, _, flag) in PLUGIN_KINDS.items()}
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, f in _FIELDS.items():
         group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
@@ -302,6 +319,7 @@ _RANGES: dict[str, tuple[float, bool]] = {
     "max_frames": (1, False), "eval_frames": (0, False), "batch_size": (1, False), "nPerSpeaker": (1, False),
     "nDataLoaderThread": (0, False), "test_interval": (1, False), "max_epoch": (1, False), "lr": (0, True),
     "n_mels": (1, False), "nOut": (1, False), "threads": (0, False), "bootstrap": (0, False),
+    "log_interval": (1, False),
 }
 
 

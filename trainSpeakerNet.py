@@ -143,7 +143,7 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
     train = read_train_list(cfg.train_list, cfg.train_path)
     check_cohort_size(cfg, len(train.speakers))
     trials = check_trial_lists([read_trial_list(p, cfg.test_path) for p in cfg.test_list])
-    loader, sampler = get_data_loader(train, cfg, env.rank, env.world_size, pin_memory=device.type == "cuda")
+    loader, sampler = get_data_loader(train, cfg, env, pin_memory=device.type == "cuda")
     steps = sampler.batches_per_epoch()
 
     net = build_net(cfg)
@@ -157,8 +157,13 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
     compile_model(net, cfg)
     wrapped = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
         if env.enabled else net
+    board = Board(save / "tensorboard", cfg.tensorboard and env.is_main)
+
+    def on_read(step: int, loss: float, acc: float) -> None:  # every --log_interval steps
+        board.add({"step/loss": loss, "step/accuracy": acc, "step/lr": optimizer.param_groups[0]["lr"]}, step)
+
     trainer = ModelTrainer(wrapped, optimizer, scheduler, step_per, device, cfg.mixedprec, cfg.mixedprec_dtype, env,
-                           margin=margin.at if margin else None)
+                           margin=margin.at if margin else None, log_interval=cfg.log_interval, on_read=on_read)
     start, first_step = ckpt.restore_training(resume, trainer, last) if resume is not None else (1, 0)
 
     if env.is_main:
@@ -173,7 +178,6 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
     log.info("%d utterances of %d speakers; %d steps per epoch of %d processes x %d speakers x %d crops; "
              "%.2fM parameters", len(train.files), len(train.speakers), steps, env.world_size, cfg.batch_size,
              cfg.nPerSpeaker, sum(p.numel() for p in net.model.parameters()) / 1e6)
-    board = Board(save / "tensorboard", cfg.tensorboard and env.is_main)
     embedder = Embedder(net.model, device, env, cfg.mixedprec, cfg.mixedprec_dtype,
                         cfg.fast_cpu_inference and not cfg.compile)
     saver = ckpt.Saver(save, cfg, trainer, steps, cfg.checkpoint_minutes, env.is_main)
@@ -193,7 +197,7 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
         log.info("training already finished (%d epochs); nothing to do", cfg.max_epoch)
     for epoch in range(start, cfg.max_epoch + 1):
         sampler.set_epoch(epoch, first_step)
-        stats = trainer.train_network(loader, epoch, steps, first_step, on_step=saver.timed)
+        stats = trainer.train_network(loader, epoch, steps, first_step, on_step=saver.timed, max_epoch=cfg.max_epoch)
         first_step = 0
         lr = optimizer.param_groups[0]["lr"]
         log.info("epoch %d: loss %.4f, accuracy %.2f%%, %.1f utterances/s, lr %.3g", epoch, stats["loss"],

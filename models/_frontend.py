@@ -22,11 +22,24 @@ LOG_OFFSET = 1e-6
 INSTANCE_NORM_EPS = 1e-5  # nn.InstanceNorm1d's default
 
 
-def make_mel_spectrogram(n_mels: int) -> torchaudio.transforms.MelSpectrogram:
+class MelSpectrogram(torchaudio.transforms.MelSpectrogram):
+    """torchaudio's MelSpectrogram with its forward written out: the same operations, so the same values, but
+    torch.compile traces it in one graph (torchaudio's spectrogram calls ``torch.jit.isinstance``, a graph break)."""
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """wave (B, samples) -> mel power (B, n_mels, frames)."""
+        spec = self.spectrogram
+        stft = torch.stft(wave, spec.n_fft, spec.hop_length, spec.win_length, spec.window, center=spec.center,
+                          pad_mode=spec.pad_mode, normalized=False, onesided=spec.onesided, return_complex=True)
+        power = stft.abs().pow(spec.power)  # (B, n_fft // 2 + 1, frames)
+        return torch.matmul(power.transpose(-1, -2), self.mel_scale.fb).transpose(-1, -2)
+
+
+def make_mel_spectrogram(n_mels: int) -> MelSpectrogram:
     """The official ``torchfb``; buffers ``spectrogram.window`` (400), ``mel_scale.fb`` (257, n_mels)."""
     if n_mels < 1:
         raise ValueError(f"n_mels must be a positive number of mel bins, got {n_mels}.")
-    return torchaudio.transforms.MelSpectrogram(
+    return MelSpectrogram(
         sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=WIN_LENGTH, hop_length=HOP_LENGTH,
         f_min=0.0, f_max=SAMPLE_RATE / 2, window_fn=torch.hamming_window, n_mels=n_mels, power=2.0)
 

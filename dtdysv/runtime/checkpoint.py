@@ -238,7 +238,7 @@ class Saver:
     def timed(self, epoch: int, done: int) -> None:
         """Called after every step (``done`` batches of ``epoch`` finished): --checkpoint_minutes saves."""
         if self.minutes > 0 and done < self.steps and time.monotonic() - self.last_save > 60 * self.minutes:
-            if self.writes:
+            if self.writes and self.trainer.steps_so_far_finite():  # never a state touched by a non-finite step
                 state = training_state(self.trainer, epoch - 1, done, self.cfg)
                 atomic_save(state, self.save_path / "model" / "last.model")
             self.last_save = time.monotonic()

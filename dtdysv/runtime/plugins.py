@@ -10,33 +10,19 @@ import importlib
 import inspect
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from config import PLUGIN_KINDS as KINDS
 from config import Config
+from config import available_plugins as available
 from dtdysv.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository root, which holds the plugin folders
-
-# kind -> (package folder, entry point, the flag that names it)
-KINDS = {
-    "model": ("models", "MainModel", "--model"),
-    "loss": ("loss", "LossFunction", "--trainfunc"),
-    "optimizer": ("optimizer", "Optimizer", "--optimizer"),
-    "scheduler": ("scheduler", "Scheduler", "--scheduler"),
-}
 
 
 class PluginError(UserError):
     pass
-
-
-def available(kind: str) -> list[str]:
-    """Names of every plugin of ``kind`` (module files not starting with '_')."""
-    package = KINDS[kind][0]
-    return sorted(p.stem for p in (ROOT / package).glob("*.py") if not p.stem.startswith("_"))
 
 
 def load(kind: str, name: str) -> Callable[..., Any]:

@@ -67,9 +67,10 @@ def available_cores() -> int:
 _capped: set[tuple[int, int]] = set()  # (asked, cores) already logged
 
 
-def loader_workers(asked: int) -> int:
-    """--nDataLoaderThread capped at the available cores (logged once per process)."""
-    cores = available_cores()
+def loader_workers(asked: int, local_processes: int = 1) -> int:
+    """--nDataLoaderThread capped at the cores available per local process (under torchrun the cores per GPU),
+    logged once per process."""
+    cores = max(1, available_cores() // local_processes)
     if asked <= cores:
         return asked
     if (asked, cores) not in _capped:
@@ -108,8 +109,9 @@ def load_weights(net: SpeakerNet, path: str | Path, cfg: Config, with_loss: bool
 def compile_model(net: SpeakerNet, cfg: Config) -> None:
     """--compile: torch.compile the embedding model in place (its state_dict keys do not change)."""
     if cfg.compile:
-        log.info("compiling %s with torch.compile: the first steps wait for the compiler", cfg.model)
-        net.model.compile()
+        log.info("compiling %s with torch.compile (mode %s): the first steps wait for the compiler", cfg.model,
+                 cfg.compile_mode)
+        net.model.compile(mode=cfg.compile_mode)
 
 
 def test_normalize(loss: nn.Module) -> bool:
