@@ -11,10 +11,12 @@ from a paired bootstrap: each resample draws the list's speakers (tuneThreshold.
 and weighs both systems' trials alike, so what the two systems share (the speakers, the trials) cancels in the
 difference. Intervals are basic bootstrap intervals; the p-value inverts the difference's interval
 (tuneThreshold.difference_test). A result folder (an experiment folder or its result/) stands
-for its ``--scores_file`` (scores.txt: the first list's raw scores; evaluation.py describes the folder).
+for its ``--scores_file`` (scores.txt: the first list's raw scores; dtdysv/evaluation/results.py describes the
+folder).
 
 Summary: one row per experiment from its result/metrics.json (EER and minDCF with their 95% intervals, trials);
-folders whose config.yaml differ only in ``seed`` (and ``save_path``) also get mean and std rows.
+folders whose config.yaml differ only in ``seed`` (and ``save_path``) also get mean and std rows. The file runs past
+300 lines because it is one command with both modes, their argument checks and their reports.
 """
 
 from __future__ import annotations
