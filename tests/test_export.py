@@ -29,7 +29,7 @@ def pooling_of(name: str) -> str:
     try:
         plugins.build("model", name, Config(model=name, **{**SMALL, "nOut": 2, "n_mels": 8}))
         return SMALL["encoder_type"]
-    except ValueError:
+    except plugins.PluginError:
         return inspect.signature(plugins.load("model", name)).parameters["encoder_type"].default
 
 
