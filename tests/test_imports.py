@@ -8,6 +8,7 @@ are the top-level modules with an ``if __name__ == "__main__":`` block (the CLIs
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,14 @@ def test_inference_sides_are_listed():
 def test_inference_never_imports_the_training_loop(name):
     assert sorted(reachable(name) & TRAINING) == []
 
+
+INSTALLED = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"]
+
+
+@pytest.mark.parametrize("name", INSTALLED)
+def test_the_installed_modules_import_only_each_other(name):
+    """`pip install .` installs these modules alone (tests/test_install.py builds the wheel): they may import each
+    other and their packages, nothing of the checkout (config.py, SpeakerNet.py, models/, ...)."""
+    packages = {".".join(module.split(".")[:i]) for module in INSTALLED for i in range(1, module.count(".") + 1)}
+    assert name in MODULES
+    assert sorted(reachable(name) - set(INSTALLED) - packages) == []
