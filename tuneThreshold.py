@@ -17,6 +17,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from dtdysv.evaluation.qmf import bayes_threshold  # the decision rule of llrs, shared with the inference API
+
 
 class _Curve(NamedTuple):
     """The error curve: K distinct scores ascending, then +inf (reject all); K + 1 points."""
@@ -241,13 +243,6 @@ def cllr(llrs: ArrayLike, labels: ArrayLike) -> float:
     """Log-likelihood-ratio cost in bits (Brümmer 2010): 0 perfect, 1 uninformative, above 1 misleading."""
     s, y = _check_inputs(llrs, labels)
     return float((np.logaddexp(0.0, -s[y]).mean() + np.logaddexp(0.0, s[~y]).mean()) / (2 * math.log(2.0)))
-
-
-def bayes_threshold(p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
-    """The llr above which deciding 'target' costs less: log(C_fa (1 - p) / (C_miss p))."""
-    if not 0.0 < p_target < 1.0:
-        raise ValueError(f"p_target must lie in (0, 1), got {p_target}")
-    return math.log(c_fa * (1.0 - p_target) / (c_miss * p_target))
 
 
 def actual_dcf(llrs: ArrayLike, labels: ArrayLike, p_target: float, c_miss: float = 1.0,

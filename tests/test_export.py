@@ -65,7 +65,7 @@ def exported(request, tmp_path_factory):
 @pytest.mark.parametrize("fmt", export.FORMATS)
 def test_export_gives_the_eager_embeddings(exported, fmt):
     _, model, out, sidecar = exported
-    assert sidecar["parity"][fmt]["passed"] and sidecar["parity"][fmt]["max_rel_diff"] <= 1e-4
+    assert sidecar["parity"][fmt]["passed"] and sidecar["parity"][fmt]["embedding_relative_error"] <= 1e-4
     assert json.loads((out / export.SIDECAR).read_text()) == sidecar
     sv = SpeakerVerifier.from_export(out, prefer=fmt, threads=1)
     assert sv.info["format"] == fmt and sv.embedding_size == SMALL["nOut"]
@@ -116,7 +116,7 @@ def test_export_refuses_the_cpu_inference_path_and_compiled_models(tmp_path):
 
 
 def test_an_export_off_the_eager_model_is_not_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # no difference passes
+    monkeypatch.setattr(export, "EMBEDDING_TOLERANCE", -1.0)  # no difference passes
     with pytest.raises(export.ExportError, match="differs from the eager model"):
         export.export_model(small_model("ResNet34_quarter"), tmp_path, ("torchscript",), {"embedding_size": 32})
     assert list(tmp_path.iterdir()) == []  # neither the model, nor a temporary, nor the sidecar
@@ -128,3 +128,17 @@ def test_bad_formats_and_opsets_are_refused(tmp_path):
         export.export_model(model, tmp_path, ("tflite",), {})
     with pytest.raises(export.ExportError, match="opset 12 or newer"):
         export.export_model(model, tmp_path, ("onnx",), {}, opset=11)
+
+
+def test_a_refused_export_leaves_an_earlier_one_as_it_was(tmp_path, monkeypatch):
+    model, out = small_model("ResNet34_quarter"), tmp_path / "exported"
+    export.export_model(model, out, export.FORMATS, {"embedding_size": 32})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "SCORE_TOLERANCE", -1.0)
+        with pytest.raises(export.ExportError, match="cosine scores of pairs by .*; nothing was written"):
+            export.export_model(model, out, ("torchscript",), {"embedding_size": 32})
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no temporary folder left
+    export.export_model(model, out, ("torchscript",), {"embedding_size": 32})  # a new export replaces the old
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.pt"]

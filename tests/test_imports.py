@@ -8,6 +8,7 @@ are the top-level modules with an ``if __name__ == "__main__":`` block (the CLIs
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,8 @@ def reachable(name: str) -> set[str]:
 
 TRAINING = {name for name in MODULES if name == "trainSpeakerNet" or name.split(".")[0] in ("optimizer", "scheduler")}
 INFERENCE = sorted(name for name in MODULES
-                   if name in ("speakerapi", "export", "scoreSpeakers", "speakerActivationMap", "SpeakerNet")
+                   if name in ("speakerapi", "export", "scoreSpeakers", "speakerActivationMap", "SpeakerNet",
+                               "dtdysv.api", "dtdysv.score_cli")
                    or name.startswith("dtdysv.evaluation"))
 
 
@@ -117,3 +119,15 @@ def test_inference_sides_are_listed():
 @pytest.mark.parametrize("name", INFERENCE)
 def test_inference_never_imports_the_training_loop(name):
     assert sorted(reachable(name) & TRAINING) == []
+
+
+INSTALLED = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"]
+
+
+@pytest.mark.parametrize("name", INSTALLED)
+def test_the_installed_modules_import_only_each_other(name):
+    """`pip install .` installs these modules alone (tests/test_install.py builds the wheel): they may import each
+    other and their packages, nothing of the checkout (config.py, SpeakerNet.py, models/, ...)."""
+    packages = {".".join(module.split(".")[:i]) for module in INSTALLED for i in range(1, module.count(".") + 1)}
+    assert name in MODULES
+    assert sorted(reachable(name) - set(INSTALLED) - packages) == []

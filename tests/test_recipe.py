@@ -61,8 +61,8 @@ def test_train_finetune_average_eval_with_asnorm_mean_subtraction_and_calibratio
     for entry in (metrics, metrics["norm"], metrics["cal"]):
         assert {"cllr_bits", "act_dcf_p0.01", "act_dcf_p0.05", "min_dcf_p0.01"} <= set(entry)
     model = json.loads((result / "calibration.json").read_text())
-    assert model["features"] == ["score_asnorm", "log_seconds_enroll", "log_seconds_test",
-                                 "cohort_top3_mean_enroll", "cohort_top3_mean_test"]
+    assert model["features"] == ["score_asnorm", "log_seconds_min", "log_seconds_max",
+                                 "cohort_top3_mean_min", "cohort_top3_mean_max"]
     assert model["trained_on"] == str(halves[0]) and model["settings"]["mean_subtraction"] is True
     assert metrics["lists"]["calibration_half"]["purpose"] == "calibration"
     # the held-out calibrated scores are llrs: they do not mislead (Cllr about 1 bit or less) where the AS-norm

@@ -1,10 +1,18 @@
-"""Score normalisation (``--score_norm asnorm|snorm``, as in WeSpeaker): the maths, the cohort stage (train list ->
-``cohort.npz``) and the norm stage (-> ``<stem>.<norm>.txt``).
+"""Score normalisation (``--score_norm asnorm|snorm``, as in WeSpeaker): the cohort stage (train list ->
+``cohort.npz``) and the norm stage (embeddings.npz + cohort.npz + trial lists -> ``<stem>.<norm>.txt``).
 
-Cohort: per training speaker, the mean unit crop-mean embedding of ``norm_cohort_utts`` utterances. Normalised scores
-are cosines of unit crop means. AS-norm: 0.5 ((s - mu_e) / sd_e + (s - mu_t) / sd_t) over each file's ``norm_top_n``
-highest cohort scores; S-norm: the whole cohort. cohort.npz: 'names' (M,), 'embeddings' (M, D), 'file_means' (U, D),
-'owner' (U,).
+The cohort is one vector per training speaker (``--train_list``): the mean of the L2-normalised crop-mean
+embeddings of ``norm_cohort_utts`` utterances spread over its list entries. Cohort scores are cosines, so the score
+that is normalised is the cosine of the L2-normalised crop-mean embeddings of the two files: for ``whole`` that is
+the raw score itself; for ``paper`` it is not the (distance) raw score but its cosine counterpart, and metrics.json
+says so ("score"). AS-norm: 0.5 ((s - mu_e) / sd_e + (s - mu_t) / sd_t), mu and sd over each file's ``norm_top_n``
+highest cohort scores; S-norm: over the whole cohort.
+
+``--mean_subtraction`` subtracts the training-set mean embedding, the mean of the cohort files' crop means (crops
+L2-normalised first when the loss says so), from every file's crop mean before it is L2-normalised, for the test
+files and the cohort files alike. cohort.npz holds 'names' (M speakers), 'embeddings' (M, D) the cohort without
+mean subtraction, 'file_means' (U, D) the crop means of its U files and 'owner' (U,) their speakers, from which
+either cohort is computed. The maths is in asnorm.py, shared with the inference API.
 """
 
 from __future__ import annotations
@@ -15,11 +23,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from config import Config
 from dtdysv.data.lists import read_train_list
+from dtdysv.evaluation.asnorm import cohort_statistics, crop_means, file_vectors, norm_with_statistics, speaker_vectors
 from dtdysv.evaluation.embed import embed_files
 from dtdysv.evaluation.results import (
     EvalError,
@@ -40,26 +47,6 @@ from SpeakerNet import Embedder
 log = logging.getLogger(__name__)
 
 NORM_SCORE = "cosine of the L2-normalised crop-mean embeddings"
-
-
-def crop_means(table: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """(F, C, D) crop embeddings -> (F, D) mean of the crops, each L2-normalised first if ``normalize``."""
-    return (F.normalize(table, dim=-1) if normalize else table).mean(1)
-
-
-def file_vectors(table: torch.Tensor, normalize: bool, mean: torch.Tensor | None = None) -> torch.Tensor:
-    """(F, C, D) crops -> (F, D) unit vectors of the crop means less ``mean`` (D,) (None: nothing)."""
-    means = crop_means(table, normalize)
-    return F.normalize(means if mean is None else means - mean.to(means), dim=-1)
-
-
-def speaker_vectors(file_means: torch.Tensor, owner: torch.Tensor, n_speakers: int,
-                    mean: torch.Tensor | None = None) -> torch.Tensor:
-    """The cohort (n_speakers, D): each speaker's mean of the unit vectors of its file_means (U, D), owner (U,)."""
-    vectors = F.normalize(file_means if mean is None else file_means - mean.to(file_means), dim=-1)
-    cohort = torch.zeros(n_speakers, vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
-    cohort.index_add_(0, owner.to(vectors.device), vectors)
-    return cohort / torch.bincount(owner, minlength=n_speakers).to(cohort).unsqueeze(1)
 
 
 def cohort_identity(cfg: Config, weights: str | None, normalize: bool | None) -> dict[str, Any]:
@@ -107,38 +94,6 @@ def cohort_stage(run: EvalRun, embedder: Embedder, weights: str, normalize: bool
     if embedder.env.is_main:
         save_npz(path, {**expected, "n_speakers": len(train.speakers)}, names=np.array(train.speakers),
                  embeddings=cohort.numpy(), file_means=means.numpy(), owner=owner_t.numpy())
-
-
-@torch.no_grad()
-def cohort_statistics(emb: Tensor, cohort: Tensor, top_n: int, chunk_size: int = 4096) -> tuple[Tensor, Tensor]:
-    """Mean and population std (U,) of each of emb (U, D)'s top_n cosines against cohort (M, D); top_n = M: the whole
-    cohort."""
-    if emb.dim() != 2 or cohort.dim() != 2 or emb.shape[1] != cohort.shape[1]:
-        raise ValueError(f"need emb (U, D) and cohort (M, D), got {tuple(emb.shape)} and {tuple(cohort.shape)}")
-    if not 2 <= top_n <= cohort.shape[0]:
-        raise ValueError(f"top_n must be in [2, cohort size {cohort.shape[0]}], got {top_n}")
-    cohort_t = F.normalize(cohort, dim=-1).T  # (D, M)
-    means, stds = [], []
-    for start in range(0, emb.shape[0], chunk_size):
-        sims = F.normalize(emb[start : start + chunk_size], dim=-1) @ cohort_t  # (u, M)
-        if top_n < cohort.shape[0]:
-            sims = sims.topk(top_n, dim=1, sorted=False).values  # (u, top_n)
-        std, mean = torch.std_mean(sims, dim=1, correction=0)
-        means.append(mean)
-        stds.append(std)
-    return torch.cat(means), torch.cat(stds)
-
-
-def norm_with_statistics(
-    scores: Tensor | np.ndarray, mean: Tensor, std: Tensor, enroll_index: Tensor, test_index: Tensor
-) -> Tensor:
-    """AS-/S-norm of scores (N,) from per-file mean, std (F,) and trials' enroll_index, test_index (N,) -> (N,) in the
-    dtype of ``scores``."""
-    s = torch.as_tensor(scores)
-    std = std.clamp_min(torch.finfo(std.dtype).eps)
-    mean_e, std_e = mean[enroll_index].to(s), std[enroll_index].to(s)
-    mean_t, std_t = mean[test_index].to(s), std[test_index].to(s)
-    return 0.5 * ((s - mean_e) / std_e + (s - mean_t) / std_t)
 
 
 class FileStatistics(NamedTuple):

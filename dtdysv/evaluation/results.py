@@ -130,8 +130,14 @@ class EvalRun:
         return found
 
     def train_mean(self) -> torch.Tensor:
-        """The training-set mean embedding (D,) of --mean_subtraction: the mean of the cohort files' crop means."""
-        return torch.from_numpy(self.cohort("--mean_subtraction")[1]["file_means"]).double().mean(0).float()
+        """The training-set mean embedding (D,) of --mean_subtraction (``training_mean`` of cohort.npz)."""
+        return training_mean(self.cohort("--mean_subtraction")[1]["file_means"])
+
+
+def training_mean(file_means: np.ndarray) -> torch.Tensor:
+    """The training-set mean embedding (D,) of --mean_subtraction: the mean of the cohort files' crop means (U, D),
+    summed in float64."""
+    return torch.from_numpy(file_means).double().mean(0).float()
 
 
 def list_results(trial_lists: Sequence[TrialList], calibration: TrialList | None = None) -> list[ListResult]:

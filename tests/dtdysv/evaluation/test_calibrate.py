@@ -100,20 +100,22 @@ def test_calibration_trains_on_one_list_and_applies_the_model_file_again(folder)
     calib, heldout = halves(data["trials"])
     metrics = report(make_cfg(calibration_list="calib.txt"), [heldout], out, calib)
     model = json.loads((out / "calibration.json").read_text())
-    assert model["features"] == ["score_asnorm", "log_seconds_enroll", "log_seconds_test",
-                                 "cohort_top3_mean_enroll", "cohort_top3_mean_test"]
+    assert model["features"] == ["score_asnorm", "log_seconds_min", "log_seconds_max",
+                                 "cohort_top3_mean_min", "cohort_top3_mean_max"]
     assert model["settings"] == {"protocol": "paper", "score_norm": "asnorm", "norm_top_n": 3,
                                  "mean_subtraction": True}
     assert (model["trained_on"], model["n_target"], model["n_nontarget"]) == ("calib.txt", int(calib.labels.sum()),
                                                                             int((calib.labels == 0).sum()))
-    # the llrs are the model's linear map of the features: the AS-norm score, log durations, cohort means
+    # the llrs are the model's linear map of the features: the AS-norm score, the smaller and the larger log
+    # duration and cohort mean of the two sides
     cal = read_scores(out / "scores.cal.txt")
     norm = read_scores(out / "scores.asnorm.txt")
     stats = file_statistics(EvalRun(make_cfg(), out))
     mean = stats.mean.numpy()
-    features = np.stack([norm.scores, np.log([data["seconds"][f] for f in norm.enroll]),
-                         np.log([data["seconds"][f] for f in norm.test]),
-                         mean[[stats.index[f] for f in norm.enroll]], mean[[stats.index[f] for f in norm.test]]], 1)
+    log_seconds = [np.log([data["seconds"][f] for f in side]) for side in (norm.enroll, norm.test)]
+    cohort = [mean[[stats.index[f] for f in side]] for side in (norm.enroll, norm.test)]
+    features = np.stack([norm.scores, np.minimum(*log_seconds), np.maximum(*log_seconds), np.minimum(*cohort),
+                         np.maximum(*cohort)], 1)
     np.testing.assert_allclose(cal.scores, features @ np.array(model["weights"]) + model["bias"], atol=2e-6)
     assert metrics["cal"]["cllr_bits"] < metrics["cllr_bits"] and metrics["cal"]["cllr_bits"] < 1.0
     assert metrics["lists"]["calib"]["purpose"] == "calibration"
@@ -126,6 +128,20 @@ def test_calibration_trains_on_one_list_and_applies_the_model_file_again(folder)
     assert (out / "scores.cal.txt").read_bytes() == first
     again = report(make_cfg(), [heldout], out)
     assert "cal" not in again and not (out / "scores.cal.txt").exists()
+
+
+@pytest.mark.parametrize("score_norm", ["asnorm", "none"])
+def test_swapping_enrollment_and_test_leaves_the_llr_unchanged(folder, score_norm):
+    out, data = folder
+    calib, heldout = halves(data["trials"])
+    swapped = TrialList("swapped.txt", heldout.labels, heldout.test, heldout.enroll)
+    report(make_cfg(score_norm=score_norm, calibration_list="calib.txt"), [heldout, swapped], out, calib)
+    llrs, llrs_swapped = read_scores(out / "scores.cal.txt"), read_scores(out / "scores_swapped.cal.txt")
+    assert llrs_swapped.enroll == llrs.test and not np.allclose(np.log([data["seconds"][f] for f in llrs.enroll]),
+                                                                 np.log([data["seconds"][f] for f in llrs.test]))
+    np.testing.assert_allclose(llrs_swapped.scores, llrs.scores, atol=1e-4)  # scores are written to 6 decimals
+    weights = json.loads((out / "calibration.json").read_text())["weights"]
+    assert min(abs(w) for w in weights[1:3]) > 1e-3  # the durations take part in the llr
 
 
 def test_a_model_of_other_features_or_settings_is_refused(folder):
@@ -152,8 +168,8 @@ def test_without_a_cohort_the_features_are_score_and_durations(folder, caplog):
                      [heldout, data["trials"]], out, calib)
     assert "heldout.txt" not in caplog.text
     assert f"{len(calib.labels)} of the {len(data['trials'].labels)} trials of 'all.txt' are trials of" in caplog.text
-    assert json.loads((out / "calibration.json").read_text())["features"] == ["score", "log_seconds_enroll",
-                                                                              "log_seconds_test"]
+    assert json.loads((out / "calibration.json").read_text())["features"] == ["score", "log_seconds_min",
+                                                                              "log_seconds_max"]
     assert metrics["cal"]["score"] == "scores.txt" and metrics["mean_subtraction"] is False
 
 

@@ -355,19 +355,21 @@ def test_norm_top_n_larger_than_the_cohort_is_refused(corpus, tmp_path):
 # ---- extraction and options -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("eval_frames, shape", [(0, (3, 8)), (10, (3, 3, 8))])
-def test_extract_writes_names_embeddings_and_labels(corpus, tmp_path, eval_frames, shape):
+@pytest.mark.parametrize("eval_frames, crops, shape", [(0, False, (3, 8)), (10, False, (3, 8)),
+                                                     (10, True, (3, 3, 8))])
+def test_extract_writes_names_embeddings_and_labels(corpus, tmp_path, eval_frames, crops, shape):
     files = list(TEST_LENGTHS)[:3]
     (tmp_path / "files.txt").write_text("".join(f"spk{i} {f}\n" for i, f in enumerate(files + files[:1])))
     cfg = make_cfg(corpus, tmp_path, eval_frames=eval_frames, extract=str(tmp_path / "files.txt"),
-                   extract_out=str(tmp_path / "emb.npz"))
+                   extract_out=str(tmp_path / "emb.npz"), extract_crops=crops)
     embedder, normalize = make_embedder(cfg)
     out = embedding.run_extract(cfg, embedder, show_progress=False)
     meta, arrays = embedding.load_npz(out)
     assert arrays["names"].tolist() == files and arrays["labels"].tolist() == ["spk0", "spk1", "spk2"]
     assert arrays["embeddings"].shape == shape and arrays["embeddings"].dtype == np.float32
-    expected = embedding.embed_files(embedder, files, cfg.test_path, cfg, show_progress=False)
-    np.testing.assert_array_equal(arrays["embeddings"].reshape(expected.shape), expected.numpy())
+    expected = embedding.embed_files(embedder, files, cfg.test_path, cfg, show_progress=False)  # (F, C, D)
+    expected = expected if crops else expected.mean(1)  # one vector per file: the mean of its crops
+    np.testing.assert_allclose(arrays["embeddings"].reshape(expected.shape), expected.numpy(), rtol=1e-6)
     assert meta["protocol"] == ("whole" if eval_frames == 0 else "paper") and meta["normalised"] is False
 
 
@@ -535,7 +537,8 @@ def test_a_trial_list_reaches_metrics_json_through_each_stage_once_in_order(corp
         ev.evaluate(embedder, lists(cfg), cfg, result(cfg), normalize, show_progress=False)
     finally:
         sys.setprofile(None)
-    assert walk == ["calibrate.read_calibration_list", "embed.embed_stage", "normalise.cohort_stage",
+    assert walk == ["calibrate.adopt_settings", "calibrate.read_calibration_list", "embed.embed_stage",
+                    "normalise.cohort_stage",
                     "score.score_stage", "normalise.norm_stage", "calibrate.calibrate_stage",
                     "metrics.metrics_stage", "plot.plot_stage"]
     assert (result(cfg) / "metrics.json").is_file()
