@@ -10,9 +10,10 @@ Contract of a model plugin (checked for every plugin by tests/test_models.py):
 
 The hooks the framework uses:
 
-- ``torchfb``: the mel front-end inside the model (a torchaudio MelSpectrogram run by ``_frontend.log_mel``: fp32,
-  autocast off, no gradient), so checkpoints carry its buffers; the Speaker Activation Map (sam.py) reads its mel
-  scale to place maps on the log-mel grid, and official checkpoints' front-ends are checked against it.
+- ``torchfb``: the mel front-end inside the model (``_frontend.make_mel_spectrogram``, a torchaudio MelSpectrogram
+  computed in float64, run by ``_frontend.log_mel``: fp32 features, autocast off, no gradient), so checkpoints carry
+  its buffers; the Speaker Activation Map (sam.py) reads its mel scale to place maps on the log-mel grid, and
+  official checkpoints' front-ends are checked against it.
 - ``feature_augment``: ``None`` or a callable (B, n_mels, T) -> (B, n_mels, T) applied to the log-mels in training
   mode only; ``--spec_augment`` sets it (augment.spec_augment). Not a submodule: it changes no state_dict.
 - Named child layers (``layer1`` ... ``layer4`` and the like): ``speakerActivationMap.py --layer`` takes any
