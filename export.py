@@ -15,9 +15,10 @@ batch and time axes are dynamic, and the mel front-end is inside the graph.
   (models/_dtdy_cpu.py), never compiled, so no custom operator reaches a graph.
 - TorchScript is a trace of the eager model (``torch.jit.trace``); the models have no data-dependent control flow.
 - ONNX uses torch's TorchScript-based exporter (``dynamo=False``): it needs no onnxscript, exports a ResNet-34 in
-  seconds, and keeps the batch and time axes symbolic. It cannot export the complex STFT of torchaudio's
-  MelSpectrogram, so the ONNX graph computes the same power mel spectrogram with a windowed DFT basis
-  (``DftMelSpectrogram``, tested against the model's front-end); the trained model is not changed.
+  seconds, and keeps the batch and time axes symbolic. It cannot export the complex STFT of the model's
+  front-end, so the ONNX graph computes the same float64 power mel spectrogram with a windowed DFT basis
+  (``DftMelSpectrogram``): the fp32 features equal the eager model's, and only the network's own layers round
+  differently. The trained model is not changed.
 - Parity is judged by what users consume: each exported file is run (TorchScript by torch, ONNX by onnxruntime) on
   the waveforms of ``parity_waves`` and compared with the eager model by the relative error of each embedding,
   ||export - eager|| / ||eager||, and the difference of the cosine score of each pair of them; above
@@ -77,8 +78,16 @@ class ExportError(UserError):
 
 
 class DftMelSpectrogram(nn.Module):
-    """torchaudio's power mel spectrogram (centred, reflect-padded STFT) as a conv1d with a windowed DFT basis: wave (B,
-    samples) -> (B, n_mels, 1 + samples // hop), equal to ``torchfb(wave)`` to float32 rounding."""
+    """The front-end's float64 power mel spectrogram (``MelSpectrogram64``: centred, reflect-padded STFT) in
+    operators ONNX Runtime runs: frames cut by a float32 convolution with the identity (exact copies of the samples),
+    then in float64 their DFT as two matrix products with the windowed cosine and sine bases, the power and the
+    filterbank.
+
+    wave (B, samples) -> mel power (B, n_mels, 1 + samples // hop) float64, equal to ``torchfb(wave)`` to float64
+    rounding, so that the fp32 features of the two agree. Buffers: ``frame`` (n_fft, 1, n_fft) the identity,
+    ``cos`` and ``sin`` (n_fft, K) window * cos and window * sin of the K = n_fft // 2 + 1 bins (the phase from
+    exact integer products), ``fb`` (K, n_mels) the filterbank of ``torchfb``.
+    """
 
     def __init__(self, torchfb: torchaudio.transforms.MelSpectrogram) -> None:
         super().__init__()
@@ -90,20 +99,20 @@ class DftMelSpectrogram(nn.Module):
         n_fft, window = spec.n_fft, spec.window.double()
         left = (n_fft - window.numel()) // 2
         window = F.pad(window, (left, n_fft - window.numel() - left))  # centred in n_fft, as torch.stft pads it
-        k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
-        n = torch.arange(n_fft, dtype=torch.float64)[None, :]
-        angle = 2 * torch.pi * ((k * n) % n_fft) / n_fft  # exact phase from integer products
-        basis = torch.cat([window * torch.cos(angle), -window * torch.sin(angle)])  # (2 K, n_fft)
-        self.register_buffer("basis", basis.float().unsqueeze(1))
-        self.register_buffer("fb", torchfb.mel_scale.fb.detach().clone())
+        n = torch.arange(n_fft, dtype=torch.float64)[:, None]
+        k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[None, :]
+        angle = 2 * torch.pi * ((k * n) % n_fft) / n_fft  # (n_fft, K)
+        self.register_buffer("frame", torch.eye(n_fft).unsqueeze(1))
+        self.register_buffer("cos", window[:, None] * torch.cos(angle))
+        self.register_buffer("sin", window[:, None] * torch.sin(angle))
+        self.register_buffer("fb", torchfb.mel_scale.fb.detach().double().clone())
         self.hop, self.pad = spec.hop_length, n_fft // 2
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         x = F.pad(wave.unsqueeze(1), (self.pad, self.pad), mode="reflect")  # (B, 1, samples + n_fft)
-        spec = F.conv1d(x, self.basis, stride=self.hop)  # (B, 2 K, frames)
-        real, imag = spec.chunk(2, dim=1)
-        power = real * real + imag * imag  # (B, K, frames)
-        return torch.matmul(power.transpose(1, 2), self.fb).transpose(1, 2)  # (B, n_mels, frames)
+        frames = F.conv1d(x, self.frame, stride=self.hop).double().transpose(1, 2)  # (B, frames, n_fft)
+        real, imag = frames @ self.cos, frames @ self.sin  # (B, frames, K)
+        return ((real * real + imag * imag) @ self.fb).transpose(1, 2)  # (B, n_mels, frames)
 
 
 def readable_copy(model: nn.Module) -> nn.Module:

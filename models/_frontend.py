@@ -1,7 +1,12 @@
 """The paper's mel front-end (DTDY-CNN, arXiv 2203.15277; voxceleb_trainer's ``torchfb``).
 
-16 kHz wave -> mel power spectrogram (n_fft 512, 25 ms Hamming, hop 10 ms, 0-8 kHz) -> ``+1e-6``, log (``log_input``) ->
-per-utterance mean/variance normalisation per mel bin. fp32, autocast off, no gradient.
+16 kHz waveform -> mel power spectrogram (n_fft 512, Hamming window of 25 ms, hop 10 ms, 0-8 kHz) -> ``+1e-6``,
+natural log (when ``log_input``) -> per-utterance mean/variance normalisation of each mel bin over time
+(InstanceNorm1d without affine). No pre-emphasis. Without gradient, with autocast off, and in float64 up to the fp32
+features the network sees: an FFT in fp32 and the DFT of an ONNX export (export.py) differ by their rounding, ~1e-5
+on the normalised log-mels, which reaches a trained network's embeddings; in float64 both give the same fp32
+features, and an export differs from the eager model by the rounding of its layers alone. ``FrontEndEncoder`` is
+the base of the encoders that hold this front-end and its augmentation hook (ECAPA-TDNN, CAM++).
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ import logging
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
@@ -22,37 +26,47 @@ LOG_OFFSET = 1e-6
 INSTANCE_NORM_EPS = 1e-5  # nn.InstanceNorm1d's default
 
 
-class MelSpectrogram(torchaudio.transforms.MelSpectrogram):
-    """torchaudio's MelSpectrogram with its forward written out: the same operations, so the same values, but
-    torch.compile traces it in one graph (torchaudio's spectrogram calls ``torch.jit.isinstance``, a graph break)."""
+class MelSpectrogram64(torchaudio.transforms.MelSpectrogram):
+    """torchaudio's power MelSpectrogram computed in float64: wave (B, samples) -> mel power (B, n_mels, 1 + samples //
+    hop) float64. Its buffers and settings are torchaudio's, so checkpoints and official weights load as before."""
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """wave (B, samples) -> mel power (B, n_mels, frames)."""
         spec = self.spectrogram
-        stft = torch.stft(wave, spec.n_fft, spec.hop_length, spec.win_length, spec.window, center=spec.center,
-                          pad_mode=spec.pad_mode, normalized=False, onesided=spec.onesided, return_complex=True)
-        power = stft.abs().pow(spec.power)  # (B, n_fft // 2 + 1, frames)
-        return torch.matmul(power.transpose(-1, -2), self.mel_scale.fb).transpose(-1, -2)
+        stft = torch.stft(wave.double(), spec.n_fft, spec.hop_length, spec.win_length, spec.window.double(),
+                          center=spec.center, pad_mode=spec.pad_mode, normalized=False, onesided=True,
+                          return_complex=True)  # (B, n_fft // 2 + 1, frames)
+        power = stft.real.square() + stft.imag.square()
+        return torch.matmul(power.transpose(-1, -2), self.mel_scale.fb.double()).transpose(-1, -2)
 
 
-def make_mel_spectrogram(n_mels: int) -> MelSpectrogram:
-    """The official ``torchfb``; buffers ``spectrogram.window`` (400), ``mel_scale.fb`` (257, n_mels)."""
+def make_mel_spectrogram(n_mels: int) -> MelSpectrogram64:
+    """The ``torchfb`` module of the official code, computed in float64; buffers ``spectrogram.window`` (400) and
+    ``mel_scale.fb`` (257, n_mels)."""
     if n_mels < 1:
         raise ValueError(f"n_mels must be a positive number of mel bins, got {n_mels}.")
-    return MelSpectrogram(
+    return MelSpectrogram64(
         sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=WIN_LENGTH, hop_length=HOP_LENGTH,
         f_min=0.0, f_max=SAMPLE_RATE / 2, window_fn=torch.hamming_window, n_mels=n_mels, power=2.0)
 
 
-def log_mel(torchfb: torchaudio.transforms.MelSpectrogram, wave: torch.Tensor, log_input: bool) -> torch.Tensor:
-    """wave (B, samples) -> normalised (log-)mel features (B, n_mels, 1 + samples // 160), fp32."""
+def log_mel(torchfb: nn.Module, wave: torch.Tensor, log_input: bool) -> torch.Tensor:
+    """wave (B, samples) -> normalised (log-)mel features (B, n_mels, frames), fp32, no gradient. ``torchfb`` gives
+    the float64 mel power (``MelSpectrogram64``, or export.py's DFT convolution), normalised in float64.
+
+    frames = 1 + samples // 160 (centred STFT): 32,240 samples -> 202 frames.
+    """
     if wave.dim() != 2:
         raise ValueError(f"The model expects a waveform batch of shape (B, samples), got {tuple(wave.shape)}.")
     with torch.no_grad(), torch.autocast(device_type=wave.device.type, enabled=False):
-        x = torchfb(wave.float()) + LOG_OFFSET
+        x = torchfb(wave.float()).double() + LOG_OFFSET  # (B, n_mels, frames)
         if log_input:
             x = x.log()
-        return F.instance_norm(x, eps=INSTANCE_NORM_EPS)
+        # InstanceNorm1d without affine, written out: ONNX Runtime normalises no float64 tensor with its operator
+        mean = x.mean(dim=-1, keepdim=True)
+        var = (x - mean).square().mean(dim=-1, keepdim=True)
+        # fp32 features, or fp64 for a model made float64 as a whole (.double(): every buffer of torchfb float64)
+        wide = all(buffer.dtype == torch.float64 for buffer in torchfb.buffers())
+        return ((x - mean) / torch.sqrt(var + INSTANCE_NORM_EPS)).to(torch.float64 if wide else torch.float32)
 
 
 class FrontEndEncoder(nn.Module):

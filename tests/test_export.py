@@ -9,13 +9,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torchaudio
 from torch import nn
 
 import export
 from config import Config
 from dtdysv.runtime import plugins
 from models._dtdy_cpu import fast_cpu_inference
-from models._frontend import make_mel_spectrogram
+from models._frontend import log_mel, make_mel_spectrogram
 from speakerapi import SpeakerVerifier
 
 CHECK_SECONDS = ((0.9, 1), (1.6, 2))  # (length, batch): not the export's own parity inputs
@@ -93,16 +94,27 @@ def test_graphs_hold_only_standard_operators_and_dynamic_axes(exported):
 
 
 @pytest.mark.parametrize("n_mels", [40, 64])
-def test_dft_front_end_equals_torchaudio(n_mels):
+def test_dft_front_end_gives_the_models_features(n_mels):
+    """The ONNX front-end's float64 mel power equals the model's to float64 rounding, so both give the same fp32
+    features, and those are torchaudio's fp32 features to the rounding of an fp32 FFT."""
     torchfb = make_mel_spectrogram(n_mels)
     dft = export.DftMelSpectrogram(torchfb)
+    fp32 = torchaudio.transforms.MelSpectrogram(16000, n_fft=512, win_length=400, hop_length=160,
+                                                window_fn=torch.hamming_window, n_mels=n_mels)
     g = torch.Generator().manual_seed(3)
     for samples in (400, 11_237, 32_240):
         wave = 0.1 * torch.randn(2, samples, generator=g)
+        wave[1, samples // 2:] *= 1e-3  # a fade to -60 dB: small powers, where the log is most sensitive
         expected = torchfb(wave)
         got = dft(wave)
+        assert got.dtype == expected.dtype == torch.float64
         assert got.shape == expected.shape == (2, n_mels, 1 + samples // 160)
-        assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+        assert (got - expected).abs().max() <= 1e-12 * expected.abs().max()
+        features = log_mel(torchfb, wave, True)
+        assert features.dtype == torch.float32
+        assert (log_mel(dft, wave, True) - features).abs().max() <= 1e-6  # an fp32 ulp at most
+        assert (log_mel(fp32, wave, True) - features).abs().max() <= 1e-4
+        assert (fp32(wave) - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 def test_export_refuses_the_cpu_inference_path_and_compiled_models(tmp_path):
