@@ -58,7 +58,8 @@ class Config:
     num_eval: int = opt(10, "Evenly spaced test crops per file (paper protocol).", "data")
     batch_size: int = opt(256, "Speakers per batch per process (each with nPerSpeaker crops).", "data")
     max_seg_per_spk: int = opt(500, "Maximum utterances per speaker per epoch.", "data")
-    nDataLoaderThread: int = opt(5, "DataLoader worker processes.", "data")
+    nDataLoaderThread: int = opt(5, "DataLoader worker processes per process (capped at its share of the cores: "
+                                 "under torchrun the cores / local processes).", "data")
     augment: bool = opt(False, "MUSAN noise and RIR reverberation augmentation.", "data")
     aug_prob: float = opt(0.8, "--augment: probability that a crop gets one of reverb/music/babble/noise.", "data")
     speed_perturb: bool = opt(False, "Speed perturbation 0.9/1.0/1.1, each speed a class (--nClasses: 3x speakers).",

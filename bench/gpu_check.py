@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,18 +79,20 @@ class Sizes:
     compile_s: float  # the time a compilation is expected to need; compiled runs start only with this much left
 
 
-# About 40 steps per epoch in both: BatchNorm's running statistics need a few dozen steps before the eval-mode
-# network is well conditioned; after a handful its embeddings swing with input changes of 1e-6, and no two code
-# paths can agree to 1e-4.
+# About 40 steps per epoch at a tenth of the demo's learning rate in both: the eval-mode network must be well
+# conditioned for two code paths to agree to 1e-4. After one short epoch at the demo's rate, BatchNorm's running
+# statistics lag far behind the moving weights, and the embeddings (norms in the thousands) change by 1e-3 for input
+# changes of 1e-6; at lr 2e-4 by 1e-4, with norms in the tens.
+TRAIN = ("--lr", "0.0002")
 FULL = Sizes(480, ("--demo_train_speakers", "50", "--demo_utts", "8", "--demo_test_speakers", "10",
                    "--demo_test_utts", "4", "--demo_videos", "2", "--demo_trials", "200", "--demo_min_seconds", "2",
                    "--demo_max_seconds", "2.5"),
-             ("--batch_size", "5", "--nDataLoaderThread", "4"), batch=128, frames=200, warmup=3, iters=10,
+             (*TRAIN, "--batch_size", "5", "--nDataLoaderThread", "4"), batch=128, frames=200, warmup=3, iters=10,
              compile_s=75)
 QUICK = Sizes(170, ("--demo_train_speakers", "6", "--demo_utts", "28", "--demo_test_speakers", "3",
                     "--demo_test_utts", "2", "--demo_videos", "2", "--demo_trials", "12", "--demo_min_seconds", "1",
                     "--demo_max_seconds", "1.1"),
-              ("--batch_size", "2", "--max_frames", "20", "--eval_frames", "60", "--num_eval", "2",
+              (*TRAIN, "--batch_size", "2", "--max_frames", "20", "--eval_frames", "60", "--num_eval", "2",
                "--nDataLoaderThread", "0"), batch=2, frames=30, warmup=1, iters=1, compile_s=600)
 
 
@@ -141,6 +144,8 @@ class Run:
     def command(self, argv: list[str], log_name: str, env: dict[str, str] | None = None) -> str:
         """Run a repository command with the time left as its timeout; its output goes to ``<out>/<log_name>``."""
         timeout = max(5.0, self.left() - 5)
+        if not self.cuda:  # one thread per process: OpenMP threads that wait for busy cores slow a step tenfold
+            env = {"OMP_NUM_THREADS": "1", **(env or {})}
         # A session of its own, so that a timeout ends torchrun's workers too, not only the launcher.
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True)
@@ -345,11 +350,11 @@ def throughput(run: Run, sec: Section) -> None:
     plan: list[tuple[str, str, str, bool]] = [(n, "train", d, False) for n in MODELS for d in dtypes]
     plan += [(n, "infer", d, False) for n in MODELS for d in dtypes]
     plan += [(n, "train", d, True) for d in dtypes for n in MODELS] + [(n, "infer", first, True) for n in MODELS]
-    skipped = []
+    skipped: list[tuple[str, str]] = []
     for name, mode, dtype, compiled in plan:
         key = f"{mode}_{dtype}_{'compiled' if compiled else 'eager'}"
         if run.left() < (s.compile_s if compiled else 10):
-            skipped.append(f"{name} {key}")
+            skipped.append((name, key))
             continue
         model = torch.compile(models[name]) if compiled else models[name]
         fn = (train_fn if mode == "train" else infer_fn)(model, wave, dtypes[dtype])
@@ -361,7 +366,9 @@ def throughput(run: Run, sec: Section) -> None:
         if peak:
             result["share_of_peak"] = result["tflops"] / peak
     if skipped:
-        sec.note = f"deadline: not run: {', '.join(skipped)}"
+        kinds = Counter(key for _, key in skipped)
+        why = "a CPU compiles for minutes: bench/compile_speed.py" if run.args.quick else "not enough time left"
+        sec.note = f"not started: {', '.join(f'{k} x{n}' for k, n in kinds.items())} ({why})"
     sec.check("every model trained and embedded (eager)", all(
         f"train_{d}_eager" in m and f"infer_{d}_eager" in m for m in sec.data["models"].values() for d in dtypes),
         f"{len(MODELS)} models")
@@ -439,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run = Run(args)
     run.out.mkdir(parents=True, exist_ok=True)
+    if not run.cuda:
+        torch.set_num_threads(1)  # as the commands' processes (Run.command)
     env = environment(run)
     run.section("corpus", lambda sec: make_corpus(run, sec), needs_s=20)
     run.shared["trials"] = run.sections[-1].data.get("trials", -1)
