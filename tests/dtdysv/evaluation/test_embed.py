@@ -58,7 +58,9 @@ def test_a_changed_test_file_is_embedded_again_and_only_it(copied, caplog):
     after = load_npz(tmp_result(cfg) / "embeddings.npz")[1]
     row = {name: i for i, name in enumerate(after["names"].tolist())}
     old_row = {name: i for i, name in enumerate(before["names"].tolist())}
-    np.testing.assert_allclose(after["embeddings"][row[first]], before["embeddings"][old_row[other]], atol=1e-5)
+    # the same audio, embedded in another batch: equal to rounding
+    np.testing.assert_allclose(after["embeddings"][row[first]], before["embeddings"][old_row[other]], rtol=1e-5,
+                               atol=1e-4)
     for name in files[2:]:  # the others are reused as they were
         np.testing.assert_array_equal(after["embeddings"][row[name]], before["embeddings"][old_row[name]])
     caplog.clear()
