@@ -253,8 +253,9 @@ def export_parity(run: Run, sec: Section) -> None:
                 "export.log")
     parity = json.loads((out / "export.json").read_text())["parity"]
     for fmt, result in parity.items():
-        sec.data[fmt] = result["max_rel_diff"]
-        sec.check(f"{fmt} parity", bool(result["passed"]), f"max rel diff {result['max_rel_diff']:.2e}")
+        sec.data[fmt] = {key: result[key] for key in ("embedding_relative_error", "score_error")}
+        sec.check(f"{fmt} parity", bool(result["passed"]), f"embeddings {result['embedding_relative_error']:.2e} "
+                  f"(relative), pair scores {result['score_error']:.2e}")
 
 
 def peak_tflops(device: torch.device) -> float | None:
