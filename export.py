@@ -320,14 +320,14 @@ def export_model(model: nn.Module, out: str | Path, formats: tuple[str, ...], me
                 np.savez(staged / SCORING_ARRAYS, **arrays)
             sidecar["scoring"] = entry
         (staged / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+        written = sorted(file.name for file in staged.iterdir())
         _publish(staged, out)
     except OSError as err:
         raise ExportError(f"Cannot write the export into '{out}': {err.strerror or err}. Nothing was written; free "
                           f"disk space or make the folder writable, or export elsewhere (--out).") from None
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-    log.info("wrote %s to %s", ", ".join([*sidecar["files"].values(), *(
-        [CALIBRATION_FILE] if scoring else []), SIDECAR]), out)
+    log.info("wrote %s to %s", ", ".join(written), out)
     return sidecar
 
 
