@@ -204,6 +204,7 @@ def _ddp_worker(rank: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_a_nan_step_on_one_rank_stops_every_rank_and_is_skipped_everywhere(tmp_path):
     """DDP over gloo: the NaN loss of rank 1 reaches rank 0 as NaN gradients, both ranks skip the step, stop at the
     same read and keep identical, finite weights."""

@@ -79,6 +79,7 @@ def test_export_gives_the_eager_embeddings(exported, fmt):
         np.testing.assert_allclose(got, eager, rtol=0, atol=1e-4 * max(1.0, float(np.abs(eager).max())))
 
 
+@pytest.mark.slow
 def test_graphs_hold_only_standard_operators_and_dynamic_axes(exported):
     _, _, out, sidecar = exported
     graph = onnx.load(str(out / "model.onnx"))
