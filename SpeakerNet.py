@@ -173,8 +173,9 @@ class ModelTrainer:
 
     def train_network(self, loader: Iterable, epoch: int, steps: int, first_step: int = 0,
                       on_step: Callable[[int, int], None] | None = None,
-                      show_progress: bool = True, max_epoch: int = 0) -> dict[str, float]:
-        """One epoch (from batch ``first_step`` when resuming inside it) of ``steps`` batches; ``epoch`` counts from 1.
+                      show_progress: bool = True, label: str = "") -> dict[str, float]:
+        """One epoch (from batch ``first_step`` when resuming inside it) of ``steps`` batches; ``epoch`` counts from 1;
+        ``label`` names it on the progress bar (default 'epoch N').
 
         ``on_step(epoch, done)`` is called after each step with the number of batches of the epoch done. Returns
         mean loss, accuracy and utterances/s of the steps run, and the number of steps the fp16 scaler skipped.
@@ -194,8 +195,7 @@ class ModelTrainer:
         skipped: list[int] = []
         first_unread = first_step
         start = time.perf_counter()
-        bar = tqdm(loader, total=steps, initial=first_step, desc=f"epoch {epoch}/{max_epoch}" if max_epoch else
-                   f"epoch {epoch}",
+        bar = tqdm(loader, total=steps, initial=first_step, desc=label or f"epoch {epoch}",
                    disable=not (show_progress and self.env.is_main), dynamic_ncols=True)
         for step, (data, label) in enumerate(bar, start=first_step):
             if self.margin is not None:

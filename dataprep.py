@@ -34,13 +34,15 @@ log = logging.getLogger(__name__)
 # --demo_<flag> -> make_demo_corpus parameter; the defaults are read from its signature (defined once, there).
 _DEMO_FLAGS = {"seed": "seed", "train_speakers": "n_train_speakers", "test_speakers": "n_test_speakers",
                "utts": "utts_per_speaker", "test_utts": "test_utts_per_speaker", "videos": "videos_per_speaker",
-               "trials": "n_trials", "min_seconds": "min_seconds", "max_seconds": "max_seconds"}
+               "trials": "n_trials", "min_seconds": "min_seconds", "max_seconds": "max_seconds",
+               "calibration_speakers": "calibration_speakers"}
 _DEMO_HELP = {"seed": "random seed; the same seed gives byte-identical files",
               "train_speakers": "training speakers", "test_speakers": "held-out test speakers",
               "utts": "utterances per training speaker", "test_utts": "utterances per test speaker",
               "videos": "sessions ('videos', each with its own channel) per speaker",
               "trials": "trials in test_list.txt (half target, half non-target)",
-              "min_seconds": "shortest utterance (s)", "max_seconds": "longest utterance (s)"}
+              "min_seconds": "shortest utterance (s)", "max_seconds": "longest utterance (s)",
+              "calibration_speakers": "further held-out speakers whose trials make calibration_list.txt (0: none)"}
 _DEMO_DEFAULTS = {name: p.default for name, p in inspect.signature(make_demo_corpus).parameters.items()}
 
 

@@ -55,9 +55,9 @@ from config import MODEL_KEYS
 from dtdysv.api import SIDECAR, Backend, OnnxBackend, TorchScriptBackend
 from dtdysv.data.audio import SAMPLE_RATE
 from dtdysv.errors import UserError
-from dtdysv.evaluation.asnorm import speaker_vectors
+from dtdysv.evaluation.asnorm import raw_mean, speaker_vectors
 from dtdysv.evaluation.qmf import read_model
-from dtdysv.evaluation.results import CALIBRATION_FILE, COHORT_FILE, load_npz, training_mean, weights_fingerprint
+from dtdysv.evaluation.results import CALIBRATION_FILE, COHORT_ARRAYS, COHORT_FILE, load_npz, weights_fingerprint
 from dtdysv.runtime.setup import build_net, load_weights, setup_logging, test_normalize
 from speakerapi import config_of
 
@@ -249,22 +249,21 @@ def carried_scoring(path: str | Path, fingerprint: str, test_normalize: bool) ->
     if score_norm != "none" or mean_subtraction:
         cohort_file = file.parent / COHORT_FILE
         found = load_npz(cohort_file)
-        if found is None or "file_means" not in found[1]:
+        if found is None or any(key not in found[1] for key in COHORT_ARRAYS):
             raise ExportError(f"--calibration '{file}' was trained with --score_norm {score_norm} and "
                               f"--mean_subtraction {mean_subtraction}, which need the cohort, but '{cohort_file}' "
-                              f"{'has no per-file means' if found else 'does not exist'}: give the result folder of "
-                              f"that evaluation.")
+                              f"{'lacks per-file means (an older version)' if found else 'does not exist'}: give the "
+                              f"result folder of that evaluation.")
         meta, cohort = found
         if meta.get("weights") != fingerprint or meta.get("test_normalize") != test_normalize:
             raise ExportError(f"The cohort '{cohort_file}' was embedded by other weights or settings than those "
                               f"exported: evaluate this checkpoint with --eval and export with its result folder.")
-        mean = training_mean(cohort["file_means"]) if mean_subtraction else None
-        if mean is not None:
-            arrays["mean"] = mean.numpy()
+        if mean_subtraction:
+            arrays["mean"] = raw_mean(torch.from_numpy(cohort["raw_means"])).numpy()
         if score_norm != "none":
-            owner = torch.from_numpy(cohort["owner"])
-            arrays["cohort"] = speaker_vectors(torch.from_numpy(cohort["file_means"]), owner, len(cohort["names"]),
-                                               mean).numpy()
+            file_means = torch.from_numpy(cohort["centred_means" if mean_subtraction else "file_means"])
+            arrays["cohort"] = speaker_vectors(file_means, torch.from_numpy(cohort["owner"]),
+                                               len(cohort["names"])).numpy()
         entry["arrays"] = SCORING_ARRAYS
     return entry, file, arrays
 

@@ -32,6 +32,7 @@ from dtdysv.evaluation.pipeline import check_eval_options, check_trial_lists, ev
 from dtdysv.runtime import checkpoint as ckpt
 from dtdysv.runtime import distributed, plugins
 from dtdysv.runtime.allocator import tune_cpu_allocator
+from dtdysv.runtime.clock import RunClock
 from dtdysv.runtime.distributed import DistEnv, barrier
 from dtdysv.runtime.fileio import run_lock
 from dtdysv.runtime.setup import (
@@ -195,9 +196,10 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
         saver.settle(resume)
     if start > cfg.max_epoch:
         log.info("training already finished (%d epochs); nothing to do", cfg.max_epoch)
+    clock = RunClock(start, cfg.max_epoch)
     for epoch in range(start, cfg.max_epoch + 1):
         sampler.set_epoch(epoch, first_step)
-        stats = trainer.train_network(loader, epoch, steps, first_step, on_step=saver.timed, max_epoch=cfg.max_epoch)
+        stats = trainer.train_network(loader, epoch, steps, first_step, on_step=saver.timed, label=clock.label(epoch))
         first_step = 0
         lr = optimizer.param_groups[0]["lr"]
         log.info("epoch %d: loss %.4f, accuracy %.2f%%, %.1f utterances/s, lr %.3g", epoch, stats["loss"],
@@ -211,6 +213,8 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
             metrics = evaluate_epoch(epoch)
             saver.settle()
         barrier(env)
+        clock.epoch_done()
+        log.info("epoch %d/%d done: %s", epoch, cfg.max_epoch, clock.summary(epoch))
     board.close()
     return metrics
 

@@ -95,8 +95,8 @@ class Scoring:
     """The scoring of an evaluation carried by an export (export.py --calibration): embeddings (N, D) -> the
     evaluation's final scores and their llrs.
 
-    A file's vector is its embedding (L2-normalised if ``test_normalize``) less the training-set ``mean`` (D,) (None:
-    no mean subtraction), L2-normalised; the score is the cosine of two vectors, AS-normalised (S-normalised when
+    A file's vector is its raw embedding less the training-set ``mean`` (D,) of the raw embeddings (None: no mean
+    subtraction), L2-normalised; the score is the cosine of two vectors, AS-normalised (S-normalised when
     ``top_n`` is the cohort's size) against ``cohort`` (M, D), the speakers' vectors, when there is one; the llr is
     the ``calibration`` of the score, both durations and both cohort means (normalise.py, calibrate.py).
     """

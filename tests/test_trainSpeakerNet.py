@@ -1,6 +1,7 @@
 """End to end through trainSpeakerNet.main: train, evaluate, resume, fine-tune, and refuse bad input."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,10 @@ def test_training_writes_everything(corpus, trained):
     score, label, enroll, test = lines[0].split()
     assert label in ("0", "1") and enroll.endswith(".wav") and test.endswith(".wav")
     assert "epoch 2: loss" in (trained / "result/train.log").read_text()
+    # the run's clock: "epoch N/M" with the time left after every epoch, the total at the end
+    assert re.search(r"epoch 1/2 done: \d+ s so far, ~\d+ s left \(ends ~\d\d:\d\d\)",
+                     (trained / "result/train.log").read_text())
+    assert re.search(r"epoch 2/2 done: run finished: 2 epochs in \d+ s", (trained / "result/train.log").read_text())
     state = ckpt.read(trained / "model/last.model")
     assert state["epoch"] == 2 and state["config"]["model"] == "ResNet34_quarter"
 

@@ -1,11 +1,12 @@
 """The maths of score normalisation against a cohort (AS-norm, S-norm) and of embedding mean subtraction, shared
 by the evaluation stages (normalise.py, calibrate.py) and the inference API (dtdysv/api.py): pure torch, no files.
 
-A file's vector is the cosine-ready unit vector of its crop-mean embedding, less the training-set mean under
-``--mean_subtraction``; the cohort is one such vector per training speaker; AS-norm (top_n cohort scores per file)
-and S-norm (the whole cohort) standardise a trial's cosine by both files' cohort statistics (WeSpeaker's
-score_norm.py; Matejka et al., "Analysis of score normalization in multilingual speaker recognition",
-Interspeech 2017).
+A file's vector is the cosine-ready unit vector of its crop-mean embedding. Under ``--mean_subtraction`` the
+training-set mean of the raw embeddings is subtracted from every raw crop embedding first, as WeSpeaker subtracts the
+mean of its raw training embeddings before the cosine; the cohort is one such vector per training speaker;
+AS-norm (top_n cohort scores per file) and S-norm (the whole cohort) standardise a trial's cosine by both files'
+cohort statistics (WeSpeaker's score_norm.py; Matejka et al., "Analysis of score normalization in multilingual
+speaker recognition", Interspeech 2017).
 """
 
 from __future__ import annotations
@@ -21,18 +22,28 @@ def crop_means(table: torch.Tensor, normalize: bool) -> torch.Tensor:
     return (F.normalize(table, dim=-1) if normalize else table).mean(1)
 
 
+def centre(table: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+    """Raw embeddings (..., D) less the training-set ``mean`` (D,) of the raw embeddings (None: unchanged)."""
+    return table if mean is None else table - mean.to(table)
+
+
 def file_vectors(table: torch.Tensor, normalize: bool, mean: torch.Tensor | None = None) -> torch.Tensor:
-    """(F, C, D) crop embeddings -> (F, D) unit vectors: the ``crop_means`` less the training-set ``mean`` (D,)
-    (--mean_subtraction; None: nothing subtracted), L2-normalised."""
-    means = crop_means(table, normalize)
-    return F.normalize(means if mean is None else means - mean.to(means), dim=-1)
+    """(F, C, D) raw crop embeddings -> (F, D) unit vectors: the ``crop_means`` of the crops less the training-set
+    ``mean`` (D,) (--mean_subtraction; None: nothing subtracted), L2-normalised."""
+    return F.normalize(crop_means(centre(table, mean), normalize), dim=-1)
 
 
-def speaker_vectors(file_means: torch.Tensor, owner: torch.Tensor, n_speakers: int,
-                    mean: torch.Tensor | None = None) -> torch.Tensor:
+def raw_mean(raw_means: torch.Tensor) -> torch.Tensor:
+    """The training-set mean (D,) of --mean_subtraction: the mean of the cohort files' raw crop means (U, D), summed
+    in float64."""
+    return raw_means.double().mean(0).float()
+
+
+def speaker_vectors(file_means: torch.Tensor, owner: torch.Tensor, n_speakers: int) -> torch.Tensor:
     """The cohort: (n_speakers, D), each speaker's mean of its files' unit vectors; file_means (U, D) the
-    ``crop_means`` of the cohort files, owner (U,) their speakers, ``mean`` as for ``file_vectors``."""
-    vectors = F.normalize(file_means if mean is None else file_means - mean.to(file_means), dim=-1)
+    ``crop_means`` of the cohort files (of their centred crops under --mean_subtraction), owner (U,) their
+    speakers."""
+    vectors = F.normalize(file_means, dim=-1)
     cohort = torch.zeros(n_speakers, vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
     cohort.index_add_(0, owner.to(vectors.device), vectors)
     return cohort / torch.bincount(owner, minlength=n_speakers).to(cohort).unsqueeze(1)

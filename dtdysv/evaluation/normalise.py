@@ -8,11 +8,13 @@ the raw score itself; for ``paper`` it is not the (distance) raw score but its c
 says so ("score"). AS-norm: 0.5 ((s - mu_e) / sd_e + (s - mu_t) / sd_t), mu and sd over each file's ``norm_top_n``
 highest cohort scores; S-norm: over the whole cohort.
 
-``--mean_subtraction`` subtracts the training-set mean embedding, the mean of the cohort files' crop means (crops
-L2-normalised first when the loss says so), from every file's crop mean before it is L2-normalised, for the test
-files and the cohort files alike. cohort.npz holds 'names' (M speakers), 'embeddings' (M, D) the cohort without
-mean subtraction, 'file_means' (U, D) the crop means of its U files and 'owner' (U,) their speakers, from which
-either cohort is computed. The maths is in asnorm.py, shared with the inference API.
+``--mean_subtraction`` subtracts the training-set mean of the raw embeddings (the mean of the cohort files' raw crop
+means) from every raw crop embedding, before any L2 normalisation, for the test files and the cohort files alike
+(WeSpeaker subtracts the mean of its raw training embeddings). cohort.npz holds 'names' (M speakers), 'embeddings'
+(M, D) the cohort without mean subtraction, and per cohort file (U of them): 'file_means' its crop means (crops
+L2-normalised first when the loss says so), 'raw_means' its raw crop means (whose mean is the training-set mean),
+'centred_means' the crop means of its centred crops, and 'owner' its speaker; either cohort is computed from them.
+The maths is in asnorm.py, shared with the inference API.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import torch
 
 from config import Config
 from dtdysv.data.lists import read_train_list
-from dtdysv.evaluation.asnorm import cohort_statistics, crop_means, file_vectors, norm_with_statistics, speaker_vectors
+from dtdysv.evaluation.asnorm import (
+    cohort_statistics,
+    crop_means,
+    file_vectors,
+    norm_with_statistics,
+    raw_mean,
+    speaker_vectors,
+)
 from dtdysv.evaluation.embed import embed_files
 from dtdysv.evaluation.results import (
     EvalError,
@@ -88,12 +97,15 @@ def cohort_stage(run: EvalRun, embedder: Embedder, weights: str, normalize: bool
         picks = np.unique(np.linspace(0, len(members) - 1, min(cfg.norm_cohort_utts, len(members))).round())
         chosen += [train.files[i] for i in members[picks.astype(np.int64)]]
         owner += [spk] * len(picks)
-    means = crop_means(embed_files(embedder, chosen, "", cfg, show_progress, "cohort files"), normalize)
+    crops = embed_files(embedder, chosen, "", cfg, show_progress, "cohort files")  # (U, C, D) raw
+    raw_means = crops.mean(1)
+    means, centred = crop_means(crops, normalize), crop_means(crops - raw_mean(raw_means), normalize)
     owner_t = torch.tensor(owner, dtype=torch.long)
     cohort = speaker_vectors(means, owner_t, len(train.speakers))
     if embedder.env.is_main:
         save_npz(path, {**expected, "n_speakers": len(train.speakers)}, names=np.array(train.speakers),
-                 embeddings=cohort.numpy(), file_means=means.numpy(), owner=owner_t.numpy())
+                 embeddings=cohort.numpy(), file_means=means.numpy(), raw_means=raw_means.numpy(),
+                 centred_means=centred.numpy(), owner=owner_t.numpy())
 
 
 class FileStatistics(NamedTuple):
@@ -116,8 +128,9 @@ def file_statistics(run: EvalRun) -> FileStatistics:
     why = f"--score_norm {method}"
     (meta, arrays), (cohort_meta, cohort_arrays) = run.embeddings(why), run.cohort(why)
     mean = run.train_mean().to(device) if run.cfg.mean_subtraction else None
-    cohort = speaker_vectors(torch.from_numpy(cohort_arrays["file_means"]).to(device),
-                             torch.from_numpy(cohort_arrays["owner"]), len(cohort_arrays["names"]), mean)
+    file_means = cohort_arrays["centred_means" if run.cfg.mean_subtraction else "file_means"]
+    cohort = speaker_vectors(torch.from_numpy(file_means).to(device), torch.from_numpy(cohort_arrays["owner"]),
+                             len(cohort_arrays["names"]))
     top_n = cohort.shape[0] if method == ScoreNorm.SNORM else run.cfg.norm_top_n
     if not 2 <= top_n <= cohort.shape[0]:
         raise EvalError(f"--norm_top_n {top_n} needs a cohort of at least that many (and 2) speakers; "

@@ -31,6 +31,7 @@ import torch
 from config import MODEL_KEYS, Config
 from dtdysv.data.lists import TrialList
 from dtdysv.errors import UserError
+from dtdysv.evaluation.asnorm import raw_mean
 from dtdysv.runtime import checkpoint as ckpt
 from dtdysv.runtime.fileio import atomic_path, atomic_write_text
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 EMBEDDINGS_FILE, COHORT_FILE = "embeddings.npz", "cohort.npz"
 METRICS_FILE, DET_FILE, CALIBRATION_FILE = "metrics.json", "det.png", "calibration.json"
 CACHE_FORMAT = "dtdy-sv-embeddings"
+COHORT_ARRAYS = ("file_means", "raw_means", "centred_means", "owner")  # what cohort.npz holds per file (normalise.py)
 
 
 class EvalError(UserError):
@@ -124,20 +126,14 @@ class EvalRun:
         if found is None:
             raise EvalError(f"{why} needs the cohort file '{self.cohort_file}', which does not exist: run --eval "
                             f"(it writes it from --train_list).")
-        if "file_means" not in found[1]:
-            raise EvalError(f"The cohort file '{self.cohort_file}' has no per-file means (an older version): run "
-                            f"--eval without --score_from_cache to rebuild it.")
+        if missing := [key for key in COHORT_ARRAYS if key not in found[1]]:
+            raise EvalError(f"The cohort file '{self.cohort_file}' has no {', '.join(missing)} (an older version): "
+                            f"run --eval without --score_from_cache to rebuild it.")
         return found
 
     def train_mean(self) -> torch.Tensor:
-        """The training-set mean embedding (D,) of --mean_subtraction (``training_mean`` of cohort.npz)."""
-        return training_mean(self.cohort("--mean_subtraction")[1]["file_means"])
-
-
-def training_mean(file_means: np.ndarray) -> torch.Tensor:
-    """The training-set mean embedding (D,) of --mean_subtraction: the mean of the cohort files' crop means (U, D),
-    summed in float64."""
-    return torch.from_numpy(file_means).double().mean(0).float()
+        """The training-set mean (D,) of the raw embeddings, of --mean_subtraction (from cohort.npz)."""
+        return raw_mean(torch.from_numpy(self.cohort("--mean_subtraction")[1]["raw_means"]))
 
 
 def list_results(trial_lists: Sequence[TrialList], calibration: TrialList | None = None) -> list[ListResult]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dtdysv.evaluation.asnorm import centre
 from dtdysv.evaluation.results import EvalRun, ListResult, ScoreSet, check_finite, protocol_of, write_scores
 
 log = logging.getLogger(__name__)
@@ -118,18 +119,17 @@ def score_trial_list(
 
 def score_stage(run: EvalRun, lists: list[ListResult]) -> None:
     """Score every list from embeddings.npz by its protocol into ``<stem>.txt`` (``ListResult.raw``); --mean_subtraction
-    subtracts the training mean from every crop."""
+    subtracts the training-set mean from every raw crop embedding before its L2 normalisation."""
     meta, arrays = run.embeddings("Scoring")
     proto = protocol_of(int(meta["eval_frames"]), int(meta["num_eval"]))
     index = {name: i for i, name in enumerate(arrays["names"].tolist())}
     table = torch.from_numpy(arrays["embeddings"]).to(run.device)
     normalize = bool(meta.get("test_normalize", True))
-    crops = F.normalize(table, dim=-1) if normalize else table
     detail = proto["detail"]
     if run.cfg.mean_subtraction:
-        crops = crops - run.train_mean().to(crops)
-        crops = F.normalize(crops, dim=-1) if normalize else crops
-        detail += ", after subtracting the training-set mean embedding"
+        table = centre(table, run.train_mean())
+        detail += ", after subtracting the training-set mean of the raw embeddings"
+    crops = F.normalize(table, dim=-1) if normalize else table
     batch = 256 if run.device.type == "cpu" else 4096
     for item in lists:
         trials = item.trials

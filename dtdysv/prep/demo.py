@@ -3,10 +3,12 @@ voxceleb_trainer layout:
 
     out_dir/train/wav/id00001/<video>/00001.wav    out_dir/train_list.txt   "<speaker> <path under train/wav>"
     out_dir/test/wav/id10001/<video>/00001.wav     out_dir/test_list.txt    "<label 0|1> <enroll> <test>"
+    out_dir/test/wav/id20001/<video>/00001.wav     out_dir/calibration_list.txt (``calibration_speakers`` > 0)
     out_dir/demo_info.json                         settings and counts, written last (marks a complete corpus)
 
-Test speakers are held out. Generators are seeded by (seed, split, speaker, ...): the same settings give byte-identical
-files.
+Test speakers are held out; calibration speakers (for ``--calibration_list``) are held out from both the training
+and the test speakers, so that a calibration trained on their trials is judged on unseen voices. Generators are
+seeded by (seed, split, speaker, ...): the same settings give byte-identical files.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 2  # bump when the synthesis or the layout changes, so old corpora are rebuilt
 INFO_FILE = "demo_info.json"
-_TRAIN, _TEST, _TRIALS = 0, 1, 2  # split codes in the seeds
+_TRAIN, _TEST, _TRIALS, _CALIBRATION = 0, 1, 2, 3  # split codes in the seeds
 _ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 
 
@@ -67,9 +69,10 @@ def _write_speakers(wav_dir: Path, speakers: list[str], split: int, utts: int, v
     return files, total
 
 
-def _trials(files: list[tuple[int, str]], n_trials: int, seed: int) -> list[tuple[int, str, str]]:
+def _trials(files: list[tuple[int, str]], n_trials: int, seed: int,
+            split: int = _TEST) -> list[tuple[int, str, str]]:
     """Balanced target / non-target pairs of distinct files, sorted by (enroll, test)."""
-    rng = np.random.default_rng([seed, _TRIALS])
+    rng = np.random.default_rng([seed, _TRIALS] if split == _TEST else [seed, _TRIALS, split])
     first, second = np.triu_indices(len(files), k=1)
     speaker = np.array([f[0] for f in files])
     same = speaker[first] == speaker[second]
@@ -109,7 +112,8 @@ def demo_corpus_complete(out_dir: Path, settings: dict[str, Any]) -> bool:
         return False
     try:
         train = [line.split()[1] for line in (out_dir / "train_list.txt").read_text().splitlines()]
-        test = {p for line in (out_dir / "test_list.txt").read_text().splitlines() for p in line.split()[1:]}
+        lists = ["test_list.txt"] + (["calibration_list.txt"] if wanted["calibration_speakers"] else [])
+        test = {p for name in lists for line in (out_dir / name).read_text().splitlines() for p in line.split()[1:]}
     except (OSError, IndexError):
         return False
     return (len(train) == info.get("n_train_utterances") and len(test) > 0
@@ -120,15 +124,16 @@ def demo_corpus_complete(out_dir: Path, settings: dict[str, Any]) -> bool:
 def make_demo_corpus(out_dir: Path, n_train_speakers: int = 40, n_test_speakers: int = 10,
                      utts_per_speaker: int = 16, test_utts_per_speaker: int = 8, videos_per_speaker: int = 4,
                      n_trials: int = 400, min_seconds: float = 2.0, max_seconds: float = 4.0,
-                     seed: int = 0) -> dict[str, Any]:
+                     seed: int = 0, calibration_speakers: int = 0) -> dict[str, Any]:
     """Write the demo corpus to ``out_dir`` and return a summary; replaces an earlier demo corpus, refuses a
-    ``train/wav`` or ``test/wav`` that is not one."""
+    ``train/wav`` or ``test/wav`` that is not one. ``calibration_speakers`` > 0 adds ``calibration_list.txt``:
+    ``n_trials`` trials of that many more held-out speakers (``test_utts_per_speaker`` utterances each)."""
     settings = {k: v for k, v in locals().items() if k != "out_dir"}
     checks = [("n_train_speakers", n_train_speakers, 2, 9999), ("n_test_speakers", n_test_speakers, 2, 9999),
               ("utts_per_speaker", utts_per_speaker, 1, 99999),
               ("test_utts_per_speaker", test_utts_per_speaker, 2, 99999),
               ("videos_per_speaker", videos_per_speaker, 1, min(utts_per_speaker, test_utts_per_speaker)),
-              ("n_trials", n_trials, 2, 10**7)]
+              ("n_trials", n_trials, 2, 10**7), ("calibration_speakers", calibration_speakers, 0, 9999)]
     for name, value, low, high in checks:
         if not isinstance(value, int) or not low <= value <= high:
             raise DemoCorpusError(f"demo corpus: {name}={value!r} must be an integer in [{low}, {high}]")
@@ -155,9 +160,19 @@ def make_demo_corpus(out_dir: Path, n_train_speakers: int = 40, n_test_speakers:
     trials = _trials(test, n_trials, seed)
     atomic_write_text(out_dir / "train_list.txt", "".join(sorted(f"{train_speakers[s]} {rel}\n" for s, rel in train)))
     atomic_write_text(out_dir / "test_list.txt", "".join(f"{label} {e} {t}\n" for label, e, t in trials))
+    (out_dir / "calibration_list.txt").unlink(missing_ok=True)
+    if calibration_speakers:
+        speakers = [f"id{20001 + i:05d}" for i in range(calibration_speakers)]
+        files, seconds = _write_speakers(test_wav, speakers, _CALIBRATION, test_utts_per_speaker, videos_per_speaker,
+                                         min_seconds, max_seconds, seed)
+        test_s += seconds
+        calibration = _trials(files, n_trials, seed, _CALIBRATION)
+        atomic_write_text(out_dir / "calibration_list.txt", "".join(f"{label} {e} {t}\n"
+                                                                    for label, e, t in calibration))
     info.update(complete=True, n_train_speakers=n_train_speakers, n_train_utterances=len(train),
                 n_test_speakers=n_test_speakers, n_test_utterances=len(test), n_trials=len(trials),
-                n_target_trials=sum(t[0] for t in trials), train_hours=round(train_s / 3600, 4),
+                n_target_trials=sum(t[0] for t in trials), calibration_speakers=calibration_speakers,
+                train_hours=round(train_s / 3600, 4),
                 test_hours=round(test_s / 3600, 4))
     atomic_write_text(out_dir / INFO_FILE, json.dumps(info, indent=1, sort_keys=True) + "\n")
     summary = {k: v for k, v in info.items() if k not in ("complete", "generator_version")}

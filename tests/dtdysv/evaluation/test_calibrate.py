@@ -36,14 +36,17 @@ def folder(tmp_path):
              seconds=seconds)
     cohort_crops = offset + rng.standard_normal((10, 2, D))
     file_means = unit(cohort_crops).mean(1).astype(np.float32)  # crop means of L2-normalised crops
+    raw_means = cohort_crops.mean(1).astype(np.float32)
+    centred_means = unit(cohort_crops - raw_means.mean(0)).mean(1).astype(np.float32)
     owner = np.arange(10) // 2
     save_npz(tmp_path / "cohort.npz", {"norm_cohort_utts": 2}, names=np.array([f"c{i}" for i in range(5)]),
-             embeddings=np.zeros((5, D), np.float32), file_means=file_means, owner=owner)
+             embeddings=np.zeros((5, D), np.float32), file_means=file_means, raw_means=raw_means,
+             centred_means=centred_means, owner=owner)
     pairs = list(itertools.combinations(range(16), 2))
     labels = np.array([int(a // PER_SPEAKER == b // PER_SPEAKER) for a, b in pairs])
     trials = TrialList("all.txt", labels, [names[a] for a, _ in pairs], [names[b] for _, b in pairs])
-    return tmp_path, {"crops": crops, "names": names, "file_means": file_means, "owner": owner, "trials": trials,
-                      "seconds": dict(zip(names, seconds, strict=True))}
+    return tmp_path, {"crops": crops, "names": names, "raw_means": raw_means, "owner": owner, "trials": trials,
+                      "seconds": dict(zip(names, seconds, strict=True)), "cohort_crops": cohort_crops}
 
 
 def halves(trials: TrialList) -> tuple[TrialList, TrialList]:
@@ -60,14 +63,15 @@ def report(cfg: config.Config, lists, out, calibration=None) -> dict:
 def test_mean_subtraction_scores_as_the_formula_says(folder):
     out, data = folder
     run = EvalRun(make_cfg(), out)
-    np.testing.assert_allclose(run.train_mean().numpy(), data["file_means"].mean(0), rtol=1e-6)
+    m = data["raw_means"].astype(np.float64).mean(0)  # the mean of the raw embeddings, as WeSpeaker's
+    np.testing.assert_allclose(run.train_mean().numpy(), m, rtol=1e-6)
     trials = data["trials"]
     lists = list_results([trials])
     score_stage(run, lists)
     info = lists[0].raw.info
     assert info["mean_subtraction"] is True and "training-set mean" in info["protocol_detail"]
-    # paper protocol: crops L2-normalised, the mean subtracted, L2-normalised again; -mean distance of crop pairs
-    crops = unit(unit(data["crops"]) - data["file_means"].mean(0))
+    # paper protocol: the mean subtracted from the raw crops, then L2-normalised; -mean distance of crop pairs
+    crops = unit(data["crops"] - m)
     index = {n: i for i, n in enumerate(data["names"])}
     expected = [-np.linalg.norm(crops[index[e]][:, None] - crops[index[t]][None], axis=-1).mean()
                 for e, t in zip(trials.enroll, trials.test, strict=True)]
@@ -77,11 +81,10 @@ def test_mean_subtraction_scores_as_the_formula_says(folder):
     assert plain[0].raw.info["mean_subtraction"] is False
     assert np.abs(read_scores(out / "scores.txt").scores - np.array(expected)).max() > 0.05
 
-    # AS-norm: test and cohort vectors unit(crop mean - m); cohort speakers the mean of their files' vectors
+    # AS-norm: test and cohort vectors unit(mean of unit(crop - m)); cohort speakers the mean of their files' vectors
     norm_stage(run, lists)
-    m = data["file_means"].mean(0)
-    vectors = unit(unit(data["crops"]).mean(1) - m)
-    cohort_files = unit(data["file_means"] - m)
+    vectors = unit(unit(data["crops"] - m).mean(1))
+    cohort_files = unit(unit(data["cohort_crops"] - m).mean(1))
     cohort = np.stack([cohort_files[data["owner"] == s].mean(0) for s in range(5)])
     top = np.sort(vectors @ unit(cohort).T, axis=1)[:, -3:]
     mu, sd = top.mean(1), top.std(1)

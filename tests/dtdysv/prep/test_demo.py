@@ -95,7 +95,7 @@ def test_trial_list(corpus: tuple[Path, dict]) -> None:
 def test_info_and_completeness(corpus: tuple[Path, dict]) -> None:
     out, summary = corpus
     info = json.loads((out / demodata.INFO_FILE).read_text())
-    assert info["complete"] and info["settings"] == {**SMALL, "seed": 0}
+    assert info["complete"] and info["settings"] == {**SMALL, "seed": 0, "calibration_speakers": 0}
     assert demodata.demo_corpus_complete(out, {**SMALL, "seed": 0})
     assert not demodata.demo_corpus_complete(out, {**SMALL, "seed": 1})
     assert not demodata.demo_corpus_complete(out, {**SMALL, "seed": 0, "n_trials": 22})
@@ -148,7 +148,7 @@ def test_dataprep_builds_then_skips(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     out = tmp_path / "demo"
     assert dataprep.main(["--make_demo", str(out), "--demo_seed", "3", *DEMO_ARGS]) == 0
     info = json.loads((out / demodata.INFO_FILE).read_text())
-    assert info["complete"] and info["settings"] == {**SMALL, "seed": 3}
+    assert info["complete"] and info["settings"] == {**SMALL, "seed": 3, "calibration_speakers": 0}
     before = tree_bytes(out)
 
     calls = []
@@ -157,10 +157,10 @@ def test_dataprep_builds_then_skips(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert dataprep.main(["--make_demo", str(out), "--demo_seed", "3", *DEMO_ARGS]) == 0
     assert calls == [] and "skipping" in caplog.text and tree_bytes(out) == before
     assert dataprep.main(["--make_demo", str(out), "--demo_seed", "4", *DEMO_ARGS]) == 0  # other settings: rebuild
-    assert calls == [{**SMALL, "seed": 4}]
+    assert calls == [{**SMALL, "seed": 4, "calibration_speakers": 0}]
     (out / "test" / "wav" / read_trials(out)[0][1]).unlink()  # an incomplete corpus is rebuilt too
     assert dataprep.main(["--make_demo", str(out), "--demo_seed", "3", *DEMO_ARGS]) == 0
-    assert calls[-1] == {**SMALL, "seed": 3}
+    assert calls[-1] == {**SMALL, "seed": 3, "calibration_speakers": 0}
 
 
 def test_make_list(corpus: tuple[Path, dict], tmp_path: Path) -> None:
@@ -186,3 +186,26 @@ def test_make_list(corpus: tuple[Path, dict], tmp_path: Path) -> None:
         dataprep.main(["--make_list", "--source", str(source)])  # no --out
     with pytest.raises(SystemExit):
         dataprep.main([])  # no step
+
+
+def test_calibration_speakers_make_a_balanced_list_of_voices_held_out_from_training_and_test(corpus, tmp_path):
+    plain, _ = corpus
+    out = tmp_path / "calibrated"
+    summary = demodata.make_demo_corpus(out, seed=0, calibration_speakers=3, **SMALL)
+    assert summary["calibration_speakers"] == 3
+    calibration = [line.split(" ") for line in (out / "calibration_list.txt").read_text().splitlines()]
+    assert len(calibration) == SMALL["n_trials"]
+    assert sum(label == "1" for label, _, _ in calibration) == SMALL["n_trials"] // 2
+    speakers = {path.split("/")[0] for _, *pair in calibration for path in pair}
+    assert len(speakers) == 3 and all(s.startswith("id2") for s in speakers)
+    assert all((out / "test" / "wav" / path).is_file() for _, *pair in calibration for path in pair)
+    test_speakers = {path.split("/")[0] for _, *pair in read_trials(out) for path in pair}
+    train_speakers = {speaker for speaker, _ in read_train_list(out)}
+    assert not speakers & (test_speakers | train_speakers)
+    # the training and test parts are those of the same seed without calibration speakers
+    assert (out / "test_list.txt").read_bytes() == (plain / "test_list.txt").read_bytes()
+    assert (out / "train_list.txt").read_bytes() == (plain / "train_list.txt").read_bytes()
+    assert demodata.demo_corpus_complete(out, {"seed": 0, "calibration_speakers": 3, **SMALL})
+    (out / "test" / "wav" / calibration[0][1]).unlink()  # a lost calibration file: the corpus is not complete
+    assert not demodata.demo_corpus_complete(out, {"seed": 0, "calibration_speakers": 3, **SMALL})
+    assert not demodata.demo_corpus_complete(out, {"seed": 0, **SMALL})  # other settings
