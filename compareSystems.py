@@ -405,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("systems", nargs="*", help="two score files or result folders (A, then B); with --summary, "
                                                    "experiment or result folders")
-    parser.add_argument("--summary", action="store_true", help="a table of the folders' metrics.json instead")
+    parser.add_argument("--summary", action="store_true", help="a table of the folders' test lists (their "
+                                                                  "metrics.json) instead")
     parser.add_argument("--scores_file", default="scores.txt", help="the variant read in a list's folder: "
                                                                     "scores.txt (raw, the default), scores.asnorm.txt, "
                                                                     "scores.snorm.txt, scores.cal.txt")
