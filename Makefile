@@ -26,7 +26,7 @@ demo: venv
 	$(PY) trainSpeakerNet.py --config configs/demo.yaml
 	$(PY) trainSpeakerNet.py --config configs/demo_static.yaml
 	@echo "A: static ResNet-34 x0.25, B: DTDY x0.25, on the same 600 held-out trials:"
-	@$(PY) compareSystems.py exps/demo_static exps/demo --det exps/demo_det.png
+	@$(PY) compareSystems.py exps/demo_static exps/demo --list test_list --det exps/demo_det.png
 
 recipe-demo: venv
 	$(PY) dataprep.py --make_demo $(DEMO_DIR) $(DEMO_CORPUS)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Compare speaker-verification systems: a paired bootstrap of two systems on one trial list, or a table of results.
 
-    python compareSystems.py exps/A exps/B                                 # result folders: their scores.txt
+    python compareSystems.py exps/A exps/B                       # result folders: their list's scores.txt
+    python compareSystems.py exps/A exps/B --list O --scores_file scores.asnorm.txt
     python compareSystems.py a/scores.txt b/scores.txt --det det.png --json diff.json
     python compareSystems.py --summary exps/A exps/B_s1 exps/B_s2 --markdown table.md --csv table.csv
 
@@ -10,13 +11,15 @@ they are aligned, and B - A of the EER and of minDCF at each --p_target gets a 9
 from a paired bootstrap: each resample draws the list's speakers (tuneThreshold.trial_clusters) with replacement
 and weighs both systems' trials alike, so what the two systems share (the speakers, the trials) cancels in the
 difference. Intervals are basic bootstrap intervals; the p-value inverts the difference's interval
-(tuneThreshold.difference_test). A result folder (an experiment folder or its result/) stands
-for its ``--scores_file`` (scores.txt: the first list's raw scores; dtdysv/evaluation/results.py describes the
-folder).
+(tuneThreshold.difference_test). A result folder (an experiment folder, its result/ or a list's folder) stands for
+one list's ``--scores_file`` (default scores.txt, the raw scores; scores.asnorm.txt, scores.cal.txt, ...): the list of
+``--list``, else the one test list the folders share (dtdysv/evaluation/results.py describes the folder).
 
-Summary: one row per experiment from its result/metrics.json (EER and minDCF with their 95% intervals, trials);
-folders whose config.yaml differ only in ``seed`` (and ``save_path``) also get mean and std rows. The file runs past
-300 lines because it is one command with both modes, their argument checks and their reports.
+Summary: one row per experiment and test list (every list, or ``--list``) from the list's metrics.json: EER and minDCF
+with their 95% intervals of its ``--scores_file`` variant, trials. A --calibration_list is no test list: its figures
+are training figures, never tabulated. Folders whose config.yaml differ only in ``seed`` (and ``save_path``) also get
+mean and std rows per list. The file runs past 300 lines because it is one command with both modes, their argument
+checks and their reports.
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ from config import load_yaml
 from dtdysv.errors import UserError
 from dtdysv.evaluation.results import (
     METRICS_FILE,
+    ROLE_CALIBRATION,
     EvalError,
     ScoreFile,
-    entries_of,
     finite_json,
-    read_metrics,
+    list_folders,
+    read_list_metrics,
     read_scores,
+    require_lists,
 )
 from dtdysv.runtime.fileio import atomic_write_text
 from dtdysv.runtime.setup import setup_logging
@@ -54,23 +59,69 @@ log = logging.getLogger("compareSystems")
 # ---- reading -------------------------------------------------------------------------------------------------------
 
 
-def score_path(path: str | Path, scores_file: str) -> Path:
-    """A score file as given, or ``scores_file`` in a result folder (``<dir>/result/`` or ``<dir>/`` itself)."""
-    path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "result" / scores_file, path / scores_file):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"'{path}' is a folder without result/{scores_file} or {scores_file}; give a score file or a "
-                        f"result folder (--scores_file names the file in it).")
-    if not path.is_file():
-        raise UserError(f"Score file '{path}' does not exist.")
-    return path
+def result_lists(folder: Path) -> dict[str, Path]:
+    """list name -> list folder of an experiment folder, its result/ folder or one list's folder; UserError for a
+    folder of the older flat layout or without any evaluated list."""
+    for candidate in (folder / "result", folder):
+        if found := list_folders(candidate):
+            return found
+    if (folder / METRICS_FILE).is_file():
+        read_list_metrics(folder)  # a list's folder, or the older flat layout's result folder (refused)
+        return {folder.name: folder}
+    return require_lists(folder / "result" if (folder / "result").is_dir() else folder)
+
+
+def _is_test_list(folder: Path) -> bool:
+    return read_list_metrics(folder).get("role") != ROLE_CALIBRATION
+
+
+def pick_list(systems: Sequence[tuple[Path, dict[str, Path]]], name: str | None) -> str:
+    """The list of ``--list`` (``name``), else the one test list that every result folder holds; UserError naming
+    the lists found otherwise."""
+    listing = "; ".join(f"'{folder}': {', '.join(found)}" for folder, found in systems)
+    if name is not None:
+        for folder, found in systems:
+            if name not in found:
+                raise UserError(f"'{folder}' has no list '{name}' (--list); the lists found: {listing}.")
+        return name
+    shared = set.intersection(*({n for n, f in found.items() if _is_test_list(f)} for _, found in systems))
+    if len(shared) != 1:
+        common = f"{len(shared)} test lists ({', '.join(sorted(shared))}) are" if shared else "no test list is"
+        raise UserError(f"{common} common to the result folders, so which to compare is not clear; the lists "
+                        f"found: {listing}. Choose one with --list NAME.")
+    return shared.pop()
+
+
+def score_paths(paths: Sequence[str | Path], scores_file: str, list_name: str | None) -> list[Path]:
+    """Each of ``paths`` as a score file: a file as given, a result folder as its list's ``scores_file`` (the list of
+    ``list_name``, else the one test list that the folders share)."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"Score file '{path}' does not exist.")
+    folders = {path: result_lists(path) for path in paths if path.is_dir()}
+    name = pick_list(list(folders.items()), list_name) if folders else None
+    out = []
+    for path in paths:
+        if path not in folders:
+            out.append(path)
+            continue
+        folder = folders[path][name]
+        if not (folder / scores_file).is_file():
+            present = sorted(p.name for p in folder.glob("scores*.txt"))
+            raise UserError(f"'{folder}' has no {scores_file} (--scores_file); its score files: "
+                            f"{', '.join(present) or 'none'}.")
+        if not _is_test_list(folder):
+            log.warning("'%s' is the --calibration_list of its evaluation: its calibrated scores are training "
+                        "figures, not those of held-out trials", folder)
+        out.append(folder / scores_file)
+    return out
 
 
 def system_name(path: Path) -> str:
-    """The experiment folder of a result folder's score file, else the file's path."""
-    return path.parent.parent.name if path.parent.name == "result" and path.parent.parent.name else str(path)
+    """The experiment folder of a result folder's score file (``<exp>/result/<list>/<file>``), else the file's path."""
+    parents = path.parents
+    return parents[2].name if len(parents) > 2 and parents[1].name == "result" and parents[2].name else str(path)
 
 
 def _first_bad_line(path: Path) -> str:
@@ -204,7 +255,7 @@ def run_compare(args: argparse.Namespace) -> None:
                         f"use --summary for a table of several.")
     if args.resamples < 1:
         raise UserError(f"--resamples must be >= 1, got {args.resamples}.")
-    path_a, path_b = (score_path(p, args.scores_file) for p in args.systems)
+    path_a, path_b = score_paths(args.systems, args.scores_file, args.list)
     a, b = read_labelled(path_a), read_labelled(path_b)
     order = align(a, b, path_a, path_b)
     b = ScoreFile(b.scores[order], a.labels, a.enroll, a.test)
@@ -230,36 +281,45 @@ def run_compare(args: argparse.Namespace) -> None:
 # ---- summary table -------------------------------------------------------------------------------------------------
 
 
-def _result_dir(folder: Path) -> Path:
-    for candidate in (folder / "result", folder):
-        if (candidate / METRICS_FILE).is_file():
-            return candidate
-    raise UserError(f"'{folder}' has no result/{METRICS_FILE} (nor {METRICS_FILE}); run the evaluation "
-                    f"(trainSpeakerNet.py --eval) first.")
+def _figures(folder: Path, metrics: dict[str, Any], scores_file: str) -> dict[str, Any]:
+    """The entry of a list's metrics.json for the variant whose score file is ``scores_file``."""
+    for entry in metrics["variants"].values():
+        if entry.get("scores_file") == scores_file:
+            return entry
+    present = ", ".join(entry.get("scores_file", "?") for entry in metrics["variants"].values())
+    raise UserError(f"'{folder / METRICS_FILE}' has no figures of {scores_file} (--scores_file); its score files: "
+                    f"{present}.")
 
 
-def summary_rows(folders: Sequence[str | Path], list_name: str | None = None) -> list[dict[str, Any]]:
-    """One row per folder (system, seed, config, metrics of its first list or ``list_name``), then a mean and a std
-    row after each group of folders whose config.yaml differ only in seed and save_path."""
+def summary_rows(folders: Sequence[str | Path], list_name: str | None = None,
+                 scores_file: str = "scores.txt") -> list[dict[str, Any]]:
+    """One row per folder and labelled test list (every one, or ``list_name``): system, list, seed, config and the
+    figures of its ``scores_file``; then a mean and a std row after each group of rows of one list whose folders'
+    config.yaml differ only in seed and save_path."""
     rows = []
     for folder in map(Path, folders):
-        result_dir = _result_dir(folder)
-        try:
-            entries = entries_of(read_metrics(result_dir))
-        except (json.JSONDecodeError, KeyError) as err:
-            raise UserError(f"'{result_dir / METRICS_FILE}' is not a metrics.json of the metrics stage: "
-                            f"{err}") from None
-        name = list_name or next(iter(entries))
-        if name not in entries:
-            raise UserError(f"'{result_dir / METRICS_FILE}' has no list '{name}'; its lists: {', '.join(entries)}.")
-        entry = entries[name]
-        if "eer_percent" not in entry:
-            raise UserError(f"The list '{name}' of '{result_dir / METRICS_FILE}' is unlabeled: it has no metrics.")
-        config_file = (folder if result_dir != folder else folder.parent) / "config.yaml"
-        config = load_yaml(config_file) if config_file.is_file() else None
-        rows.append({"system": str(folder), "seed": config.get("seed") if config else None, "config": config,
-                     **{k: v for k, v in entry.items() if k.startswith(("eer_percent", "eer_ci95", "min_dcf_p"))
-                        and not k.endswith("_threshold")}, "n_trials": entry.get("n_trials")})
+        found = result_lists(folder)
+        if list_name is not None and list_name not in found:
+            raise UserError(f"'{folder}' has no list '{list_name}' (--list); its lists: {', '.join(found)}.")
+        for name in [list_name] if list_name is not None else found:
+            metrics = read_list_metrics(found[name])
+            skip = ("it is the --calibration_list: its figures are training figures, not a test result"
+                    if metrics.get("role") == ROLE_CALIBRATION else "")
+            entry = _figures(found[name], metrics, scores_file)
+            skip = skip or ("" if "eer_percent" in entry else "it is unlabeled: it has no metrics")
+            if skip and list_name is not None:
+                raise UserError(f"The list '{name}' of '{folder}' cannot be tabulated: {skip}.")
+            if skip:
+                log.info("the list '%s' of '%s' is left out: %s", name, folder, skip)
+                continue
+            config_file = found[name].parent.parent / "config.yaml"
+            config = load_yaml(config_file) if config_file.is_file() else None
+            rows.append({"system": str(folder), "list": name, "seed": config.get("seed") if config else None,
+                         "config": config, **{k: v for k, v in entry.items() if k.startswith(
+                             ("eer_percent", "eer_ci95", "min_dcf_p")) and not k.endswith("_threshold")},
+                         "n_trials": entry.get("n_trials")})
+    if not rows:
+        raise UserError(f"The folders hold no labelled test list to tabulate ({', '.join(map(str, folders))}).")
     return _with_seed_statistics(rows)
 
 
@@ -268,7 +328,7 @@ def _with_seed_statistics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         if row["config"] is not None:
             rest = {k: v for k, v in row["config"].items() if k not in ("seed", "save_path")}
-            groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(row)
+            groups.setdefault(json.dumps([row["list"], rest], sort_keys=True, default=str), []).append(row)
     out = []
     for row in rows:
         out.append(row)
@@ -278,10 +338,10 @@ def _with_seed_statistics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keys = [k for k in row if k.startswith(("eer_percent", "min_dcf_p")) and not k.endswith("_ci95")]
         label = f"{len(group)} seeds ({', '.join(r['system'] for r in group)})"
         values = {k: np.array([r[k] for r in group], dtype=np.float64) for k in keys}
-        out.append({"system": f"mean of {label}", **{k: float(v.mean()) for k, v in values.items()},
-                    "n_trials": row["n_trials"]})
-        out.append({"system": f"std of {label}", **{k: float(v.std(ddof=1)) for k, v in values.items()},
-                    "n_trials": row["n_trials"]})
+        out.append({"system": f"mean of {label}", "list": row["list"],
+                    **{k: float(v.mean()) for k, v in values.items()}, "n_trials": row["n_trials"]})
+        out.append({"system": f"std of {label}", "list": row["list"],
+                    **{k: float(v.std(ddof=1)) for k, v in values.items()}, "n_trials": row["n_trials"]})
     return out
 
 
@@ -292,10 +352,10 @@ def _dcf_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     dcf = _dcf_keys(rows)
-    header = ["system", "EER % (95% CI)", *(f"minDCF p={float(k[9:]):g} (95% CI)" for k in dcf), "trials"]
+    header = ["system", "list", "EER % (95% CI)", *(f"minDCF p={float(k[9:]):g} (95% CI)" for k in dcf), "trials"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for r in rows:
-        cells = [r["system"], _cell(r, "eer_percent", "eer_ci95_percent", 2),
+        cells = [r["system"], r["list"], _cell(r, "eer_percent", "eer_ci95_percent", 2),
                  *(_cell(r, k, f"{k}_ci95", 4) for k in dcf), f"{r['n_trials']:,}" if r.get("n_trials") else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -307,7 +367,7 @@ def _cell(row: dict[str, Any], key: str, ci_key: str, digits: int) -> str:
 
 def csv_table(rows: Sequence[dict[str, Any]]) -> str:
     dcf = _dcf_keys(rows)
-    columns = ["system", "seed", "eer_percent", "eer_ci95_low", "eer_ci95_high"]
+    columns = ["system", "list", "seed", "eer_percent", "eer_ci95_low", "eer_ci95_high"]
     for k in dcf:
         columns += [k, f"{k}_ci95_low", f"{k}_ci95_high"]
     columns.append("n_trials")
@@ -315,7 +375,7 @@ def csv_table(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for r in rows:
-        flat = {"system": r["system"], "seed": r.get("seed"), "n_trials": r.get("n_trials")}
+        flat = {"system": r["system"], "list": r["list"], "seed": r.get("seed"), "n_trials": r.get("n_trials")}
         for key, ci_key, name in (("eer_percent", "eer_ci95_percent", "eer"), *((k, f"{k}_ci95", k) for k in dcf)):
             ci = r.get(ci_key) or [None, None]
             flat.update({key: r.get(key), f"{name}_ci95_low": ci[0], f"{name}_ci95_high": ci[1]})
@@ -326,7 +386,7 @@ def csv_table(rows: Sequence[dict[str, Any]]) -> str:
 def run_summary(args: argparse.Namespace) -> None:
     if not args.systems:
         raise UserError("--summary needs one or more experiment or result folders.")
-    rows = summary_rows(args.systems, args.list)
+    rows = summary_rows(args.systems, args.list, args.scores_file)
     table = markdown_table(rows)
     sys.stdout.write(table)
     if args.markdown:
@@ -345,9 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("systems", nargs="*", help="two score files or result folders (A, then B); with --summary, "
                                                    "experiment or result folders")
-    parser.add_argument("--summary", action="store_true", help="a table of the folders' metrics.json instead")
-    parser.add_argument("--scores_file", default="scores.txt", help="the score file read in a result folder, e.g. "
-                                                                    "scores.asnorm.txt (default: scores.txt)")
+    parser.add_argument("--summary", action="store_true", help="a table of the folders' test lists (their "
+                                                                  "metrics.json) instead")
+    parser.add_argument("--scores_file", default="scores.txt", help="the variant read in a list's folder: "
+                                                                    "scores.txt (raw, the default), scores.asnorm.txt, "
+                                                                    "scores.snorm.txt, scores.cal.txt")
     parser.add_argument("--p_target", type=float, nargs="+", default=[0.01, 0.05], help="minDCF priors")
     parser.add_argument("--c_miss", type=float, default=1.0, help="minDCF cost of a miss")
     parser.add_argument("--c_fa", type=float, default=1.0, help="minDCF cost of a false alarm")
@@ -356,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--names", nargs=2, metavar=("A", "B"), help="names of the systems in the DET legend")
     parser.add_argument("--det", help="write both DET curves to this PNG")
     parser.add_argument("--json", help="write the comparison's figures to this JSON file")
-    parser.add_argument("--list", help="--summary: the list of metrics.json to tabulate (default: the first)")
+    parser.add_argument("--list", help="the trial list of the result folders (result/<list>/); default: the one "
+                                       "test list they share, and with --summary every test list")
     parser.add_argument("--markdown", help="--summary: also write the table to this Markdown file")
     parser.add_argument("--csv", help="--summary: also write the table to this CSV file")
     return parser

@@ -110,7 +110,7 @@ class Config:
     norm_top_n: int = opt(300, "asnorm: highest cohort scores per file used for its mean and std.", "eval")
     norm_cohort_utts: int = opt(3, "Utterances per --train_list speaker averaged into its cohort vector.", "eval")
     mean_subtraction: bool = opt(False, "Subtract the cohort utterances' mean embedding before scoring.", "eval")
-    calibration_list: str = opt("", "Trial list to train a quality-aware calibration on (LLRs in <stem>.cal.txt).",
+    calibration_list: str = opt("", "Trial list to train a quality-aware calibration on (LLRs: <list>/scores.cal.txt).",
                                 "eval")
     calibration_model: str = opt("", "Calibration JSON: written with --calibration_list, else applied if given.",
                                  "eval")

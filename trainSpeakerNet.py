@@ -5,7 +5,7 @@
     python trainSpeakerNet.py --config configs/DTDY_ResNet34_half_ASP.yaml --eval
 
 ``--save_path`` gets ``config.yaml``, ``model/`` (``last.model`` every epoch, ``modelNNNNNNNNN.model`` per evaluation)
-and ``result/``; rerunning resumes from ``model/last.model``.
+and ``result/`` (a folder per trial list: dtdysv/evaluation/results.py); rerunning resumes from ``model/last.model``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dtdysv.errors import UserError, message_of
 from dtdysv.evaluation.embed import run_extract
 from dtdysv.evaluation.normalise import check_cohort_size
 from dtdysv.evaluation.pipeline import check_eval_options, check_trial_lists, evaluate, score_from_cache
+from dtdysv.evaluation.results import RAW
 from dtdysv.runtime import checkpoint as ckpt
 from dtdysv.runtime import distributed, plugins
 from dtdysv.runtime.allocator import tune_cpu_allocator
@@ -69,9 +70,19 @@ def changed_settings(stored: dict, cfg: Config) -> list[str]:
     return [f"{key}: {stored[key]!r} -> {now[key]!r}" for key in now if key in stored and stored[key] != now[key]]
 
 
-def run_eval(cfg: Config, device: torch.device, env: DistEnv) -> dict:
-    """--eval: score the trial lists with the weights of --initial_model (else the newest checkpoint); the log goes
-    to result/eval.log and the figures to TensorBoard as well, as in training."""
+def headline(metrics: dict[str, dict]) -> dict[str, float]:
+    """EER and minDCF of the raw scores of an evaluation's first list (its test list), from ``evaluate``'s list name
+    -> metrics; {} on DDP ranks other than 0."""
+    if not metrics:
+        return {}
+    raw = next(iter(metrics.values()))["variants"][RAW]
+    return {k: v for k, v in raw.items() if k.startswith(("eer", "min_dcf"))}
+
+
+def run_eval(cfg: Config, device: torch.device, env: DistEnv) -> dict[str, dict]:
+    """--eval: score the trial lists with the weights of --initial_model (else the newest checkpoint) into
+    result/<list>/; returns list name -> its metrics. The log goes to result/eval.log and the first list's figures
+    to TensorBoard as well, as in training."""
     result_dir = Path(cfg.save_path) / "result"
     trials = check_trial_lists([read_trial_list(p, cfg.test_path, check_files=not cfg.score_from_cache)
                                 for p in cfg.test_list])
@@ -83,7 +94,7 @@ def run_eval(cfg: Config, device: torch.device, env: DistEnv) -> dict:
         embedder, net, path = build_embedder(cfg, device, env)
         metrics = evaluate(embedder, trials, cfg, result_dir, test_normalize(net.loss), checkpoint=path)
     board = Board(Path(cfg.save_path) / "tensorboard", cfg.tensorboard and env.is_main)
-    board.add({f"eval_standalone/{k}": v for k, v in metrics.items() if k.startswith(("eer", "min_dcf"))}, 0)
+    board.add({f"eval_standalone/{k}": v for k, v in headline(metrics).items()}, 0)
     board.close()
     return metrics
 
@@ -135,7 +146,9 @@ def margin_schedule(cfg: Config, loss: nn.Module) -> MarginSchedule | None:
     return schedule
 
 
-def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
+def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict[str, dict]:
+    """Train; every --test_interval epochs (and at the last) evaluate the test lists into result/<list>/. Returns the
+    last evaluation's list name -> metrics ({} if none ran)."""
     save = Path(cfg.save_path)
     last = ckpt.latest_checkpoint(save)
     resume = ckpt.read(last) if last else None
@@ -183,13 +196,13 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict:
                         cfg.fast_cpu_inference and not cfg.compile)
     saver = ckpt.Saver(save, cfg, trainer, steps, cfg.checkpoint_minutes, env.is_main)
 
-    def evaluate_epoch(epoch: int) -> dict:
+    def evaluate_epoch(epoch: int) -> dict[str, dict]:
         metrics = evaluate(embedder, trials, cfg, save / "result", test_normalize(net.loss),
                            checkpoint=ckpt.checkpoint_path(save, epoch))
-        board.add({f"eval/{k}": v for k, v in metrics.items() if k.startswith(("eer", "min_dcf"))}, epoch)
+        board.add({f"eval/{k}": v for k, v in headline(metrics).items()}, epoch)
         return metrics
 
-    metrics: dict = {}
+    metrics: dict[str, dict] = {}
     if resume is not None and resume.get("owes_evaluation") and not first_step:
         log.info("epoch %d was saved but not evaluated: evaluating it first", start - 1)
         metrics = evaluate_epoch(start - 1)

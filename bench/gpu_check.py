@@ -197,11 +197,11 @@ def ddp_train(run: Run, sec: Section, dtype: str) -> None:
     backend = "nccl" if run.cuda else "gloo"
     sec.check(f"{nproc} rank(s) over {backend}", nproc == 1 or f"({backend}" in (run.out / f"{name}.log").read_text(),
               f"{nproc} processes")
-    scores = save / "result" / "scores.txt"
+    scores = save / "result" / "test_list" / "scores.txt"
     lines = scores.read_text().splitlines() if scores.is_file() else []
     sec.check("scores written", len(lines) == run.shared.get("trials", -1), f"{len(lines)} scores")
-    metrics = json.loads((save / "result" / "metrics.json").read_text())
-    sec.data["eer_percent"] = metrics.get("eer_percent")
+    metrics = json.loads((save / "result" / "test_list" / "metrics.json").read_text())
+    sec.data["eer_percent"] = metrics["variants"]["raw"].get("eer_percent")
     if dtype == "fp16":
         found = re.search(SCALER_LINE, log)
         if found is None:
@@ -232,7 +232,7 @@ def eval_parity(run: Run, sec: Section) -> None:
         argv = [sys.executable, "trainSpeakerNet.py", "--config", str(config), "--eval", "--initial_model",
                 str(checkpoint), "--save_path", str(save), "--no-mixedprec", "--no-tensorboard", *extra]
         run.command(argv, f"eval_{name}.log", env)
-        return read_scores(save / "result" / "scores.txt")
+        return read_scores(save / "result" / "test_list" / "scores.txt")
 
     cpu = evaluate("cpu", "--device", "cpu")
     if run.cuda:

@@ -330,7 +330,7 @@ class SpeakerVerifier:
 
 
 _UNCALIBRATED = ("this model has no calibration, so its scores are cosines without a meaning of their own. Give "
-                 "verify a score threshold (e.g. the eer_threshold in metrics.json of an evaluation with "
+                 "verify a score threshold (e.g. an eer_threshold in result/<list>/metrics.json of an evaluation with "
                  "--eval_frames 0), or, for llrs and decisions at a prior and costs, evaluate with --eval_frames 0 "
                  "--calibration_list <labelled trials> and export with --calibration <that result folder>.")
 

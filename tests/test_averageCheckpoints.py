@@ -51,7 +51,7 @@ def test_eval_accepts_an_averaged_checkpoint(corpus, run, tmp_path):
     assert averageCheckpoints.main(["--checkpoints", *paths, "--out", str(out)]) == 0
     save = tmp_path / "eval"
     assert trainSpeakerNet.main(tiny_argv(corpus, save, "--eval", "--initial_model", str(out))) == 0
-    metrics = json.loads((save / "result" / "metrics.json").read_text())
+    metrics = json.loads((save / "result" / "test_list" / "metrics.json").read_text())["variants"]["raw"]
     assert metrics["n_trials"] == len((corpus / "test_list.txt").read_text().splitlines())
 
 

@@ -72,14 +72,14 @@ def test_the_export_carries_the_calibration_mean_and_cohort(calibrated):
 @pytest.mark.parametrize("fmt", export.FORMATS)
 def test_the_api_gives_the_evaluation_llrs_and_bayes_decisions(corpus, calibrated, fmt):
     _, result, out = calibrated
-    expected = read_scores(result / "scores.cal.txt")
+    expected = read_scores(result / "test_list" / "scores.cal.txt")
     sv = SpeakerVerifier.from_export(out, prefer=fmt, threads=1)
     assert sv.threshold == pytest.approx(bayes_threshold(0.01)) == pytest.approx(np.log(99))
     wav = corpus / "test" / "wav"
     llrs = np.array([sv.llr(wav / e, wav / t) for e, t in zip(expected.enroll, expected.test, strict=True)])
     np.testing.assert_allclose(llrs, expected.scores, atol=1e-4)
     assert llrs.std() > 0.1  # llrs that say something
-    normalised = read_scores(result / "scores.asnorm.txt")
+    normalised = read_scores(result / "test_list" / "scores.asnorm.txt")
     assert sv.score(wav / expected.enroll[0], wav / expected.test[0]) == pytest.approx(normalised.scores[0], abs=1e-4)
     # the Bayes decision at the prior and costs asked for, both ways round alike
     even = SpeakerVerifier.from_export(out, prefer=fmt, threads=1, p_target=0.5)
@@ -99,7 +99,7 @@ def test_the_api_gives_the_evaluation_llrs_and_bayes_decisions(corpus, calibrate
 
 def test_the_scoring_command_writes_llrs_and_decisions(corpus, calibrated, capsys):
     _, result, out = calibrated
-    expected = read_scores(result / "scores.cal.txt")
+    expected = read_scores(result / "test_list" / "scores.cal.txt")
     wav = corpus / "test" / "wav"
     pairs = [arg for e, t in zip(expected.enroll[:3], expected.test[:3], strict=True)
              for arg in ("--pairs", str(wav / e), str(wav / t))]

@@ -9,7 +9,7 @@ import pytest
 import averageCheckpoints
 import trainSpeakerNet
 from conftest import tiny_argv
-from dtdysv.evaluation.results import read_scores
+from dtdysv.evaluation.results import ROLE_CALIBRATION, read_scores
 from tuneThreshold import cllr
 
 pytestmark = pytest.mark.slow
@@ -52,24 +52,26 @@ def test_train_finetune_average_eval_with_asnorm_mean_subtraction_and_calibratio
                                           "--score_norm", "asnorm", "--norm_top_n", "3", "--mean_subtraction",
                                           "--test_list", str(halves[1]), "--calibration_list", str(halves[0]))) == 0
     result = out / "result"
-    for name in ("scores.txt", "scores.asnorm.txt", "scores.cal.txt", "calibration.json", "metrics.json",
-                 "cohort.npz", "det.png", "scores_calibration_half.cal.txt"):
+    for name in ("calibration.json", "cohort.npz", "heldout_half/scores.txt", "heldout_half/scores.asnorm.txt",
+                 "heldout_half/scores.cal.txt", "heldout_half/metrics.json", "heldout_half/det.png",
+                 "calibration_half/scores.cal.txt"):
         assert (result / name).is_file(), name
-    metrics = json.loads((result / "metrics.json").read_text())
-    assert metrics["test_list"] == str(halves[1]) and metrics["mean_subtraction"] is True
-    assert metrics["n_trials"] == len(trials[1::2])
-    for entry in (metrics, metrics["norm"], metrics["cal"]):
+    metrics = json.loads((result / "heldout_half" / "metrics.json").read_text())
+    raw, norm, cal = (metrics["variants"][k] for k in ("raw", "asnorm", "cal"))
+    assert metrics["test_list"] == str(halves[1]) and raw["mean_subtraction"] is True
+    assert raw["n_trials"] == len(trials[1::2])
+    for entry in (raw, norm, cal):
         assert {"cllr_bits", "act_dcf_p0.01", "act_dcf_p0.05", "min_dcf_p0.01"} <= set(entry)
     model = json.loads((result / "calibration.json").read_text())
     assert model["features"] == ["score_asnorm", "log_seconds_min", "log_seconds_max",
                                  "cohort_top3_mean_min", "cohort_top3_mean_max"]
     assert model["trained_on"] == str(halves[0]) and model["settings"]["mean_subtraction"] is True
-    assert metrics["lists"]["calibration_half"]["purpose"] == "calibration"
+    assert json.loads((result / "calibration_half" / "metrics.json").read_text())["role"] == ROLE_CALIBRATION
     # the held-out calibrated scores are llrs: they do not mislead (Cllr about 1 bit or less) where the AS-norm
     # scores, which are not llrs, do (Cllr above 1). The tiny model is close to chance, so whether calibration also
     # beats the raw cosines (near 0, hence near 1 bit) depends on rounding; tests/dtdysv/evaluation/ show its gain.
-    calibrated = read_scores(result / "scores.cal.txt")
-    assert metrics["cal"]["cllr_bits"] == pytest.approx(cllr(calibrated.scores, calibrated.labels))
-    assert metrics["norm"]["cllr_bits"] > 1.0 and metrics["cal"]["cllr_bits"] < 1.05
-    assert metrics["cal"]["cllr_bits"] < metrics["norm"]["cllr_bits"]
+    calibrated = read_scores(result / "heldout_half" / "scores.cal.txt")
+    assert cal["cllr_bits"] == pytest.approx(cllr(calibrated.scores, calibrated.labels))
+    assert norm["cllr_bits"] > 1.0 and cal["cllr_bits"] < 1.05
+    assert cal["cllr_bits"] < norm["cllr_bits"]
     assert np.isfinite(calibrated.scores).all()

@@ -27,14 +27,17 @@ def trained(corpus, tmp_path_factory):
 
 def test_training_writes_everything(corpus, trained):
     for rel in ("config.yaml", "model/last.model", "model/model000000001.model", "model/model000000002.model",
-                "result/train.log", "result/scores.txt", "result/metrics.json"):
+                "result/train.log", "result/test_list/scores.txt", "result/test_list/metrics.json",
+                "result/test_list/det.png"):
         assert (trained / rel).is_file(), rel
-    metrics = json.loads((trained / "result/metrics.json").read_text())
+    saved = json.loads((trained / "result/test_list/metrics.json").read_text())
+    assert saved["checkpoint"] == str(trained / "model/model000000002.model")  # the last evaluation's
+    metrics = saved["variants"]["raw"]
     for key in ("eer_percent", "min_dcf_p0.01", "min_dcf_p0.05", "n_trials", "protocol"):
         assert key in metrics
     trials = (corpus / "test_list.txt").read_text().splitlines()
     assert metrics["n_trials"] == len(trials)
-    lines = (trained / "result/scores.txt").read_text().splitlines()
+    lines = (trained / "result/test_list/scores.txt").read_text().splitlines()
     assert len(lines) == len(trials)
     assert [line.split()[1:] for line in lines] == [t.split() for t in trials]
     score, label, enroll, test = lines[0].split()
@@ -49,15 +52,15 @@ def test_training_writes_everything(corpus, trained):
 
 
 def test_eval_reproduces_the_last_training_evaluation(corpus, trained, tmp_path):
-    before = json.loads((trained / "result/metrics.json").read_text())
-    scores_before = (trained / "result/scores.txt").read_text()
+    before = json.loads((trained / "result/test_list/metrics.json").read_text())
+    scores_before = (trained / "result/test_list/scores.txt").read_text()
     out = tmp_path / "eval"
     code = trainSpeakerNet.main(argv(corpus, out, "--eval", "--initial_model",
                                      str(trained / "model/model000000002.model")))
     assert code == 0
-    after = json.loads((out / "result/metrics.json").read_text())
+    after = json.loads((out / "result/test_list/metrics.json").read_text())
     assert after == before
-    assert (out / "result/scores.txt").read_text() == scores_before
+    assert (out / "result/test_list/scores.txt").read_text() == scores_before
     log = (out / "result/eval.log").read_text()  # a standalone evaluation keeps its log and TensorBoard scalars
     assert "test_list: EER" in log and list((out / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -143,9 +146,38 @@ def test_unlabeled_trial_list_gives_scores_and_no_metrics(corpus, trained, tmp_p
     code = trainSpeakerNet.main(argv(corpus, out, "--eval", "--test_list", str(unlabeled), "--initial_model",
                                      str(trained / "model/last.model")))
     assert code == 0
-    metrics = json.loads((out / "result/metrics.json").read_text())
+    metrics = json.loads((out / "result/unlabeled/metrics.json").read_text())["variants"]["raw"]
     assert "eer_percent" not in metrics and metrics["n_trials"] == len(lines)
-    assert all(len(line.split()) == 3 for line in (out / "result/scores.txt").read_text().splitlines())
+    assert all(len(line.split()) == 3 for line in (out / "result/unlabeled/scores.txt").read_text().splitlines())
+    assert not (out / "result/unlabeled/det.png").exists()
+
+
+def test_separate_evaluations_keep_each_list_and_each_variant_of_one_checkpoint(corpus, trained, tmp_path, caplog):
+    out = tmp_path / "e"
+    epoch = [str(trained / f"model/model00000000{e}.model") for e in (1, 2)]
+    assert trainSpeakerNet.main(argv(corpus, out, "--eval", "--initial_model", epoch[1])) == 0
+    first = {p.name: p.read_bytes() for p in (out / "result/test_list").iterdir()}
+    trials = (corpus / "test_list.txt").read_text().splitlines()
+    other = tmp_path / "half.txt"
+    other.write_text("\n".join(trials[::2]) + "\n")
+    assert trainSpeakerNet.main(argv(corpus, out, "--eval", "--test_list", str(other), "--initial_model",
+                                     epoch[1])) == 0
+    assert {p.name: p.read_bytes() for p in (out / "result/test_list").iterdir()} == first
+    assert json.loads((out / "result/half/metrics.json").read_text())["variants"]["raw"]["n_trials"] == \
+        len(trials[::2])
+    # another variant of the same checkpoint joins the raw one; then another checkpoint's evaluation drops it
+    assert trainSpeakerNet.main(argv(corpus, out, "--eval", "--initial_model", epoch[1], "--score_norm", "asnorm",
+                                     "--norm_top_n", "2")) == 0
+    both = json.loads((out / "result/test_list/metrics.json").read_text())
+    assert list(both["variants"]) == ["raw", "asnorm"]
+    assert (out / "result/test_list/scores.txt").read_bytes() == first["scores.txt"]
+    with caplog.at_level("INFO"):
+        assert trainSpeakerNet.main(argv(corpus, out, "--eval", "--initial_model", epoch[0])) == 0
+    older = json.loads((out / "result/test_list/metrics.json").read_text())
+    assert list(older["variants"]) == ["raw"] and older["checkpoint"] == epoch[0]
+    assert "removed the earlier asnorm scores and figures, which were of other weights" in caplog.text
+    assert not (out / "result/test_list/scores.asnorm.txt").exists()
+    assert json.loads((out / "result/half/metrics.json").read_text())["checkpoint"] == epoch[1]
 
 
 def test_tensorboard_scalars_are_written(trained):
@@ -285,10 +317,10 @@ def test_score_from_cache_reproduces_the_evaluation_without_audio(corpus, traine
     out = tmp_path / "e"
     last = str(trained / "model/last.model")
     assert trainSpeakerNet.main(argv(copy, out, "--eval", "--initial_model", last)) == 0
-    before = json.loads((out / "result/metrics.json").read_text())
+    before = json.loads((out / "result/test_list/metrics.json").read_text())["variants"]["raw"]
     shutil.rmtree(copy / "test")  # the audio is gone; the cache is enough
     assert trainSpeakerNet.main(argv(copy, out, "--eval", "--score_from_cache", "--initial_model", last)) == 0
-    after = json.loads((out / "result/metrics.json").read_text())
+    after = json.loads((out / "result/test_list/metrics.json").read_text())["variants"]["raw"]
     assert after["eer_percent"] == before["eer_percent"] and after["n_trials"] == before["n_trials"]
 
 

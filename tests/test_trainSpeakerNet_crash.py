@@ -73,7 +73,7 @@ def uninterrupted(corpus, tmp_path_factory):
 
 
 def metrics_of(save):
-    metrics = json.loads((save / "result" / "metrics.json").read_text())
+    metrics = json.loads((save / "result" / "test_list" / "metrics.json").read_text())
     return {k: v for k, v in metrics.items() if k != "checkpoint"}, metrics["checkpoint"]
 
 
@@ -96,7 +96,7 @@ def test_a_rerun_after_a_kill_finishes_what_the_epoch_owed(corpus, uninterrupted
     metrics, checkpoint = metrics_of(save)
     assert checkpoint.endswith("model000000002.model")
     assert metrics == metrics_of(uninterrupted)[0]
-    assert (save / "result" / "det.png").is_file()
+    assert (save / "result" / "test_list" / "det.png").is_file()
     caplog.clear()  # a third run has nothing left to do
     with caplog.at_level("INFO"):
         assert trainSpeakerNet.main(argv(corpus, save)) == 0

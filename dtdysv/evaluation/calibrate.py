@@ -1,4 +1,4 @@
-"""The calibration stage (``--calibration_list``, ``--calibration_model``): score files -> ``<stem>.cal.txt``
+"""The calibration stage (``--calibration_list``, ``--calibration_model``): score files -> ``<list>/scores.cal.txt``
 log-likelihood ratios beside the raw and normalised ones, and ``calibration.json`` (the model: qmf.py).
 
 Quality-aware calibration (QMF, as in WeSpeaker's and 3D-Speaker's VoxCeleb recipes): ``llr = w . f + b`` over the
@@ -47,6 +47,7 @@ from dtdysv.evaluation.qmf import (
     ridge,
 )
 from dtdysv.evaluation.results import (
+    CAL,
     CALIBRATION_FILE,
     EvalError,
     EvalRun,
@@ -54,6 +55,7 @@ from dtdysv.evaluation.results import (
     ScoreNorm,
     ScoreSet,
     read_scores,
+    variant_file,
     write_scores,
 )
 from dtdysv.runtime.fileio import atomic_write_text
@@ -82,7 +84,7 @@ def read_calibration_list(path: str | Path, test_path: str | Path, check_files: 
 def trial_features(run: EvalRun, item: ListResult, seconds: Mapping[str, float],
                    stats: FileStatistics | None) -> tuple[np.ndarray, TrialList]:
     """The (N, K) features of a list's trials (in ``feature_names`` order) and its trials, from its score file."""
-    scores = read_scores(run.result_dir / item.final().scores_file)
+    scores = read_scores(run.list_dir(item.name) / item.final().scores_file)
     durations = tuple(np.array([seconds[f] for f in side]) for side in (scores.enroll, scores.test))
     cohort_means = None
     if stats is not None:
@@ -146,7 +148,7 @@ def adopt_settings(cfg: Config) -> Config:
 
 
 def calibrate_stage(run: EvalRun, lists: list[ListResult]) -> None:
-    """Train on the --calibration_list (else apply --calibration_model); write ``<stem>.cal.txt`` llrs."""
+    """Train on the --calibration_list (else apply --calibration_model); write ``<list>/scores.cal.txt`` llrs."""
     cfg = run.cfg
     meta, arrays = run.embeddings("Calibration")
     if "seconds" not in arrays:
@@ -172,8 +174,7 @@ def calibrate_stage(run: EvalRun, lists: list[ListResult]) -> None:
         model, trained_on = load_model(path, names, settings)
     for item in lists:
         x, trials = features[item.name]
-        out = run.result_dir / f"{item.stem}.cal.txt"
-        write_scores(out, model.apply(x), trials)
-        item.cal = ScoreSet(out.name, {"method": "calibration", "model": str(path), "features": list(names),
+        write_scores(run.list_dir(item.name) / variant_file(CAL), model.apply(x), trials)
+        item.cal = ScoreSet(CAL, {"method": "calibration", "model": str(path), "features": list(names),
                                        "trained_on": trained_on, "score": item.final().scores_file,
                                        "n_trials": len(x)})

@@ -1,5 +1,5 @@
 """Score normalisation (``--score_norm asnorm|snorm``, as in WeSpeaker): the cohort stage (train list ->
-``cohort.npz``) and the norm stage (embeddings.npz + cohort.npz + trial lists -> ``<stem>.<norm>.txt``).
+``cohort.npz``) and the norm stage (embeddings.npz + cohort.npz + trial lists -> ``<list>/scores.<norm>.txt``).
 
 The cohort is one vector per training speaker (``--train_list``): the mean of the L2-normalised crop-mean
 embeddings of ``norm_cohort_utts`` utterances spread over its list entries. Cohort scores are cosines, so the score
@@ -48,6 +48,7 @@ from dtdysv.evaluation.results import (
     identity,
     load_npz,
     save_npz,
+    variant_file,
     write_scores,
 )
 from dtdysv.evaluation.score import score_trial_list
@@ -144,7 +145,7 @@ def file_statistics(run: EvalRun) -> FileStatistics:
 
 
 def norm_stage(run: EvalRun, lists: list[ListResult]) -> None:
-    """Normalise every list's cosine scores into ``<stem>.<norm>.txt`` (``ListResult.norm``)."""
+    """Normalise every list's cosine scores into ``<list>/scores.<norm>.txt`` (``ListResult.norm``)."""
     stats = file_statistics(run)
     method = str(run.score_norm)
     for item in lists:
@@ -155,9 +156,8 @@ def norm_stage(run: EvalRun, lists: list[ListResult]) -> None:
                 for side in (trials.enroll, trials.test)]
         normed = norm_with_statistics(cosine, stats.mean, stats.std, *rows).cpu().numpy()
         check_finite(normed, trials)
-        path = run.result_dir / f"{item.stem}.{method}.txt"
-        write_scores(path, normed, trials)
-        item.norm = ScoreSet(path.name, {"method": method, "score": NORM_SCORE, "top_n": stats.top_n,
+        write_scores(run.list_dir(item.name) / variant_file(method), normed, trials)
+        item.norm = ScoreSet(method, {"method": method, "score": NORM_SCORE, "top_n": stats.top_n,
                                          "cohort_speakers": stats.cohort_speakers,
                                          "cohort_utts_per_speaker": stats.cohort_meta.get("norm_cohort_utts"),
                                          "mean_subtraction": run.cfg.mean_subtraction, "n_trials": len(normed)})

@@ -1,14 +1,14 @@
 """Evaluation as a chain of file-in/file-out stages, each rerunnable alone from the files before it:
 
-    embed      audio + trial lists           -> embeddings.npz       (embed.py)
-    cohort     train list (--score_norm)     -> cohort.npz           (normalise.py)
-    score      embeddings.npz + trial lists  -> scores*.txt          (score.py)
-    normalise  embeddings.npz + cohort.npz   -> scores*.<norm>.txt   (normalise.py)
-    calibrate  score files + embeddings.npz  -> scores*.cal.txt, calibration.json (calibrate.py)
-    metrics    score files                   -> metrics.json         (metrics.py)
-    plot       metrics.json + score files    -> det.png              (plot.py)
+    embed      audio + trial lists           -> embeddings.npz               (embed.py)
+    cohort     train list (--score_norm)     -> cohort.npz                   (normalise.py)
+    score      embeddings.npz + trial lists  -> <list>/scores.txt            (score.py)
+    normalise  embeddings.npz + cohort.npz   -> <list>/scores.<norm>.txt     (normalise.py)
+    calibrate  score files + embeddings.npz  -> <list>/scores.cal.txt, calibration.json (calibrate.py)
+    metrics    score files                   -> <list>/metrics.json          (metrics.py)
+    plot       metrics.json + score files    -> <list>/det.png               (plot.py)
 
-Stages share one ``EvalRun`` and pass each list as a ``ListResult`` (results.py).
+Stages share one ``EvalRun`` and pass each list as a ``ListResult``; results.py describes the folder.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from dtdysv.evaluation.results import (
     identity,
     list_results,
     load_npz,
+    older_layout,
     weights_fingerprint,
 )
 from dtdysv.evaluation.score import score_stage
@@ -98,8 +99,11 @@ def warn_shared_trials(calibration: TrialList, trial_lists: Sequence[TrialList])
                         "are not those of held-out trials", shared, len(trials.enroll), trials.path, calibration.path)
 
 
-def score_and_report(run: EvalRun, lists: list[ListResult]) -> dict[str, Any]:
-    """Run the stages after the embedding; returns the content of metrics.json."""
+def score_and_report(run: EvalRun, lists: list[ListResult]) -> dict[str, dict[str, Any]]:
+    """Run the stages after the embedding; returns list name -> the content of its metrics.json."""
+    if older := older_layout(run.result_dir):
+        log.warning("'%s' also holds results of an older version's flat layout (%s), which are left as they were and "
+                    "not read: each list's results are in its own folder now", run.result_dir, ", ".join(older[:4]))
     score_stage(run, lists)
     if run.score_norm != ScoreNorm.NONE:
         norm_stage(run, lists)
@@ -109,17 +113,15 @@ def score_and_report(run: EvalRun, lists: list[ListResult]) -> dict[str, Any]:
             warn_shared_trials(item.trials, held_out)
     if any(item.calibration for item in lists) or run.cfg.calibration_model:
         calibrate_stage(run, lists)
-    else:  # calibrated scores of an earlier run are not left beside these
-        for item in lists:
-            (run.result_dir / f"{item.stem}.cal.txt").unlink(missing_ok=True)
     metrics = metrics_stage(run, lists)
-    plot_stage(run.result_dir)
+    plot_stage(run, lists)
     return metrics
 
 
 def evaluate(embedder: Embedder, trial_lists: list[TrialList], cfg: Config, result_dir: Path, normalize: bool,
-             show_progress: bool = True, checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Embed every list's files once, score and write the results; returns the first list's metrics. Under DDP rank 0
+             show_progress: bool = True, checkpoint: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Embed every list's files once, score and write the results into each list's folder; returns list name (in
+    the order of ``trial_lists``, the --calibration_list last) -> the content of its metrics.json. Under DDP rank 0
     scores and writes, the others return {}."""
     cfg = adopt_settings(cfg)
     check_eval_options(cfg)
@@ -136,9 +138,9 @@ def evaluate(embedder: Embedder, trial_lists: list[TrialList], cfg: Config, resu
 
 
 def score_from_cache(cfg: Config, trial_lists: list[TrialList], result_dir: Path,
-                     checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """``evaluate`` from ``embeddings.npz`` without model or audio; EvalError unless the cache matches protocol, model
-    settings, files and (if given) ``checkpoint``'s weights."""
+                     checkpoint: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """``evaluate`` from ``embeddings.npz`` without model or audio (the same return value); EvalError unless the cache
+    matches protocol, model settings, files and (if given) ``checkpoint``'s weights."""
     cfg = adopt_settings(cfg)
     check_eval_options(cfg)
     run = EvalRun(cfg, Path(result_dir), torch.device("cpu"), checkpoint)

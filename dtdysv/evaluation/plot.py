@@ -1,4 +1,5 @@
-"""The plot stage: metrics.json + its score files -> ``det.png``, DET curves with EER and minDCF points."""
+"""The plot stage: a list's metrics.json + its score files -> its ``det.png``, the DET curves of its variants with
+their EER and minDCF points."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from dtdysv.evaluation.results import DET_FILE, entries_of, read_metrics, read_scores
+from dtdysv.evaluation.results import DET_FILE, EvalRun, ListResult, read_list_metrics, read_scores
 from dtdysv.runtime.fileio import atomic_path
 from tuneThreshold import det_curve, rates_at
 
@@ -26,8 +27,11 @@ def _threshold(value: float | None) -> float:
     return np.inf if value is None else float(value)  # metrics.json writes a reject-all threshold as null
 
 
+STYLES = {"raw": "-", "asnorm": "--", "snorm": "-.", "cal": ":"}  # line style of each variant
+
+
 def plot_det(curves: Sequence[tuple[str, np.ndarray, np.ndarray, Mapping[str, Any], str]], path: Path,
-             p_targets: Sequence[float]) -> None:
+             p_targets: Sequence[float], title: str = "DET curve") -> None:
     """DET curves to a PNG. curves: (label, scores (N,), labels (N,), metrics, line style) each."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -65,26 +69,36 @@ def plot_det(curves: Sequence[tuple[str, np.ndarray, np.ndarray, Mapping[str, An
     ax.plot([probit(lo), probit(hi)], [probit(lo), probit(hi)], ":", color="0.6", lw=1)  # FNR = FPR
     ax.set_xlabel("False acceptance rate (%)")
     ax.set_ylabel("False rejection rate (%)")
-    ax.set_title("DET curve")
+    ax.set_title(title)
     ax.grid(True, color="0.9")
     ax.legend(loc="lower left", fontsize="small")
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
 
 
-def plot_stage(result_dir: Path) -> Path | None:
-    """``<result_dir>/det.png`` from metrics.json; None (nothing written) without a labeled list."""
-    result_dir = Path(result_dir)
+def _p_targets(metrics: Mapping[str, Any]) -> set[float]:
+    return {float(k[len("min_dcf_p"):-len("_threshold")]) for k in metrics
+            if k.startswith("min_dcf_p") and k.endswith("_threshold")}
+
+
+def plot_list(folder: Path) -> Path | None:
+    """``<folder>/det.png`` of a list's folder from its metrics.json: one curve per labelled variant; None (nothing
+    written, an earlier det.png removed) for an unlabeled list."""
+    folder = Path(folder)
+    metrics = read_list_metrics(folder)
     curves = []
-    for name, entry in entries_of(read_metrics(result_dir)).items():
-        for label, part, style in ((name, entry, "-"), (f"{name} {entry.get('norm', {}).get('method')}",
-                                                        entry.get("norm"), "--")):
-            if part is not None and "eer_percent" in part:
-                scores = read_scores(result_dir / part["scores_file"])
-                curves.append((label, scores.scores, scores.labels, part, style))
+    for variant, entry in metrics["variants"].items():
+        if "eer_percent" in entry:
+            scores = read_scores(folder / entry["scores_file"])
+            curves.append((variant, scores.scores, scores.labels, entry, STYLES.get(variant, "-")))
     if not curves:
+        (folder / DET_FILE).unlink(missing_ok=True)
         return None
-    p_targets = sorted(float(k[len("min_dcf_p"):-len("_threshold")]) for k in curves[0][3]
-                       if k.startswith("min_dcf_p") and k.endswith("_threshold"))
-    plot_det(curves, result_dir / DET_FILE, p_targets)
-    return result_dir / DET_FILE
+    p_targets = sorted(set.intersection(*(_p_targets(m) for *_, m, _ in curves)))  # variants kept from earlier runs
+    plot_det(curves, folder / DET_FILE, p_targets, f"DET curve: {metrics.get('list', folder.name)}")
+    return folder / DET_FILE
+
+
+def plot_stage(run: EvalRun, lists: list[ListResult]) -> list[Path]:
+    """The det.png of every labelled list's folder."""
+    return [path for item in lists if (path := plot_list(run.list_dir(item.name))) is not None]

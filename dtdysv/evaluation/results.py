@@ -1,12 +1,25 @@
-"""The result folder's file names and formats, the embedding protocol, cache identity and the typed records the
-evaluation stages pass along.
+"""The result folder's layout, file names and formats, the embedding protocol, cache identity and the typed records
+the evaluation stages pass along.
 
-Result folder (``<save_path>/result``):
-  scores.txt, scores_<stem>.txt     'score [label] enroll test' of the first / further lists;
-                                    normalised: scores*.<norm>.txt; calibrated: scores*.cal.txt
-  calibration.json                  the calibration model
-  metrics.json, det.png             metrics of every labelled score file; their DET curves
-  embeddings.npz, cohort.npz        'names', 'embeddings' (float32, as the model outputs them), 'meta' (JSON)
+Result folder (``<save_path>/result``): what every trial list shares at the top, one folder per list below it,
+named by the list file's stem (``_2``, ``_3`` for repeats within one evaluation)::
+
+    result/
+      embeddings.npz, cohort.npz  caches of every list: 'names', 'embeddings' (float32, as the model outputs
+                                  them), 'meta' (JSON)
+      calibration.json            the calibration model
+      eval.log, train.log
+      <list>/
+        scores.txt                raw scores: 'score [label] enroll test'
+        scores.asnorm.txt         normalised (--score_norm; scores.snorm.txt)
+        scores.cal.txt            calibrated (llrs)
+        metrics.json              the list's role, source (weights, protocol) and the figures of every variant
+        det.png                   the DET curves of its variants
+
+Evaluating a list writes only its own folder. A variant (raw, asnorm, snorm, cal) of an earlier evaluation of the
+list stays beside a later one's while both come from the same embeddings (weights, protocol), trials and role;
+otherwise it is removed. A result folder of the flat layout of older versions is not read: rerun --eval. The file
+runs past 300 lines because it is the one owner of every name and format of the folder.
 
 Protocols: ``paper`` (``eval_frames`` > 0): ``num_eval`` crops per file, score = minus the mean Euclidean distance over
 crop pairs (DTDY-CNN, arXiv 2203.15277; voxceleb_trainer). ``whole`` (0): whole utterances, cosine score.
@@ -20,7 +33,7 @@ import logging
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -41,6 +54,10 @@ EMBEDDINGS_FILE, COHORT_FILE = "embeddings.npz", "cohort.npz"
 METRICS_FILE, DET_FILE, CALIBRATION_FILE = "metrics.json", "det.png", "calibration.json"
 CACHE_FORMAT = "dtdy-sv-embeddings"
 COHORT_ARRAYS = ("file_means", "raw_means", "centred_means", "owner")  # what cohort.npz holds per file (normalise.py)
+RAW, CAL = "raw", "cal"
+VARIANTS = (RAW, "asnorm", "snorm", CAL)  # the order of metrics.json and of the DET legend
+ROLE_TEST = "test (held out)"
+ROLE_CALIBRATION = "calibration (training figures, not held out)"
 
 
 class EvalError(UserError):
@@ -55,12 +72,21 @@ class ScoreNorm(StrEnum):
     SNORM = "snorm"
 
 
+def variant_file(variant: str) -> str:
+    """The score file of a variant in its list's folder: scores.txt (raw), scores.<variant>.txt otherwise."""
+    return "scores.txt" if variant == RAW else f"scores.{variant}.txt"
+
+
 @dataclass
 class ScoreSet:
-    """One score file of a list and its description in metrics.json (protocol, normalisation or calibration)."""
+    """One variant of a list's scores (raw, asnorm, snorm, cal) and its description in metrics.json."""
 
-    scores_file: str
+    variant: str
     info: dict[str, Any]
+
+    @property
+    def scores_file(self) -> str:
+        return variant_file(self.variant)
 
     def description(self) -> dict[str, Any]:
         return {**self.info, "scores_file": self.scores_file}
@@ -68,15 +94,22 @@ class ScoreSet:
 
 @dataclass
 class ListResult:
-    """A trial list as the stages see it: its name, its trials and the score files made of it so far."""
+    """A trial list as the stages see it: its name (its folder), its trials and the variants scored so far."""
 
     name: str
-    stem: str
     trials: TrialList | None  # None when rebuilt from metrics.json, which keeps the score files only
     calibration: bool = False  # the --calibration_list: its figures are training figures, never held-out ones
     raw: ScoreSet | None = None
     norm: ScoreSet | None = None
     cal: ScoreSet | None = None
+    source: dict[str, Any] = field(default_factory=dict)  # what the scores come from: ``scores_source``
+
+    @property
+    def role(self) -> str:
+        return ROLE_CALIBRATION if self.calibration else ROLE_TEST
+
+    def variants(self) -> dict[str, ScoreSet]:
+        return {part.variant: part for part in (self.raw, self.norm, self.cal) if part is not None}
 
     def final(self) -> ScoreSet:
         """The score file calibration reads: the normalised one if any, else the raw one."""
@@ -94,6 +127,10 @@ class EvalRun:
     result_dir: Path
     device: torch.device = torch.device("cpu")
     checkpoint: str | Path | None = None
+
+    def list_dir(self, name: str) -> Path:
+        """The folder of the list ``name``."""
+        return self.result_dir / name
 
     @property
     def embeddings_file(self) -> Path:
@@ -137,11 +174,10 @@ class EvalRun:
 
 
 def list_results(trial_lists: Sequence[TrialList], calibration: TrialList | None = None) -> list[ListResult]:
-    """The evaluation's lists (--calibration_list last) with distinct names; stems 'scores', then 'scores_<name>'."""
+    """The evaluation's lists (--calibration_list last) with distinct names, those of their folders."""
     lists = [*trial_lists, calibration] if calibration is not None else list(trial_lists)
-    names = list_names(lists)
-    return [ListResult(name, "scores" if i == 0 else f"scores_{name}", trials, calibration is not None and
-                       i == len(lists) - 1) for i, (name, trials) in enumerate(zip(names, lists, strict=True))]
+    return [ListResult(name, trials, calibration is not None and i == len(lists) - 1)
+            for i, (name, trials) in enumerate(zip(list_names(lists), lists, strict=True))]
 
 
 def protocol_of(eval_frames: int, num_eval: int) -> dict[str, Any]:
@@ -265,12 +301,73 @@ def check_finite(scores: np.ndarray, trials: TrialList) -> None:
                         f"finite: the model's embeddings contain NaN or inf (diverged or corrupt weights?).")
 
 
-def read_metrics(result_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(result_dir) / METRICS_FILE).read_text())
+def trials_digest(trials: TrialList) -> str:
+    """SHA-1 of a list's trials (labels, enroll and test names, in order): tells its results from another list's."""
+    labels = trials.labels.tolist() if trials.labels is not None else [None] * len(trials.enroll)
+    lines = (f"{lab} {e} {t}\n" for lab, e, t in zip(labels, trials.enroll, trials.test, strict=True))
+    return hashlib.sha1("".join(lines).encode()).hexdigest()
 
 
-def write_metrics(result_dir: Path, metrics: Mapping[str, Any]) -> None:
-    atomic_write_text(Path(result_dir) / METRICS_FILE, json.dumps(finite_json(metrics), indent=2) + "\n")
+def older_layout(result_dir: Path) -> list[str]:
+    """The result files an older version wrote into the result folder itself (the flat layout), sorted."""
+    return sorted(p.name for p in Path(result_dir).glob("*") if p.is_file() and (
+        p.name in (METRICS_FILE, DET_FILE) or (p.name.startswith("scores") and p.suffix == ".txt")))
+
+
+def _older_version(result_dir: Path) -> EvalError:
+    return EvalError(f"'{result_dir}' was written by an older version (one metrics.json and scores*.txt for every "
+                     f"list in the folder itself: {', '.join(older_layout(result_dir)[:4])}); this version keeps a "
+                     f"folder per list. Rerun trainSpeakerNet.py --eval (or --eval --score_from_cache, without "
+                     f"the model) to write it again.")
+
+
+def _is_list_folder(folder: Path) -> bool:
+    try:
+        return "variants" in json.loads((folder / METRICS_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return False
+
+
+def list_folders(result_dir: Path) -> dict[str, Path]:
+    """name -> folder of every list evaluated into ``result_dir`` (the folders holding a list's metrics.json)."""
+    result_dir = Path(result_dir)
+    if not result_dir.is_dir():
+        return {}
+    return {p.name: p for p in sorted(result_dir.iterdir()) if p.is_dir() and _is_list_folder(p)}
+
+
+def require_lists(result_dir: Path) -> dict[str, Path]:
+    """``list_folders``, or an EvalError if there are none: for the older flat layout, or nothing evaluated."""
+    found = list_folders(result_dir)
+    if not found and older_layout(result_dir):
+        raise _older_version(Path(result_dir))
+    if not found:
+        raise EvalError(f"'{result_dir}' holds no evaluated trial list (no <list>/{METRICS_FILE}); run "
+                        f"trainSpeakerNet.py --eval first.")
+    return found
+
+
+def read_list_metrics(folder: Path) -> dict[str, Any]:
+    """The metrics.json of a list's folder; EvalError if it is absent, damaged or of the older flat layout."""
+    path = Path(folder) / METRICS_FILE
+    if not path.is_file():
+        raise EvalError(f"'{path}' does not exist: evaluate the list with trainSpeakerNet.py --eval.")
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EvalError(f"'{path}' cannot be read ({err}); rerun --eval (or --eval --score_from_cache).") from None
+    if isinstance(metrics, dict) and "variants" not in metrics and ("lists" in metrics or "test_list" in metrics):
+        raise _older_version(Path(folder))
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("variants"), dict):
+        raise EvalError(f"'{path}' is not the metrics.json of a list (no 'variants'); rerun --eval.")
+    return metrics
+
+
+def write_metrics(folder: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Write a list's metrics.json; returns its content as read back (JSON types, no infinities)."""
+    text = json.dumps(finite_json(metrics), indent=2)
+    atomic_write_text(Path(folder) / METRICS_FILE, text + "\n")
+    return json.loads(text)
 
 
 def finite_json(obj: Any) -> Any:
@@ -280,11 +377,3 @@ def finite_json(obj: Any) -> Any:
     if isinstance(obj, list):
         return [finite_json(v) for v in obj]
     return None if isinstance(obj, float) and not np.isfinite(obj) else obj
-
-
-def entries_of(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """name -> entry of every list of a metrics.json (the top level is the first list)."""
-    if "lists" in metrics:
-        return dict(metrics["lists"])
-    first = {k: v for k, v in metrics.items() if k != "checkpoint"}
-    return {Path(first["test_list"]).stem or "list": first}

@@ -1,4 +1,4 @@
-"""The score stage (embeddings.npz + trial lists -> score files) and its maths (pure torch).
+"""The score stage (embeddings.npz + trial lists -> ``<list>/scores.txt``) and its maths (pure torch).
 
 Protocols: "paper" (voxceleb_trainer; DTDY-CNN, Kim, Nam, Park, arXiv 2203.15277): minus the mean Euclidean distance
 over all C x C enrollment/test crop pairs. "cosine": cosine of the crop-mean embeddings.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dtdysv.evaluation.asnorm import centre
-from dtdysv.evaluation.results import EvalRun, ListResult, ScoreSet, check_finite, protocol_of, write_scores
+from dtdysv.evaluation.results import (
+    RAW,
+    EvalRun,
+    ListResult,
+    ScoreSet,
+    check_finite,
+    protocol_of,
+    variant_file,
+    write_scores,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +127,16 @@ def score_trial_list(
     return out.cpu().double().numpy()
 
 
+def scores_source(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What a list's scores come from, from the meta of embeddings.npz: the weights' fingerprint and the settings
+    of the embeddings. The variants of a list's folder are kept together only while this is the same."""
+    return {"weights": meta.get("weights"), "embeddings": {key: meta.get(key) for key in (
+        "protocol", "eval_frames", "num_eval", "resample", "test_normalize")}}
+
+
 def score_stage(run: EvalRun, lists: list[ListResult]) -> None:
-    """Score every list from embeddings.npz by its protocol into ``<stem>.txt`` (``ListResult.raw``); --mean_subtraction
-    subtracts the training-set mean from every raw crop embedding before its L2 normalisation."""
+    """Score every list from embeddings.npz by its protocol into ``<list>/scores.txt`` (``ListResult.raw``);
+    --mean_subtraction subtracts the training-set mean from every raw crop embedding before its L2 normalisation."""
     meta, arrays = run.embeddings("Scoring")
     proto = protocol_of(int(meta["eval_frames"]), int(meta["num_eval"]))
     index = {name: i for i, name in enumerate(arrays["names"].tolist())}
@@ -138,9 +155,10 @@ def score_stage(run: EvalRun, lists: list[ListResult]) -> None:
                                   proto["scoring"], batch_size=batch)
         seconds = time.perf_counter() - start
         check_finite(scores, trials)
-        path = run.result_dir / f"{item.stem}.txt"
+        path = run.list_dir(item.name) / variant_file(RAW)
         write_scores(path, scores, trials)
         log.info("%s: %d trials scored in %.2f s -> %s", item.name, len(scores), seconds, path)
-        item.raw = ScoreSet(path.name, {"test_list": trials.path, "protocol": proto["name"], "protocol_detail": detail,
-                                        "mean_subtraction": run.cfg.mean_subtraction, "n_files": len(trials.files),
-                                        "n_trials": len(scores)})
+        item.source = scores_source(meta)
+        item.raw = ScoreSet(RAW, {"test_list": trials.path, "protocol": proto["name"], "protocol_detail": detail,
+                                  "mean_subtraction": run.cfg.mean_subtraction, "n_files": len(trials.files),
+                                  "n_trials": len(scores)})

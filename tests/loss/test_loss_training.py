@@ -17,6 +17,6 @@ def test_every_loss_trains_the_demo_configuration(corpus, tmp_path, trainfunc):
             *tiny_argv(corpus, save, "--trainfunc", trainfunc, "--max_epoch", "1", "--no-tensorboard",
                        "--margin_rampup_end", "1")]
     assert trainSpeakerNet.main(args) == 0
-    metrics = json.loads((save / "result" / "metrics.json").read_text())
+    metrics = json.loads((save / "result" / "test_list" / "metrics.json").read_text())["variants"]["raw"]
     assert 0.0 <= metrics["eer_percent"] <= 100.0
     assert "epoch 1: loss" in (save / "result" / "train.log").read_text()

@@ -207,7 +207,7 @@ def test_one_epoch_trains_and_evaluates_end_to_end(corpus, tmp_path, name, encod
     argv = tiny_argv(corpus, tmp_path, "--model", name, "--encoder_type", encoder_type, "--max_epoch", "1",
                      "--max_seg_per_spk", "2", "--eval_frames", "40", "--num_eval", "1", "--spec_augment")
     assert trainSpeakerNet.main(argv) == 0
-    metrics = json.loads((tmp_path / "result/metrics.json").read_text())
+    metrics = json.loads((tmp_path / "result/test_list/metrics.json").read_text())["variants"]["raw"]
     assert metrics["n_trials"] == len((corpus / "test_list.txt").read_text().splitlines())
     assert 0.0 <= metrics["eer_percent"] <= 100.0
     assert "epoch 1: loss" in (tmp_path / "result/train.log").read_text()

@@ -12,7 +12,7 @@ from dtdysv.data.lists import TrialList
 from dtdysv.evaluation import calibrate
 from dtdysv.evaluation import pipeline as ev
 from dtdysv.evaluation.normalise import file_statistics, norm_stage
-from dtdysv.evaluation.results import EvalError, EvalRun, list_results, read_scores, save_npz
+from dtdysv.evaluation.results import ROLE_CALIBRATION, EvalError, EvalRun, list_results, read_scores, save_npz
 from dtdysv.evaluation.score import score_stage
 
 D, SPEAKERS, PER_SPEAKER = 6, 4, 4
@@ -75,11 +75,11 @@ def test_mean_subtraction_scores_as_the_formula_says(folder):
     index = {n: i for i, n in enumerate(data["names"])}
     expected = [-np.linalg.norm(crops[index[e]][:, None] - crops[index[t]][None], axis=-1).mean()
                 for e, t in zip(trials.enroll, trials.test, strict=True)]
-    np.testing.assert_allclose(read_scores(out / "scores.txt").scores, expected, atol=2e-6)
+    np.testing.assert_allclose(read_scores(out / "all" / "scores.txt").scores, expected, atol=2e-6)
     plain = list_results([trials])
     score_stage(EvalRun(make_cfg(mean_subtraction=False), out), plain)
     assert plain[0].raw.info["mean_subtraction"] is False
-    assert np.abs(read_scores(out / "scores.txt").scores - np.array(expected)).max() > 0.05
+    assert np.abs(read_scores(out / "all" / "scores.txt").scores - np.array(expected)).max() > 0.05
 
     # AS-norm: test and cohort vectors unit(mean of unit(crop - m)); cohort speakers the mean of their files' vectors
     norm_stage(run, lists)
@@ -91,7 +91,7 @@ def test_mean_subtraction_scores_as_the_formula_says(folder):
     e, t = (np.array([index[f] for f in side]) for side in (trials.enroll, trials.test))
     s = (vectors[e] * vectors[t]).sum(1)
     expected_norm = 0.5 * ((s - mu[e]) / sd[e] + (s - mu[t]) / sd[t])
-    np.testing.assert_allclose(read_scores(out / "scores.asnorm.txt").scores, expected_norm, atol=2e-5)
+    np.testing.assert_allclose(read_scores(out / "all" / "scores.asnorm.txt").scores, expected_norm, atol=2e-5)
 
 
 def make_cfg(**overrides) -> config.Config:
@@ -101,7 +101,7 @@ def make_cfg(**overrides) -> config.Config:
 def test_calibration_trains_on_one_list_and_applies_the_model_file_again(folder):
     out, data = folder
     calib, heldout = halves(data["trials"])
-    metrics = report(make_cfg(calibration_list="calib.txt"), [heldout], out, calib)
+    metrics = report(make_cfg(calibration_list="calib.txt"), [heldout], out, calib)["heldout"]["variants"]
     model = json.loads((out / "calibration.json").read_text())
     assert model["features"] == ["score_asnorm", "log_seconds_min", "log_seconds_max",
                                  "cohort_top3_mean_min", "cohort_top3_mean_max"]
@@ -111,8 +111,8 @@ def test_calibration_trains_on_one_list_and_applies_the_model_file_again(folder)
                                                                             int((calib.labels == 0).sum()))
     # the llrs are the model's linear map of the features: the AS-norm score, the smaller and the larger log
     # duration and cohort mean of the two sides
-    cal = read_scores(out / "scores.cal.txt")
-    norm = read_scores(out / "scores.asnorm.txt")
+    cal = read_scores(out / "heldout" / "scores.cal.txt")
+    norm = read_scores(out / "heldout" / "scores.asnorm.txt")
     stats = file_statistics(EvalRun(make_cfg(), out))
     mean = stats.mean.numpy()
     log_seconds = [np.log([data["seconds"][f] for f in side]) for side in (norm.enroll, norm.test)]
@@ -120,17 +120,20 @@ def test_calibration_trains_on_one_list_and_applies_the_model_file_again(folder)
     features = np.stack([norm.scores, np.minimum(*log_seconds), np.maximum(*log_seconds), np.minimum(*cohort),
                          np.maximum(*cohort)], 1)
     np.testing.assert_allclose(cal.scores, features @ np.array(model["weights"]) + model["bias"], atol=2e-6)
-    assert metrics["cal"]["cllr_bits"] < metrics["cllr_bits"] and metrics["cal"]["cllr_bits"] < 1.0
-    assert metrics["lists"]["calib"]["purpose"] == "calibration"
+    assert metrics["cal"]["cllr_bits"] < metrics["raw"]["cllr_bits"] and metrics["cal"]["cllr_bits"] < 1.0
     assert {"act_dcf_p0.01", "act_dcf_p0.05"} <= set(metrics["cal"])
+    assert json.loads((out / "calib" / "metrics.json").read_text())["role"] == ROLE_CALIBRATION
+    assert json.loads((out / "heldout" / "metrics.json").read_text())["role"] == "test (held out)"
 
-    # applied from the model file alone (no list): the same calibrated scores; without calibration none are left
-    first = (out / "scores.cal.txt").read_bytes()
-    (out / "scores.cal.txt").unlink()
+    # applied from the model file alone (no list): the same calibrated scores; an evaluation without calibration of
+    # the same embeddings keeps them
+    first = (out / "heldout" / "scores.cal.txt").read_bytes()
+    (out / "heldout" / "scores.cal.txt").unlink()
     report(make_cfg(calibration_model=str(out / "calibration.json")), [heldout], out)
-    assert (out / "scores.cal.txt").read_bytes() == first
-    again = report(make_cfg(), [heldout], out)
-    assert "cal" not in again and not (out / "scores.cal.txt").exists()
+    assert (out / "heldout" / "scores.cal.txt").read_bytes() == first
+    again = report(make_cfg(), [heldout], out)["heldout"]["variants"]
+    assert list(again) == ["raw", "asnorm", "cal"] and again["cal"]["cllr_bits"] == metrics["cal"]["cllr_bits"]
+    assert (out / "heldout" / "scores.cal.txt").read_bytes() == first
 
 
 @pytest.mark.parametrize("score_norm", ["asnorm", "none"])
@@ -139,7 +142,7 @@ def test_swapping_enrollment_and_test_leaves_the_llr_unchanged(folder, score_nor
     calib, heldout = halves(data["trials"])
     swapped = TrialList("swapped.txt", heldout.labels, heldout.test, heldout.enroll)
     report(make_cfg(score_norm=score_norm, calibration_list="calib.txt"), [heldout, swapped], out, calib)
-    llrs, llrs_swapped = read_scores(out / "scores.cal.txt"), read_scores(out / "scores_swapped.cal.txt")
+    llrs, llrs_swapped = (read_scores(out / name / "scores.cal.txt") for name in ("heldout", "swapped"))
     assert llrs_swapped.enroll == llrs.test and not np.allclose(np.log([data["seconds"][f] for f in llrs.enroll]),
                                                                  np.log([data["seconds"][f] for f in llrs.test]))
     np.testing.assert_allclose(llrs_swapped.scores, llrs.scores, atol=1e-4)  # scores are written to 6 decimals
@@ -173,7 +176,9 @@ def test_without_a_cohort_the_features_are_score_and_durations(folder, caplog):
     assert f"{len(calib.labels)} of the {len(data['trials'].labels)} trials of 'all.txt' are trials of" in caplog.text
     assert json.loads((out / "calibration.json").read_text())["features"] == ["score", "log_seconds_min",
                                                                               "log_seconds_max"]
-    assert metrics["cal"]["score"] == "scores.txt" and metrics["mean_subtraction"] is False
+    variants = metrics["heldout"]["variants"]
+    assert variants["cal"]["score"] == "scores.txt" and variants["raw"]["mean_subtraction"] is False
+    assert list(metrics) == ["heldout", "all", "calib"] and metrics["calib"]["role"] == ROLE_CALIBRATION
 
 
 @pytest.mark.parametrize("lines, fragment", [
@@ -219,14 +224,14 @@ def test_a_saved_calibration_applies_with_its_own_settings(folder, caplog):
     out, data = folder
     calib, heldout = halves(data["trials"])
     report(make_cfg(calibration_list="calib.txt"), [heldout], out, calib)
-    first = (out / "scores.cal.txt").read_bytes()
-    (out / "scores.cal.txt").unlink()
+    first = (out / "heldout" / "scores.cal.txt").read_bytes()
+    (out / "heldout" / "scores.cal.txt").unlink()
     # only the model file: --score_norm asnorm, --norm_top_n 3 and --mean_subtraction come from it
     bare = config.Config(calibration_model=str(out / "calibration.json"))
     with caplog.at_level("INFO"):
         ev.score_and_report(EvalRun(ev.adopt_settings(bare), out), list_results([heldout]))
     assert "--score_norm asnorm, --norm_top_n 3, --mean_subtraction True" in caplog.text
-    assert (out / "scores.cal.txt").read_bytes() == first
+    assert (out / "heldout" / "scores.cal.txt").read_bytes() == first
     with pytest.raises(EvalError, match="score_norm: model 'asnorm', now 'snorm'"):  # a setting given otherwise
         report(ev.adopt_settings(config.Config(calibration_model=str(out / "calibration.json"), score_norm="snorm")),
                [heldout], out)

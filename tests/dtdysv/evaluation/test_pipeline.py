@@ -210,33 +210,60 @@ def test_several_lists_embed_once_and_write_every_result(corpus, tmp_path, caplo
                               checkpoint="ckpt.model")
     assert "embedded 7 test files" in caplog.text  # the union of the three lists, once
     out = result(cfg)
-    assert {p.name for p in out.iterdir()} >= {"scores.txt", "scores_unlabeled.txt", "scores_list1_2.txt",
-                                               "metrics.json", "det.png", "embeddings.npz"}
-    saved = json.loads((out / "metrics.json").read_text())
-    assert saved["n_trials"] == 8 and saved["protocol"] == "paper" and saved["checkpoint"] == "ckpt.model"
+    assert {p.name for p in out.iterdir()} == {"list1", "unlabeled", "list1_2", "embeddings.npz"}
+    assert list(metrics) == ["list1", "unlabeled", "list1_2"]
+    for name in metrics:
+        saved = json.loads((out / name / "metrics.json").read_text())
+        assert saved == metrics[name] and saved["list"] == name and saved["role"] == "test (held out)"
+        assert saved["checkpoint"] == "ckpt.model" and list(saved["variants"]) == ["raw"]
+    raw = metrics["list1"]["variants"]["raw"]
+    assert raw["n_trials"] == 8 and raw["protocol"] == "paper" and raw["scores_file"] == "scores.txt"
     for key in ("eer_percent", "eer_vt_percent", "eer_threshold", "min_dcf_p0.01", "min_dcf_p0.05",
                 "min_dcf_p0.05_threshold", "dcf_c_miss", "dcf_c_fa"):
-        assert key in saved and key in metrics
-    assert list(saved["lists"]) == ["list1", "unlabeled", "list1_2"]
-    assert "eer_percent" not in saved["lists"]["unlabeled"] and saved["lists"]["unlabeled"]["n_trials"] == 2
-    assert saved["lists"]["list1_2"]["n_trials"] == 2 and "eer_percent" in saved["lists"]["list1_2"]
-    assert saved["lists"]["list1"]["eer_percent"] == saved["eer_percent"]
-    assert [line.split()[1:] for line in (out / "scores.txt").read_text().splitlines()] == [
+        assert key in raw
+    unlabeled = metrics["unlabeled"]["variants"]["raw"]
+    assert "eer_percent" not in unlabeled and unlabeled["n_trials"] == 2
+    assert metrics["list1_2"]["variants"]["raw"]["n_trials"] == 2 and metrics["list1_2"]["test_list"] == extra[1]
+    assert {p.name for p in (out / "list1").iterdir()} == {"scores.txt", "metrics.json", "det.png"}
+    assert {p.name for p in (out / "unlabeled").iterdir()} == {"scores.txt", "metrics.json"}  # no curve to draw
+    assert [line.split()[1:] for line in (out / "list1" / "scores.txt").read_text().splitlines()] == [
         line.split() for line in (corpus / "list1.txt").read_text().splitlines()]
-    assert all(len(line.split()) == 3 for line in (out / "scores_unlabeled.txt").read_text().splitlines())
-    png = (out / "det.png").read_bytes()
+    assert all(len(line.split()) == 3 for line in (out / "unlabeled" / "scores.txt").read_text().splitlines())
+    png = (out / "list1" / "det.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
     # the scores are the paper protocol's, from the cached raw embeddings (loss normalises them)
     meta, arrays = embedding.load_npz(out / "embeddings.npz")
     assert meta["protocol"] == "paper" and meta["num_eval"] == 3 and meta["checkpoint"] == "ckpt.model"
+    assert metrics["list1"]["weights"] == meta["weights"] and metrics["list1"]["embeddings"]["num_eval"] == 3
     assert sorted(arrays["names"].tolist()) == sorted(TEST_LENGTHS) and arrays["embeddings"].shape == (7, 3, 8)
     table = dict(zip(arrays["names"].tolist(), F.normalize(torch.from_numpy(arrays["embeddings"]), dim=-1),
                      strict=True))
-    for line in (out / "scores.txt").read_text().splitlines():
+    for line in (out / "list1" / "scores.txt").read_text().splitlines():
         score, _, e, t = line.split()
         assert float(score) == pytest.approx(-torch.cdist(table[e].double(), table[t].double()).mean().item(),
                                              abs=2e-6)
+
+
+def test_lists_evaluated_one_after_the_other_keep_their_own_folders(corpus, tmp_path, caplog):
+    first_cfg = make_cfg(corpus, tmp_path)
+    embedder, normalize = make_embedder(first_cfg)
+    ev.evaluate(embedder, lists(first_cfg), first_cfg, result(first_cfg), normalize, show_progress=False)
+    first = {p.name: p.read_bytes() for p in (result(first_cfg) / "list1").iterdir()}
+    assert set(first) == {"scores.txt", "metrics.json", "det.png"}
+    second_cfg = make_cfg(corpus, tmp_path, test_list=[str(corpus / "unlabeled.txt")])
+    with caplog.at_level("INFO"):
+        second = ev.evaluate(embedder, lists(second_cfg), second_cfg, result(second_cfg), normalize,
+                             show_progress=False)
+    assert "reusing the cached embeddings" in caplog.text and list(second) == ["unlabeled"]
+    assert {p.name: p.read_bytes() for p in (result(first_cfg) / "list1").iterdir()} == first
+    assert sorted(p.name for p in result(first_cfg).iterdir()) == ["embeddings.npz", "list1", "unlabeled"]
+    # a list of the same name evaluated alone rewrites only its own folder
+    other_cfg = make_cfg(corpus, tmp_path, test_list=[str(corpus / "other" / "list1.txt")])
+    unlabeled = (result(first_cfg) / "unlabeled" / "scores.txt").read_bytes()
+    ev.evaluate(embedder, lists(other_cfg), other_cfg, result(other_cfg), normalize, show_progress=False)
+    assert len((result(first_cfg) / "list1" / "scores.txt").read_text().splitlines()) == 2
+    assert (result(first_cfg) / "unlabeled" / "scores.txt").read_bytes() == unlabeled
 
 
 def test_cache_is_reused_and_rebuilt_when_stale(corpus, tmp_path, caplog):
@@ -247,7 +274,7 @@ def test_cache_is_reused_and_rebuilt_when_stale(corpus, tmp_path, caplog):
     with caplog.at_level("INFO"):
         again = ev.evaluate(embedder, lists(cfg), cfg, result(cfg), normalize, show_progress=False)
     assert "reusing the cached embeddings of all 7 files" in caplog.text and "embedded" not in caplog.text
-    assert again == first
+    assert again == first and list(again) == ["list1"]
     caplog.clear()
     other, other_normalize = make_embedder(cfg, seed=1)  # other weights
     with caplog.at_level("INFO"):
@@ -257,7 +284,8 @@ def test_cache_is_reused_and_rebuilt_when_stale(corpus, tmp_path, caplog):
     whole = make_cfg(corpus, tmp_path, eval_frames=0)
     with caplog.at_level("INFO"):
         metrics = ev.evaluate(other, lists(whole), whole, result(whole), other_normalize, show_progress=False)
-    assert "protocol: cached 'paper', now 'whole'" in caplog.text and metrics["protocol"] == "whole"
+    assert "protocol: cached 'paper', now 'whole'" in caplog.text
+    assert metrics["list1"]["variants"]["raw"]["protocol"] == "whole"
     assert embedding.load_npz(result(whole) / "embeddings.npz")[1]["embeddings"].shape == (7, 1, 8)
 
 
@@ -267,12 +295,13 @@ def test_score_from_cache_needs_no_model_and_refuses_a_stale_cache(corpus, tmp_p
     path = tmp_path / "weights.model"
     ckpt.atomic_save({"format": ckpt.FORMAT, "model": embedder.model.state_dict()}, path)
     ev.evaluate(embedder, lists(cfg), cfg, result(cfg), normalize, show_progress=False, checkpoint=path)
-    scores = (result(cfg) / "scores.txt").read_text()
-    metrics = (result(cfg) / "metrics.json").read_text()
-    (result(cfg) / "scores.txt").unlink()
+    folder = result(cfg) / "list1"
+    scores = (folder / "scores.txt").read_text()
+    metrics = (folder / "metrics.json").read_text()
+    (folder / "scores.txt").unlink()
     ev.score_from_cache(cfg, lists(cfg), result(cfg), checkpoint=path)
-    assert (result(cfg) / "scores.txt").read_text() == scores
-    assert (result(cfg) / "metrics.json").read_text() == metrics
+    assert (folder / "scores.txt").read_text() == scores
+    assert (folder / "metrics.json").read_text() == metrics
 
     torch.manual_seed(3)
     other = tmp_path / "other.model"
@@ -313,7 +342,8 @@ def test_score_norm_wiring_matches_a_direct_computation(corpus, tmp_path, method
     cfg = make_cfg(corpus, tmp_path, score_norm=method, norm_top_n=2, norm_cohort_utts=2)
     embedder, normalize = make_embedder(cfg)
     metrics = ev.evaluate(embedder, lists(cfg), cfg, result(cfg), normalize, show_progress=False)
-    norm = metrics["norm"]
+    assert list(metrics["list1"]["variants"]) == ["raw", method]
+    norm = metrics["list1"]["variants"][method]
     assert (norm["method"], norm["top_n"], norm["cohort_speakers"], norm["score"]) == (method, top_n, 4,
                                                                                        normalisation.NORM_SCORE)
     assert "eer_percent" in norm and norm["scores_file"] == f"scores.{method}.txt"
@@ -336,7 +366,7 @@ def test_score_norm_wiring_matches_a_direct_computation(corpus, tmp_path, method
     _, arrays = embedding.load_npz(result(cfg) / "embeddings.npz")
     crops = F.normalize(torch.from_numpy(arrays["embeddings"]).double(), dim=-1)
     files = dict(zip(arrays["names"].tolist(), F.normalize(crops.mean(1), dim=-1), strict=True))
-    lines = (result(cfg) / f"scores.{method}.txt").read_text().splitlines()
+    lines = (result(cfg) / "list1" / f"scores.{method}.txt").read_text().splitlines()
     assert len(lines) == 8
     for line in lines:
         score, _, e, t = line.split()
@@ -418,10 +448,11 @@ def test_eval_on_the_real_voxceleb1_o_list(tmp_path):
     ckpt.atomic_save({"format": ckpt.FORMAT, "version": 1, "epoch": 0, "model": net.model.state_dict(),
                       "loss": net.loss.state_dict(), "config": cfg.to_dict()}, tmp_path / "random.model")
     assert trainSpeakerNet.main([*args, "--eval", "--initial_model", str(tmp_path / "random.model")]) == 0
-    lines = (tmp_path / "exp" / "result" / "scores.txt").read_text().splitlines()
+    folder = tmp_path / "exp" / "result" / VOX1_O.stem
+    lines = (folder / "scores.txt").read_text().splitlines()
     assert len(lines) == 37611
     assert [line.split()[1:] for line in lines[:3]] == trials[:3]
-    metrics = json.loads((tmp_path / "exp" / "result" / "metrics.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())["variants"]["raw"]
     assert (metrics["n_trials"], metrics["n_files"], metrics["n_target"]) == (37611, 4708, 18802)
     assert 0 <= metrics["eer_percent"] <= 100 and metrics["protocol"] == "paper"
 
@@ -431,7 +462,7 @@ def test_eval_on_the_real_voxceleb1_o_list(tmp_path):
 
 def test_every_stage_reruns_from_its_input_files(corpus, tmp_path, caplog):
     from dtdysv.evaluation.metrics import rerun_metrics
-    from dtdysv.evaluation.plot import plot_stage
+    from dtdysv.evaluation.plot import plot_list, plot_stage
     from dtdysv.evaluation.results import EvalRun, list_results, read_scores
     from dtdysv.evaluation.score import score_stage
 
@@ -440,8 +471,8 @@ def test_every_stage_reruns_from_its_input_files(corpus, tmp_path, caplog):
     embedder, normalize = make_embedder(cfg)
     out = result(cfg)
     ev.evaluate(embedder, lists(cfg), cfg, out, normalize, show_progress=False, checkpoint="ckpt.model")
-    first = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert {"scores.asnorm.txt", "scores_list1_2.asnorm.txt", "cohort.npz", "det.png"} <= set(first)
+    first = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {"list1/scores.asnorm.txt", "list1_2/scores.asnorm.txt", "cohort.npz", "list1/det.png"} <= set(first)
 
     # score and normalise stages: from embeddings.npz (and cohort.npz) alone, no model, no audio
     for name in first:
@@ -451,28 +482,36 @@ def test_every_stage_reruns_from_its_input_files(corpus, tmp_path, caplog):
     stages = list_results(lists(cfg))
     score_stage(run, stages)
     normalisation.norm_stage(run, stages)
-    assert {p.name: p.read_bytes() for p in out.glob("*.txt")} == {k: v for k, v in first.items()
-                                                                  if k.endswith(".txt")}
-    saved = json.loads(first["metrics.json"])
-    assert stages[0].raw.scores_file == saved["scores_file"] and stages[0].norm.info["top_n"] == 2
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*.txt")} == {
+        k: v for k, v in first.items() if k.endswith(".txt")}
+    saved = json.loads(first["list1/metrics.json"])
+    assert stages[0].raw.scores_file == saved["variants"]["raw"]["scores_file"]
+    assert stages[0].norm.info["top_n"] == 2 and stages[0].source["weights"] == saved["weights"]
 
     # metrics stage: metrics.json again from the score files it names
     rerun_metrics(run)
-    assert (out / "metrics.json").read_bytes() == first["metrics.json"]
-    # ... and it reads them: a score file with its scores negated gives that file's metrics
-    lines = [line.split() for line in (out / "scores.txt").read_text().splitlines()]
-    (out / "scores.txt").write_text("".join(f"{-float(s):.6f} {lab} {e} {t}\n" for s, lab, e, t in lines))
-    changed = rerun_metrics(run)
-    negated = read_scores(out / "scores.txt")
-    assert changed["eer_percent"] == tt.compute_metrics(negated.scores, negated.labels)["eer_percent"]
-    assert changed["lists"]["list1_2"] == saved["lists"]["list1_2"]
+    assert (out / "list1" / "metrics.json").read_bytes() == first["list1/metrics.json"]
+    assert (out / "list1_2" / "metrics.json").read_bytes() == first["list1_2/metrics.json"]
+    # ... and it reads them: a score file with its scores negated gives that file's metrics, in its list only
+    lines = [line.split() for line in (out / "list1" / "scores.txt").read_text().splitlines()]
+    (out / "list1" / "scores.txt").write_text("".join(f"{-float(s):.6f} {lab} {e} {t}\n" for s, lab, e, t in lines))
+    changed = rerun_metrics(run, ["list1"])
+    negated = read_scores(out / "list1" / "scores.txt")
+    assert list(changed) == ["list1"]
+    assert changed["list1"]["variants"]["raw"]["eer_percent"] == tt.compute_metrics(negated.scores,
+                                                                                    negated.labels)["eer_percent"]
+    assert changed["list1"]["variants"]["asnorm"] == saved["variants"]["asnorm"]
+    assert (out / "list1_2" / "metrics.json").read_bytes() == first["list1_2/metrics.json"]
+    with pytest.raises(ev.EvalError, match="has no list 'nolist'; its lists: list1, list1_2"):
+        rerun_metrics(run, ["nolist"])
 
     # plot stage: det.png from metrics.json and the score files
-    (out / "scores.txt").write_bytes(first["scores.txt"])
+    (out / "list1" / "scores.txt").write_bytes(first["list1/scores.txt"])
     rerun_metrics(run)
-    (out / "det.png").unlink()
-    assert plot_stage(out) == out / "det.png"
-    assert (out / "det.png").read_bytes() == first["det.png"]
+    (out / "list1" / "det.png").unlink()
+    assert plot_list(out / "list1") == out / "list1" / "det.png"
+    assert (out / "list1" / "det.png").read_bytes() == first["list1/det.png"]
+    assert plot_stage(run, stages) == [out / "list1" / "det.png", out / "list1_2" / "det.png"]
 
     # embed stage: a deleted embeddings file is embedded again, to the same embeddings
     (out / "embeddings.npz").unlink()
@@ -493,21 +532,22 @@ def test_mean_subtraction_runs_the_cohort_stage_and_reruns_honestly(corpus, tmp_
     plain_cfg = make_cfg(corpus, tmp_path, eval_frames=0)
     sub_cfg = make_cfg(corpus, tmp_path, eval_frames=0, mean_subtraction=True, norm_cohort_utts=2)
     embedder, normalize = make_embedder(plain_cfg)
+    folder = result(plain_cfg) / "list1"
     ev.evaluate(embedder, lists(plain_cfg), plain_cfg, result(plain_cfg), normalize, show_progress=False)
-    plain = (result(plain_cfg) / "scores.txt").read_text()
-    assert json.loads((result(plain_cfg) / "metrics.json").read_text())["mean_subtraction"] is False
+    plain = (folder / "scores.txt").read_text()
+    assert json.loads((folder / "metrics.json").read_text())["variants"]["raw"]["mean_subtraction"] is False
     with pytest.raises(ev.EvalError, match="--mean_subtraction needs the cohort cache"):
         ev.score_from_cache(sub_cfg, lists(sub_cfg), result(sub_cfg))
     with caplog.at_level("INFO"):  # without --score_norm: the cohort stage runs for the training-set mean
         ev.evaluate(embedder, lists(sub_cfg), sub_cfg, result(sub_cfg), normalize, show_progress=False)
     assert "reusing the cached embeddings" in caplog.text and (result(sub_cfg) / "cohort.npz").is_file()
-    subtracted = (result(sub_cfg) / "scores.txt").read_text()
+    subtracted = (folder / "scores.txt").read_text()
     assert subtracted != plain
-    assert json.loads((result(sub_cfg) / "metrics.json").read_text())["mean_subtraction"] is True
+    assert json.loads((folder / "metrics.json").read_text())["variants"]["raw"]["mean_subtraction"] is True
     ev.score_from_cache(plain_cfg, lists(plain_cfg), result(plain_cfg))
-    assert (result(plain_cfg) / "scores.txt").read_text() == plain
+    assert (folder / "scores.txt").read_text() == plain
     ev.score_from_cache(sub_cfg, lists(sub_cfg), result(sub_cfg))
-    assert (result(sub_cfg) / "scores.txt").read_text() == subtracted
+    assert (folder / "scores.txt").read_text() == subtracted
 
     meta, arrays = embedding.load_npz(result(plain_cfg) / "embeddings.npz")
     info = soundfile.info(str(Path(plain_cfg.test_path) / arrays["names"][0]))
@@ -541,4 +581,4 @@ def test_a_trial_list_reaches_metrics_json_through_each_stage_once_in_order(corp
                     "normalise.cohort_stage",
                     "score.score_stage", "normalise.norm_stage", "calibrate.calibrate_stage",
                     "metrics.metrics_stage", "plot.plot_stage"]
-    assert (result(cfg) / "metrics.json").is_file()
+    assert (result(cfg) / "list1" / "metrics.json").is_file() and (result(cfg) / "list1_2" / "metrics.json").is_file()

@@ -20,9 +20,9 @@ def test_two_cpu_processes_train_evaluate_and_exit(corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0 of 2 (gloo" in proc.stderr and "2 processes x 2 speakers" in proc.stderr
     assert (save / "model/model000000001.model").is_file()
-    metrics = json.loads((save / "result/metrics.json").read_text())
+    metrics = json.loads((save / "result/test_list/metrics.json").read_text())["variants"]["raw"]
     assert metrics["n_trials"] == len((corpus / "test_list.txt").read_text().splitlines())
-    scores = (save / "result/scores.txt").read_text().splitlines()
+    scores = (save / "result/test_list/scores.txt").read_text().splitlines()
     assert len(scores) == metrics["n_trials"]
 
 
