@@ -33,9 +33,10 @@ def out(tmp_path):
     """A result folder with the embeddings of the weights 'w1' and a cohort of 5 speakers."""
     write_embeddings(tmp_path, 0, "w1")
     rng = np.random.default_rng(1)
-    file_means = rng.standard_normal((10, D)).astype(np.float32)
+    file_means, raw_means, centred_means = rng.standard_normal((3, 10, D)).astype(np.float32)
     save_npz(tmp_path / "cohort.npz", {"norm_cohort_utts": 2}, names=np.array([f"c{i}" for i in range(5)]),
-             embeddings=np.zeros((5, D), np.float32), file_means=file_means, owner=np.arange(10) // 2)
+             embeddings=np.zeros((5, D), np.float32), file_means=file_means, raw_means=raw_means,
+             centred_means=centred_means, owner=np.arange(10) // 2)
     return tmp_path
 
 
