@@ -192,7 +192,8 @@ def fake_units(root):
                  tuple(sorted(p.glob("*.wav")))) for p in sorted(sounds.iterdir())]
 
 
-def test_build_writes_lists_in_the_framework_formats(tmp_path, monkeypatch):
+def build_fake(tmp_path, monkeypatch):
+    """The corpus of a fake package, built with the download and dpkg calls replaced: (its folder, its manifest)."""
     root = tmp_path / "cache" / "root" / "fake-voices"
     fake_package(root, np.random.default_rng(0))
     source = Source("fake-voices", "words", "one folder, one voice", fake_units)
@@ -201,9 +202,13 @@ def test_build_writes_lists_in_the_framework_formats(tmp_path, monkeypatch):
     monkeypatch.setattr(build_corpus, "deb_of", lambda package, cache: Path(build_corpus.__file__))
     monkeypatch.setattr(build_corpus, "deb_field", lambda deb, name: "1.0-1")
     out = tmp_path / "corpus"
-    manifest = build_corpus.build(out, tmp_path / "cache", ["fake-voices"], seed=0, test_fraction=0.3,
-                                  val_fraction=0.15, test_trials=40, val_trials=20, min_seconds=0.5, min_files=5,
-                                  max_pitch_spread=1.5)
+    return out, build_corpus.build(out, tmp_path / "cache", ["fake-voices"], seed=0, test_fraction=0.3,
+                                   val_fraction=0.15, test_trials=40, val_trials=20, min_seconds=0.5, min_files=5,
+                                   max_pitch_spread=1.5)
+
+
+def test_build_writes_lists_in_the_framework_formats(tmp_path, monkeypatch):
+    out, manifest = build_fake(tmp_path, monkeypatch)
     speakers = {r["speaker"]: r for r in manifest["speakers"]}
     assert {"fake-fr-8000hz", "fake-fr-16000hz"} <= set(speakers) and "fake-fr" not in speakers
     assert speakers["fake-en"]["left_out"]["duplicate of another file"] == 1
@@ -230,3 +235,18 @@ def test_build_writes_lists_in_the_framework_formats(tmp_path, monkeypatch):
     assert "### fake-voices 1.0-1" in (out / "MANIFEST.md").read_text()
     again = build_corpus.build(out, tmp_path / "cache", ["fake-voices"], 0, 0.3, 0.15, 40, 20, 0.5, 5, 1.5)
     assert again == manifest and (out / "test_trials.txt").read_text().count("\n") == len(test.labels)
+
+
+def test_the_mfcc_floor_scores_the_test_trials_into_a_result_folder(tmp_path, monkeypatch):
+    from bench.realvoices import run_table
+    from dtdysv.evaluation.results import RAW, list_folders, read_list_metrics
+    from dtdysv.summary import summary_rows
+
+    out, manifest = build_fake(tmp_path, monkeypatch)
+    folder = run_table.mfcc_floor(out, tmp_path / "exps")
+    (list_folder,) = list_folders(folder / "result").values()
+    metrics = read_list_metrics(list_folder)["variants"][RAW]
+    assert metrics["n_trials"] == manifest["splits"]["test"]["trials"] and metrics["protocol"] == "mfcc_floor"
+    assert 0 <= metrics["eer_percent"] <= 100 and len(metrics["eer_ci95_percent"]) == 2
+    (row,) = summary_rows([folder])
+    assert row["eer_percent"] == metrics["eer_percent"] and row["list"] == "test_trials"
