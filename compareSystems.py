@@ -18,15 +18,12 @@ one list's ``--scores_file`` (default scores.txt, the raw scores; scores.asnorm.
 Summary: one row per experiment and test list (every list, or ``--list``) from the list's metrics.json: EER and minDCF
 with their 95% intervals of its ``--scores_file`` variant, trials. A --calibration_list is no test list: its figures
 are training figures, never tabulated. Folders whose config.yaml differ only in ``seed`` (and ``save_path``) also get
-mean and std rows per list. The file runs past 300 lines because it is one command with both modes, their argument
-checks and their reports.
+mean and std rows per list (the table is dtdysv/summary.py's, which ``trainSpeakerNet.py --seeds`` writes too).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import sys
@@ -36,43 +33,17 @@ from typing import Any
 
 import numpy as np
 
-from config import load_yaml
 from dtdysv.errors import UserError
-from dtdysv.evaluation.results import (
-    METRICS_FILE,
-    ROLE_CALIBRATION,
-    EvalError,
-    ScoreFile,
-    finite_json,
-    list_folders,
-    read_list_metrics,
-    read_scores,
-    require_lists,
-)
+from dtdysv.evaluation.results import EvalError, ScoreFile, finite_json, read_scores
 from dtdysv.runtime.fileio import atomic_write_text
 from dtdysv.runtime.setup import setup_logging
+from dtdysv.summary import is_test_list, result_lists, with_ci, write_summary
 from tuneThreshold import bootstrap_replicates, compute_metrics, difference_test, replicate_intervals, trial_clusters
 
 log = logging.getLogger("compareSystems")
 
 
 # ---- reading -------------------------------------------------------------------------------------------------------
-
-
-def result_lists(folder: Path) -> dict[str, Path]:
-    """list name -> list folder of an experiment folder, its result/ folder or one list's folder; UserError for a
-    folder of the older flat layout or without any evaluated list."""
-    for candidate in (folder / "result", folder):
-        if found := list_folders(candidate):
-            return found
-    if (folder / METRICS_FILE).is_file():
-        read_list_metrics(folder)  # a list's folder, or the older flat layout's result folder (refused)
-        return {folder.name: folder}
-    return require_lists(folder / "result" if (folder / "result").is_dir() else folder)
-
-
-def _is_test_list(folder: Path) -> bool:
-    return read_list_metrics(folder).get("role") != ROLE_CALIBRATION
 
 
 def pick_list(systems: Sequence[tuple[Path, dict[str, Path]]], name: str | None) -> str:
@@ -84,7 +55,7 @@ def pick_list(systems: Sequence[tuple[Path, dict[str, Path]]], name: str | None)
             if name not in found:
                 raise UserError(f"'{folder}' has no list '{name}' (--list); the lists found: {listing}.")
         return name
-    shared = set.intersection(*({n for n, f in found.items() if _is_test_list(f)} for _, found in systems))
+    shared = set.intersection(*({n for n, f in found.items() if is_test_list(f)} for _, found in systems))
     if len(shared) != 1:
         common = f"{len(shared)} test lists ({', '.join(sorted(shared))}) are" if shared else "no test list is"
         raise UserError(f"{common} common to the result folders, so which to compare is not clear; the lists "
@@ -111,7 +82,7 @@ def score_paths(paths: Sequence[str | Path], scores_file: str, list_name: str | 
             present = sorted(p.name for p in folder.glob("scores*.txt"))
             raise UserError(f"'{folder}' has no {scores_file} (--scores_file); its score files: "
                             f"{', '.join(present) or 'none'}.")
-        if not _is_test_list(folder):
+        if not is_test_list(folder):
             log.warning("'%s' is the --calibration_list of its evaluation: its calibrated scores are training "
                         "figures, not those of held-out trials", folder)
         out.append(folder / scores_file)
@@ -225,8 +196,8 @@ def report(result: dict[str, Any], path_a: Path, path_b: Path, p_targets: Sequen
     for key, name in metric_names(p_targets).items():
         f = result["metrics"][key]
         digits = 3 if key == "eer_percent" else 4
-        lines.append(f"{name:<16}{_with_ci(f['a'], f['a_ci95'], digits):<26}{_with_ci(f['b'], f['b_ci95'], digits):<26}"
-                     f"{_with_ci(f['difference'], f['difference_ci95'], digits, signed=True):<30}"
+        lines.append(f"{name:<16}{with_ci(f['a'], f['a_ci95'], digits):<26}{with_ci(f['b'], f['b_ci95'], digits):<26}"
+                     f"{with_ci(f['difference'], f['difference_ci95'], digits, signed=True):<30}"
                      f"{f['p_value']:.3g}")
     lines.append(verdict(result["metrics"]["eer_percent"]))
     return "\n".join(lines) + "\n"
@@ -240,13 +211,6 @@ def verdict(eer: dict[str, Any], level: float = 0.05) -> str:
         return (f"verdict: {better} has the lower EER ({abs(diff):.2f} points, p = {p:.3g}); the difference is "
                 f"significant at the {level:g} level")
     return f"verdict: no significant difference in EER at the {level:g} level (B - A = {diff:+.2f} points, p = {p:.3g})"
-
-
-def _with_ci(value: float, ci: Sequence[float | None] | None, digits: int, signed: bool = False) -> str:
-    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-    if ci is None or None in ci or not np.isfinite(ci).all():
-        return text
-    return f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
 def run_compare(args: argparse.Namespace) -> None:
@@ -281,120 +245,13 @@ def run_compare(args: argparse.Namespace) -> None:
 # ---- summary table -------------------------------------------------------------------------------------------------
 
 
-def _figures(folder: Path, metrics: dict[str, Any], scores_file: str) -> dict[str, Any]:
-    """The entry of a list's metrics.json for the variant whose score file is ``scores_file``."""
-    for entry in metrics["variants"].values():
-        if entry.get("scores_file") == scores_file:
-            return entry
-    present = ", ".join(entry.get("scores_file", "?") for entry in metrics["variants"].values())
-    raise UserError(f"'{folder / METRICS_FILE}' has no figures of {scores_file} (--scores_file); its score files: "
-                    f"{present}.")
-
-
-def summary_rows(folders: Sequence[str | Path], list_name: str | None = None,
-                 scores_file: str = "scores.txt") -> list[dict[str, Any]]:
-    """One row per folder and labelled test list (every one, or ``list_name``): system, list, seed, config and the
-    figures of its ``scores_file``; then a mean and a std row after each group of rows of one list whose folders'
-    config.yaml differ only in seed and save_path."""
-    rows = []
-    for folder in map(Path, folders):
-        found = result_lists(folder)
-        if list_name is not None and list_name not in found:
-            raise UserError(f"'{folder}' has no list '{list_name}' (--list); its lists: {', '.join(found)}.")
-        for name in [list_name] if list_name is not None else found:
-            metrics = read_list_metrics(found[name])
-            skip = ("it is the --calibration_list: its figures are training figures, not a test result"
-                    if metrics.get("role") == ROLE_CALIBRATION else "")
-            entry = _figures(found[name], metrics, scores_file)
-            skip = skip or ("" if "eer_percent" in entry else "it is unlabeled: it has no metrics")
-            if skip and list_name is not None:
-                raise UserError(f"The list '{name}' of '{folder}' cannot be tabulated: {skip}.")
-            if skip:
-                log.info("the list '%s' of '%s' is left out: %s", name, folder, skip)
-                continue
-            config_file = found[name].parent.parent / "config.yaml"
-            config = load_yaml(config_file) if config_file.is_file() else None
-            rows.append({"system": str(folder), "list": name, "seed": config.get("seed") if config else None,
-                         "config": config, **{k: v for k, v in entry.items() if k.startswith(
-                             ("eer_percent", "eer_ci95", "min_dcf_p")) and not k.endswith("_threshold")},
-                         "n_trials": entry.get("n_trials")})
-    if not rows:
-        raise UserError(f"The folders hold no labelled test list to tabulate ({', '.join(map(str, folders))}).")
-    return _with_seed_statistics(rows)
-
-
-def _with_seed_statistics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        if row["config"] is not None:
-            rest = {k: v for k, v in row["config"].items() if k not in ("seed", "save_path")}
-            groups.setdefault(json.dumps([row["list"], rest], sort_keys=True, default=str), []).append(row)
-    out = []
-    for row in rows:
-        out.append(row)
-        group = next((g for g in groups.values() if g[-1] is row), None)
-        if group is None or len(group) < 2 or len({r["seed"] for r in group}) < 2:
-            continue
-        keys = [k for k in row if k.startswith(("eer_percent", "min_dcf_p")) and not k.endswith("_ci95")]
-        label = f"{len(group)} seeds ({', '.join(r['system'] for r in group)})"
-        values = {k: np.array([r[k] for r in group], dtype=np.float64) for k in keys}
-        out.append({"system": f"mean of {label}", "list": row["list"],
-                    **{k: float(v.mean()) for k, v in values.items()}, "n_trials": row["n_trials"]})
-        out.append({"system": f"std of {label}", "list": row["list"],
-                    **{k: float(v.std(ddof=1)) for k, v in values.items()}, "n_trials": row["n_trials"]})
-    return out
-
-
-def _dcf_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
-    keys = {k for r in rows for k in r if k.startswith("min_dcf_p") and not k.endswith("_ci95")}
-    return sorted(keys, key=lambda k: float(k[len("min_dcf_p"):]))
-
-
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    dcf = _dcf_keys(rows)
-    header = ["system", "list", "EER % (95% CI)", *(f"minDCF p={float(k[9:]):g} (95% CI)" for k in dcf), "trials"]
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    for r in rows:
-        cells = [r["system"], r["list"], _cell(r, "eer_percent", "eer_ci95_percent", 2),
-                 *(_cell(r, k, f"{k}_ci95", 4) for k in dcf), f"{r['n_trials']:,}" if r.get("n_trials") else ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(row: dict[str, Any], key: str, ci_key: str, digits: int) -> str:
-    return "" if row.get(key) is None else _with_ci(row[key], row.get(ci_key), digits)
-
-
-def csv_table(rows: Sequence[dict[str, Any]]) -> str:
-    dcf = _dcf_keys(rows)
-    columns = ["system", "list", "seed", "eer_percent", "eer_ci95_low", "eer_ci95_high"]
-    for k in dcf:
-        columns += [k, f"{k}_ci95_low", f"{k}_ci95_high"]
-    columns.append("n_trials")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for r in rows:
-        flat = {"system": r["system"], "list": r["list"], "seed": r.get("seed"), "n_trials": r.get("n_trials")}
-        for key, ci_key, name in (("eer_percent", "eer_ci95_percent", "eer"), *((k, f"{k}_ci95", k) for k in dcf)):
-            ci = r.get(ci_key) or [None, None]
-            flat.update({key: r.get(key), f"{name}_ci95_low": ci[0], f"{name}_ci95_high": ci[1]})
-        writer.writerow(["" if flat.get(c) is None else flat[c] for c in columns])
-    return buffer.getvalue()
-
-
 def run_summary(args: argparse.Namespace) -> None:
     if not args.systems:
         raise UserError("--summary needs one or more experiment or result folders.")
-    rows = summary_rows(args.systems, args.list, args.scores_file)
-    table = markdown_table(rows)
-    sys.stdout.write(table)
-    if args.markdown:
-        atomic_write_text(args.markdown, table)
-        log.info("wrote %s", args.markdown)
-    if args.csv:
-        atomic_write_text(args.csv, csv_table(rows))
-        log.info("wrote %s", args.csv)
+    sys.stdout.write(write_summary(args.systems, args.markdown, args.csv, args.list, args.scores_file))
+    for path in (args.markdown, args.csv):
+        if path:
+            log.info("wrote %s", path)
 
 
 # ---- command line --------------------------------------------------------------------------------------------------

@@ -72,6 +72,8 @@ class Config:
     spec_prob: float = opt(0.6, "--spec_augment: probability that an utterance is masked at all.", "data")
     resample: bool = opt(False, "Resample non-16 kHz audio and average channels on read (off: an error).", "data")
     seed: int = opt(2021, "Seed of every random number generator (sampler: seed + epoch).", "data")
+    seeds: list[int] = opt([], "Run once per seed (each overriding --seed) into <save_path>/seed<k>/, then write "
+                           "<save_path>/seeds.md and seeds.csv (mean and std); a rerun resumes.", "data")
     # --- training
     test_interval: int = opt(10, "Evaluate and checkpoint every this many epochs (and at the last).", "train")
     save_interval: int = opt(0, "Also keep a numbered checkpoint every this many epochs (0: only at evaluations).",
@@ -180,7 +182,7 @@ def _closest(key: str, prefix: str = "") -> str:
 
 
 def _type_name(typ: Any) -> str:
-    return "a list of str" if typing.get_origin(typ) is list else typ.__name__
+    return f"a list of {typing.get_args(typ)[0].__name__}" if typing.get_origin(typ) is list else typ.__name__
 
 
 def coerce(key: str, value: Any, source: str) -> Any:
@@ -192,9 +194,20 @@ def coerce(key: str, value: Any, source: str) -> Any:
     bad = ConfigError(f"Option '{key}' in {source} expects {_type_name(typ)}, got {value!r}.")
     if typing.get_origin(typ) is list:
         items = value if isinstance(value, list) else [value]
-        if not items or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in items):
+        if (not items and _FIELDS[key].default_factory()) or \
+                not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in items):
             raise bad
-        return [str(v) for v in items]
+        (item_type,) = typing.get_args(typ)
+        return [_scalar(item_type, v, bad) for v in items]
+    out = _scalar(typ, value, bad)
+    choices = _FIELDS[key].metadata["choices"]
+    if choices and out not in choices:
+        raise ConfigError(f"Option '{key}' in {source} is {out!r}; valid values: {', '.join(choices)}.")
+    return out
+
+
+def _scalar(typ: type, value: Any, bad: ConfigError) -> Any:
+    """``value`` as a bool, int, float or str (``typ``); ``bad`` if it is not one."""
     if typ is bool:
         if isinstance(value, bool):
             out = value
@@ -228,9 +241,6 @@ def coerce(key: str, value: Any, source: str) -> Any:
             out = str(value)
         else:
             raise bad
-    choices = _FIELDS[key].metadata["choices"]
-    if choices and out not in choices:
-        raise ConfigError(f"Option '{key}' in {source} is {out!r}; valid values: {', '.join(choices)}.")
     return out
 
 
@@ -251,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
         if _TYPES[name] is bool:
             group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, help=helptext)
         elif typing.get_origin(_TYPES[name]) is list:
-            group.add_argument(f"--{name}", type=str, nargs="+", metavar="STR", help=helptext)
+            metavar = typing.get_args(_TYPES[name])[0].__name__.upper()
+            group.add_argument(f"--{name}", type=str, nargs="+", metavar=metavar, help=helptext)
         else:
             group.add_argument(f"--{name}", type=str, metavar=_TYPES[name].__name__.upper(), help=helptext)
     return parser
@@ -334,6 +345,10 @@ def check_ranges(cfg: Config) -> None:
                        "nDataLoaderThread": " (0: data read in the main process)",
                        "threads": " (0: torch's default)", "bootstrap": " (0: no intervals)"}.get(key, "")
             problems.append(f"--{key} is {value!r}; valid: {'>' if excluded else '>='} {low}{meaning}.")
+    twice = sorted({seed for seed in cfg.seeds if cfg.seeds.count(seed) > 1})
+    if twice:
+        problems.append(f"--seeds gives {', '.join(map(str, twice))} more than once; each seed runs once, into "
+                        f"<save_path>/seed<k>/: list distinct seeds.")
     if problems:
         raise ConfigError("\n".join(problems))
 

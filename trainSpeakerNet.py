@@ -3,13 +3,17 @@
 
     python trainSpeakerNet.py --config configs/DTDY_ResNet34_half_ASP.yaml
     python trainSpeakerNet.py --config configs/DTDY_ResNet34_half_ASP.yaml --eval
+    python trainSpeakerNet.py --config configs/demo.yaml --seeds 1 2 3      # one run per seed, then a table
 
 ``--save_path`` gets ``config.yaml``, ``model/`` (``last.model`` every epoch, ``modelNNNNNNNNN.model`` per evaluation)
 and ``result/`` (a folder per trial list: dtdysv/evaluation/results.py); rerunning resumes from ``model/last.model``.
+With ``--seeds`` each seed's run is such a folder, ``<save_path>/seed<k>/``, and ``<save_path>/seeds.md`` and
+``seeds.csv`` tabulate their results.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from contextlib import nullcontext
@@ -47,6 +51,7 @@ from dtdysv.runtime.setup import (
     test_normalize,
     weights_path,
 )
+from dtdysv.summary import write_summary
 from scheduler._margin import MarginSchedule
 from SpeakerNet import Embedder, ModelTrainer, SpeakerNet
 
@@ -232,6 +237,39 @@ def run_train(cfg: Config, device: torch.device, env: DistEnv) -> dict[str, dict
     return metrics
 
 
+def seed_runs(cfg: Config) -> list[Config]:
+    """The runs of one command: the command itself, or with --seeds one run per seed in its own experiment folder
+    ``<save_path>/seed<k>/`` (resumed like any run, so a finished seed is not trained again)."""
+    if not cfg.seeds:
+        return [cfg]
+    if cfg.extract:
+        raise UserError("--seeds runs a training or an evaluation per seed; --extract embeds with one model: give the "
+                        "checkpoint of one seed's run (--initial_model <save_path>/seed<k>/model/last.model).")
+    return [dataclasses.replace(cfg, seed=seed, seeds=[], save_path=str(Path(cfg.save_path) / f"seed{seed}"))
+            for seed in cfg.seeds]
+
+
+def write_seed_table(cfg: Config) -> None:
+    """<save_path>/seeds.md and seeds.csv: each seed's EER and minDCF with their intervals, their mean and std."""
+    save = Path(cfg.save_path)
+    table = write_summary([save / f"seed{seed}" for seed in cfg.seeds], save / "seeds.md", save / "seeds.csv")
+    log.info("results of %d seeds (%s, seeds.csv):\n%s", len(cfg.seeds), save / "seeds.md", table)
+
+
+def run(cfg: Config, device: torch.device, env: DistEnv) -> None:
+    """One run: --extract, --eval or training, in its --save_path."""
+    seed_everything(cfg.seed)
+    # One run writes in --save_path at a time (rank 0 holds the lock for all ranks); --extract writes elsewhere.
+    with run_lock(cfg.save_path) if env.is_main and not cfg.extract else nullcontext():
+        if cfg.extract:
+            embedder, _, path = build_embedder(cfg, device, env)
+            run_extract(cfg, embedder, checkpoint=path)
+        elif cfg.eval:
+            run_eval(cfg, device, env)
+        else:
+            run_train(cfg, device, env)
+
+
 def _worker(argv: list[str]) -> None:
     """Entry point of each process started by --distributed."""
     code = main(argv)
@@ -246,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
         check_eval_options(cfg)
+        runs = seed_runs(cfg)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         device = pick_device(cfg.device)
@@ -266,16 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         device = distributed.init(env, device.type) if env.enabled else device
         if device.type == "cpu":
             tune_cpu_allocator()
-        seed_everything(cfg.seed)
-        # One run writes in --save_path at a time (rank 0 holds the lock for all ranks); --extract writes elsewhere.
-        with run_lock(cfg.save_path) if env.is_main and not cfg.extract else nullcontext():
-            if cfg.extract:
-                embedder, _, path = build_embedder(cfg, device, env)
-                run_extract(cfg, embedder, checkpoint=path)
-            elif cfg.eval:
-                run_eval(cfg, device, env)
-            else:
-                run_train(cfg, device, env)
+        for number, one in enumerate(runs, start=1):
+            if cfg.seeds:
+                log.info("seed %d (run %d of %d) in %s", one.seed, number, len(runs), one.save_path)
+            run(one, device, env)
+        if cfg.seeds and env.is_main:
+            setup_logging()
+            write_seed_table(cfg)
     except UserError as err:
         log.error("%s", message_of(err))
         return 2

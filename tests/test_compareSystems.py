@@ -12,6 +12,7 @@ import compareSystems
 from config import Config, save_config
 from dtdysv.evaluation.metrics import metrics_stage, rerun_metrics
 from dtdysv.evaluation.results import ROLE_CALIBRATION, EvalRun, ListResult, ScoreSet
+from dtdysv.summary import summary_rows
 
 N_SPEAKERS = 12
 
@@ -260,7 +261,7 @@ def test_summary_table_of_result_folders_with_seed_statistics(tmp_path, capsys):
 def test_summary_has_a_row_per_test_list_and_never_the_calibration_list(two_lists, tmp_path, caplog):
     a, b = two_lists / "A", two_lists / "B"
     with caplog.at_level(logging.INFO):
-        rows = compareSystems.summary_rows([a, b])
+        rows = summary_rows([a, b])
     assert [(r["system"], r["list"]) for r in rows] == [(str(a), "E"), (str(a), "O"), (str(b), "E"), (str(b), "H"),
                                                         (str(b), "O")]
     assert "the list 'C' of" in caplog.text and "training figures, not a test result" in caplog.text
@@ -268,7 +269,7 @@ def test_summary_has_a_row_per_test_list_and_never_the_calibration_list(two_list
     for row in rows:
         entry = read_json(two_lists / row["system"] / "result" / row["list"] / "metrics.json")["variants"]["raw"]
         assert row["eer_percent"] == entry["eer_percent"]
-    assert [r["list"] for r in compareSystems.summary_rows([a, b], "E")] == ["E", "E"]
+    assert [r["list"] for r in summary_rows([a, b], "E")] == ["E", "E"]
     assert run("--summary", a, "--list", "C") == 2
     assert "The list 'C' of" in caplog.text and "--calibration_list: its figures are training figures" in caplog.text
     assert run("--summary", a, b, "--list", "H") == 2
@@ -282,8 +283,8 @@ def test_summary_tabulates_the_variant_of_scores_file(tmp_path, caplog):
     stage(folder / "result", bootstrap=0, name="O", variant="asnorm")  # beside the raw variant of the same source
     variants = read_json(folder / "result" / "O" / "metrics.json")["variants"]
     assert list(variants) == ["raw", "asnorm"]
-    raw_row, = compareSystems.summary_rows([folder])
-    norm_row, = compareSystems.summary_rows([folder], scores_file="scores.asnorm.txt")
+    raw_row, = summary_rows([folder])
+    norm_row, = summary_rows([folder], scores_file="scores.asnorm.txt")
     assert raw_row["eer_percent"] == variants["raw"]["eer_percent"] != norm_row["eer_percent"]
     assert norm_row["eer_percent"] == variants["asnorm"]["eer_percent"]
     assert run("--summary", folder, "--scores_file", "scores.cal.txt") == 2

@@ -116,3 +116,17 @@ def test_help_lists_every_option(capsys):
     out = capsys.readouterr().out
     for name in Config.__dataclass_fields__:
         assert f"--{name}" in out
+
+
+def test_seeds_are_a_typed_list_of_distinct_ints(tmp_path):
+    assert parse_args([]).seeds == []
+    assert parse_args(["--seeds", "3", "1", "2"]).seeds == [3, 1, 2]
+    assert parse_args(["--config", write_yaml(tmp_path, {"seeds": [1, "2", 3.0]})]).seeds == [1, 2, 3]
+    assert parse_args(["--config", write_yaml(tmp_path, {"seeds": 7})]).seeds == [7]
+    assert parse_args(["--config", write_yaml(tmp_path, {"seeds": []})]).seeds == []
+    with pytest.raises(ConfigError, match=r"expects a list of int, got \[1, 'x'\]"):
+        parse_args(["--config", write_yaml(tmp_path, {"seeds": [1, "x"]})])
+    with pytest.raises(ConfigError, match="--seeds gives 2 more than once"):
+        parse_args(["--seeds", "2", "5", "2"])
+    with pytest.raises(ConfigError, match="'test_list' in config file .* expects a list of str"):  # it needs one
+        parse_args(["--config", write_yaml(tmp_path, {"test_list": []})])

@@ -1,5 +1,6 @@
-"""Every shipped config in configs/ loads, resolves and builds its model and loss; the parameter count its header
-states is the model's; each baseline has a paper-recipe and a modern-recipe config of the same network."""
+"""Every shipped config in configs/ (and its sub-folders) loads, resolves and builds its model and loss; the
+parameter count its header states is the model's; each baseline has a paper-recipe and a modern-recipe config of the
+same network."""
 
 import re
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 from config import MODEL_KEYS, load_yaml, resolve
 from dtdysv.runtime import plugins
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 BASELINES = ("ECAPA_TDNN_c512", "ECAPA_TDNN_c1024", "CAMPPlus")
 VOXCELEB2_SPEAKERS = 5994
 STATED_COUNT = re.compile(r"([\d,]{7,}) parameters")
@@ -19,7 +21,7 @@ def load(path: Path):
     return resolve(load_yaml(path), yaml_name=path.name)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.relative_to(CONFIG_DIR).as_posix() for p in CONFIGS])
 def test_config_builds_its_model_and_loss_with_the_stated_count(path):
     cfg = load(path)
     model = plugins.build("model", cfg.model, cfg)
@@ -35,7 +37,7 @@ def test_config_builds_its_model_and_loss_with_the_stated_count(path):
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_each_baseline_has_a_paper_and_a_modern_recipe_of_the_same_network(name):
-    paper, modern = (load(Path(CONFIGS[0].parent / f"{name}{suffix}.yaml")) for suffix in ("", "_modern"))
+    paper, modern = (load(CONFIG_DIR / f"{name}{suffix}.yaml") for suffix in ("", "_modern"))
     assert paper.model == name
     assert [getattr(paper, k) for k in MODEL_KEYS] == [getattr(modern, k) for k in MODEL_KEYS]
     assert paper.n_mels == 80 and paper.nOut == (512 if name == "CAMPPlus" else 192)
