@@ -33,10 +33,10 @@ recipe-demo: venv
 	$(PY) trainSpeakerNet.py --config configs/demo_recipe.yaml
 	$(PY) averageCheckpoints.py --save_path exps/demo_recipe --last 4
 	$(PY) trainSpeakerNet.py --config configs/demo_recipe_lm.yaml
-	$(PY) averageCheckpoints.py --save_path exps/demo_recipe_lm --last 4
+	$(PY) averageCheckpoints.py --save_path exps/demo_recipe_lm --last 2
 	$(PY) trainSpeakerNet.py --config configs/demo_recipe_lm.yaml --eval --save_path exps/demo_recipe_final \
-		--initial_model exps/demo_recipe_lm/model/average_last4.model
-	@$(PY) compareSystems.py --summary exps/demo_recipe_final
+		--initial_model exps/demo_recipe_lm/model/average_last2.model
+	@$(PY) compareSystems.py --summary --variants exps/demo_recipe_final
 
 lint: venv
 	$(PY) -m ruff check .

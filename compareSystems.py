@@ -5,6 +5,7 @@
     python compareSystems.py exps/A exps/B --list O --scores_file scores.asnorm.txt
     python compareSystems.py a/scores.txt b/scores.txt --det det.png --json diff.json
     python compareSystems.py --summary exps/A exps/B_s1 exps/B_s2 --markdown table.md --csv table.csv
+    python compareSystems.py --summary --variants exps/A      # raw, normalised and calibrated rows, Cllr, actDCF
 
 Comparison: the trials of the two score files ('score label enroll test') must be the same ones (in any order);
 they are aligned, and B - A of the EER and of minDCF at each --p_target gets a 95% interval and a two-sided p-value
@@ -248,7 +249,7 @@ def run_compare(args: argparse.Namespace) -> None:
 def run_summary(args: argparse.Namespace) -> None:
     if not args.systems:
         raise UserError("--summary needs one or more experiment or result folders.")
-    sys.stdout.write(write_summary(args.systems, args.markdown, args.csv, args.list, args.scores_file))
+    sys.stdout.write(write_summary(args.systems, args.markdown, args.csv, args.list, args.scores_file, args.variants))
     for path in (args.markdown, args.csv):
         if path:
             log.info("wrote %s", path)
@@ -264,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "experiment or result folders")
     parser.add_argument("--summary", action="store_true", help="a table of the folders' test lists (their "
                                                                   "metrics.json) instead")
+    parser.add_argument("--variants", action="store_true", help="--summary: a row per score variant of each list "
+                        "(raw, normalised, calibrated) with its Cllr and actual DCF, instead of --scores_file's")
     parser.add_argument("--scores_file", default="scores.txt", help="the variant read in a list's folder: "
                                                                     "scores.txt (raw, the default), scores.asnorm.txt, "
                                                                     "scores.snorm.txt, scores.cal.txt")

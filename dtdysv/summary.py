@@ -60,11 +60,12 @@ def _figures(folder: Path, metrics: dict[str, Any], scores_file: str) -> dict[st
                     f"{present}.")
 
 
-def summary_rows(folders: Sequence[str | Path], list_name: str | None = None,
-                 scores_file: str = "scores.txt") -> list[dict[str, Any]]:
+def summary_rows(folders: Sequence[str | Path], list_name: str | None = None, scores_file: str = "scores.txt",
+                 every_variant: bool = False) -> list[dict[str, Any]]:
     """One row per folder and labelled test list (every one, or ``list_name``): system, list, seed, config and the
-    figures of its ``scores_file``; then a mean and a std row after each group of rows of one list whose folders'
-    config.yaml differ only in seed and save_path."""
+    figures of its ``scores_file`` (``every_variant``: a row per score variant of the list, raw, normalised and
+    calibrated, with its Cllr and actual DCF); then a mean and a std row after each group of rows of one list (and
+    variant) whose folders' config.yaml differ only in seed and save_path."""
     rows = []
     for folder in map(Path, folders):
         found = result_lists(folder)
@@ -74,8 +75,10 @@ def summary_rows(folders: Sequence[str | Path], list_name: str | None = None,
             metrics = read_list_metrics(found[name])
             skip = ("it is the --calibration_list: its figures are training figures, not a test result"
                     if metrics.get("role") == ROLE_CALIBRATION else "")
-            entry = _figures(found[name], metrics, scores_file)
-            skip = skip or ("" if "eer_percent" in entry else "it is unlabeled: it has no metrics")
+            entries = (dict(metrics["variants"]) if every_variant
+                       else {None: _figures(found[name], metrics, scores_file)})
+            skip = skip or ("" if all("eer_percent" in e for e in entries.values()) else "it is unlabeled: it has no "
+                            "metrics")
             if skip and list_name is not None:
                 raise UserError(f"The list '{name}' of '{folder}' cannot be tabulated: {skip}.")
             if skip:
@@ -83,49 +86,74 @@ def summary_rows(folders: Sequence[str | Path], list_name: str | None = None,
                 continue
             config_file = found[name].parent.parent / "config.yaml"
             config = load_yaml(config_file) if config_file.is_file() else None
-            rows.append({"system": str(folder), "list": name, "seed": config.get("seed") if config else None,
-                         "config": config, **{k: v for k, v in entry.items() if k.startswith(
-                             ("eer_percent", "eer_ci95", "min_dcf_p")) and not k.endswith("_threshold")},
-                         "n_trials": entry.get("n_trials")})
+            for variant, entry in entries.items():
+                rows.append({"system": str(folder), "list": name, "seed": config.get("seed") if config else None,
+                             "config": config, **({"variant": variant} if every_variant else {}),
+                             **{k: v for k, v in entry.items()
+                                if k.startswith(FIGURES) and not k.endswith("_threshold")},
+                             "n_trials": entry.get("n_trials")})
     if not rows:
         raise UserError(f"The folders hold no labelled test list to tabulate ({', '.join(map(str, folders))}).")
     return _with_seed_statistics(rows)
 
 
+FIGURES = ("eer_percent", "eer_ci95", "min_dcf_p", "cllr_bits", "act_dcf_p")
+MEANS = ("eer_percent", "min_dcf_p", "cllr_bits", "act_dcf_p")
+
+
 def _with_seed_statistics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with a mean and a std row per group of seeds, after the rows of the folder that completes the group."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["config"] is not None:
             rest = {k: v for k, v in row["config"].items() if k not in ("seed", "save_path")}
-            groups.setdefault(json.dumps([row["list"], rest], sort_keys=True, default=str), []).append(row)
-    out = []
-    for row in rows:
+            key = [row["list"], row.get("variant"), rest]
+            groups.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(row)
+    out: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
         out.append(row)
-        group = next((g for g in groups.values() if g[-1] is row), None)
-        if group is None or len(group) < 2 or len({r["seed"] for r in group}) < 2:
-            continue
-        keys = [k for k in row if k.startswith(("eer_percent", "min_dcf_p")) and not k.endswith("_ci95")]
-        label = f"{len(group)} seeds ({', '.join(r['system'] for r in group)})"
-        values = {k: np.array([r[k] for r in group], dtype=np.float64) for k in keys}
-        out.append({"system": f"mean of {label}", "list": row["list"],
-                    **{k: float(v.mean()) for k, v in values.items()}, "n_trials": row["n_trials"]})
-        out.append({"system": f"std of {label}", "list": row["list"],
-                    **{k: float(v.std(ddof=1)) for k, v in values.items()}, "n_trials": row["n_trials"]})
+        if i + 1 < len(rows) and rows[i + 1]["system"] == row["system"]:
+            continue  # the statistics follow the last row of a folder
+        for group in groups.values():
+            if group[-1]["system"] == row["system"] and len({r["seed"] for r in group}) >= 2:
+                out += _statistics(group)
     return out
 
 
-def _dcf_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
-    keys = {k for r in rows for k in r if k.startswith("min_dcf_p") and not k.endswith("_ci95")}
-    return sorted(keys, key=lambda k: float(k[len("min_dcf_p"):]))
+def _statistics(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The mean and the std row of the rows of one group of seeds."""
+    last = group[-1]
+    keys = [k for k in last if k.startswith(MEANS) and not k.endswith("_ci95")]
+    variant = {"variant": last["variant"]} if "variant" in last else {}
+    label = f"{len(group)} seeds ({', '.join(r['system'] for r in group)})"
+    values = {k: np.array([r[k] for r in group], dtype=np.float64) for k in keys}
+    return [{"system": f"{stat} of {label}", "list": last["list"], **variant,
+             **{k: float(fn(v)) for k, v in values.items()}, "n_trials": last["n_trials"]}
+            for stat, fn in (("mean", np.mean), ("std", lambda v: np.std(v, ddof=1)))]
+
+
+def _dcf_keys(rows: Sequence[dict[str, Any]], prefix: str = "min_dcf_p") -> list[str]:
+    keys = {k for r in rows for k in r if k.startswith(prefix) and not k.endswith("_ci95")}
+    return sorted(keys, key=lambda k: float(k[len(prefix):]))
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> tuple[bool, list[str], list[str]]:
+    """(a variant column?, the minDCF keys, the calibration keys: Cllr and actual DCF, with every variant only)."""
+    variants = any("variant" in r for r in rows)
+    calibration = (["cllr_bits"] + _dcf_keys(rows, "act_dcf_p")) if variants else []
+    return variants, _dcf_keys(rows), calibration
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    dcf = _dcf_keys(rows)
-    header = ["system", "list", "EER % (95% CI)", *(f"minDCF p={float(k[9:]):g} (95% CI)" for k in dcf), "trials"]
+    variants, dcf, calibration = _columns(rows)
+    header = ["system", "list", *(["variant"] if variants else []), "EER % (95% CI)",
+              *(f"minDCF p={float(k[9:]):g} (95% CI)" for k in dcf),
+              *("Cllr (bits)" if k == "cllr_bits" else f"actDCF p={float(k[9:]):g}" for k in calibration), "trials"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for r in rows:
-        cells = [r["system"], r["list"], _cell(r, "eer_percent", "eer_ci95_percent", 2),
-                 *(_cell(r, k, f"{k}_ci95", 4) for k in dcf), f"{r['n_trials']:,}" if r.get("n_trials") else ""]
+        cells = [r["system"], r["list"], *([r.get("variant") or ""] if variants else []),
+                 _cell(r, "eer_percent", "eer_ci95_percent", 2), *(_cell(r, k, f"{k}_ci95", 4) for k in dcf),
+                 *(_cell(r, k, "", 4) for k in calibration), f"{r['n_trials']:,}" if r.get("n_trials") else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -135,16 +163,18 @@ def _cell(row: dict[str, Any], key: str, ci_key: str, digits: int) -> str:
 
 
 def csv_table(rows: Sequence[dict[str, Any]]) -> str:
-    dcf = _dcf_keys(rows)
-    columns = ["system", "list", "seed", "eer_percent", "eer_ci95_low", "eer_ci95_high"]
+    variants, dcf, calibration = _columns(rows)
+    columns = ["system", "list", *(["variant"] if variants else []), "seed", "eer_percent", "eer_ci95_low",
+               "eer_ci95_high"]
     for k in dcf:
         columns += [k, f"{k}_ci95_low", f"{k}_ci95_high"]
-    columns.append("n_trials")
+    columns += [*calibration, "n_trials"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for r in rows:
-        flat = {"system": r["system"], "list": r["list"], "seed": r.get("seed"), "n_trials": r.get("n_trials")}
+        flat = {"system": r["system"], "list": r["list"], "variant": r.get("variant"), "seed": r.get("seed"),
+                "n_trials": r.get("n_trials"), **{k: r.get(k) for k in calibration}}
         for key, ci_key, name in (("eer_percent", "eer_ci95_percent", "eer"), *((k, f"{k}_ci95", k) for k in dcf)):
             ci = r.get(ci_key) or [None, None]
             flat.update({key: r.get(key), f"{name}_ci95_low": ci[0], f"{name}_ci95_high": ci[1]})
@@ -153,10 +183,10 @@ def csv_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_summary(folders: Sequence[str | Path], markdown: str | Path | None = None, csv_path: str | Path | None = None,
-                  list_name: str | None = None, scores_file: str = "scores.txt") -> str:
+                  list_name: str | None = None, scores_file: str = "scores.txt", every_variant: bool = False) -> str:
     """The Markdown table of ``folders`` (:func:`summary_rows`), also written to ``markdown`` and, as CSV, to
     ``csv_path`` when given; returns the Markdown."""
-    rows = summary_rows(folders, list_name, scores_file)
+    rows = summary_rows(folders, list_name, scores_file, every_variant)
     table = markdown_table(rows)
     if markdown:
         atomic_write_text(markdown, table)

@@ -4,6 +4,7 @@ of two systems, its checks of the trials, the choice of the list in result folde
 import csv
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import compareSystems
 from config import Config, save_config
 from dtdysv.evaluation.metrics import metrics_stage, rerun_metrics
 from dtdysv.evaluation.results import ROLE_CALIBRATION, EvalRun, ListResult, ScoreSet
-from dtdysv.summary import summary_rows
+from dtdysv.summary import summary_rows, write_summary
 
 N_SPEAKERS = 12
 
@@ -290,6 +291,29 @@ def test_summary_tabulates_the_variant_of_scores_file(tmp_path, caplog):
     assert run("--summary", folder, "--scores_file", "scores.cal.txt") == 2
     assert "has no figures of scores.cal.txt (--scores_file); its score files: scores.txt, scores.asnorm.txt" in \
         caplog.text
+
+
+def test_summary_with_every_variant_gives_a_row_per_variant_with_its_calibration_figures(tmp_path):
+    trials = trial_list(8, 10)
+    seeds = [experiment(tmp_path, f"s{s}", trials, system_scores(trials, 1.0, s), seed=s) for s in (1, 2)]
+    for s, folder in enumerate(seeds):
+        write_scores(folder / "result" / "O" / "scores.asnorm.txt", trials, system_scores(trials, 4.0, 10 + s))
+        stage(folder / "result", bootstrap=0, name="O", variant="asnorm")
+    table = tmp_path / "t.csv"
+    assert run("--summary", "--variants", *seeds, "--csv", table) == 0
+    rows = list(csv.DictReader(table.open()))
+    assert [(r["system"], r["variant"]) for r in rows] == [
+        (str(seeds[0]), "raw"), (str(seeds[0]), "asnorm"), (str(seeds[1]), "raw"), (str(seeds[1]), "asnorm"),
+        *((f"{stat} of 2 seeds ({seeds[0]}, {seeds[1]})", v) for v in ("raw", "asnorm") for stat in ("mean", "std"))]
+    for row in rows[:4]:
+        entry = read_json(Path(row["system"]) / "result" / "O" / "metrics.json")["variants"][row["variant"]]
+        for key in ("eer_percent", "cllr_bits", "act_dcf_p0.01"):
+            assert float(row[key]) == pytest.approx(entry[key]), key
+    asnorm = [read_json(f / "result" / "O" / "metrics.json")["variants"]["asnorm"]["cllr_bits"] for f in seeds]
+    mean_asnorm = next(r for r in rows if r["system"].startswith("mean") and r["variant"] == "asnorm")
+    assert float(mean_asnorm["cllr_bits"]) == pytest.approx(np.mean(asnorm))
+    text = write_summary([seeds[0]], every_variant=True)
+    assert text.startswith("| system | list | variant | EER % (95% CI) |") and "| Cllr (bits) | actDCF p=0.01 |" in text
 
 
 def test_summary_refuses_a_folder_without_metrics(tmp_path, caplog):
