@@ -1,6 +1,6 @@
 # `make demo`: set up, build the demo corpus, train DTDY x0.25 and its static twin on it and evaluate both
-# (about 7 minutes on 2 CPU cores), then compare them: each EER with its interval and the paired verdict.
-# `make recipe-demo`: every stage of the modern recipe at the demo's size (about 10 minutes on 2 CPU cores) and a
+# (about 15 minutes on 2 CPU cores), then compare them: each EER with its interval and the paired verdict.
+# `make recipe-demo`: every stage of the modern recipe at the demo's size (about 11 minutes on 2 CPU cores) and a
 # table of its raw, AS-normalised and calibrated figures.
 # `make test`: set up if needed, lint and run the test suite; `make test-fast`: the unit tests only (no training run).
 PYTHON ?= python3
