@@ -128,7 +128,7 @@ def file_statistics(run: EvalRun) -> FileStatistics:
         raise EvalError("Cohort statistics need --score_norm asnorm or snorm.")
     why = f"--score_norm {method}"
     (meta, arrays), (cohort_meta, cohort_arrays) = run.embeddings(why), run.cohort(why)
-    mean = run.train_mean().to(device) if run.cfg.mean_subtraction else None
+    mean = raw_mean(torch.from_numpy(cohort_arrays["raw_means"])).to(device) if run.cfg.mean_subtraction else None
     file_means = cohort_arrays["centred_means" if run.cfg.mean_subtraction else "file_means"]
     cohort = speaker_vectors(torch.from_numpy(file_means).to(device), torch.from_numpy(cohort_arrays["owner"]),
                              len(cohort_arrays["names"]))

@@ -42,6 +42,6 @@ class RunClock:
         elapsed = self.now() - self.start
         if epoch >= self.max_epoch:
             return f"run finished: {self.done} epochs in {duration(elapsed)}"
-        left = elapsed / self.done * (self.max_epoch - epoch)
+        left = self.seconds_left(epoch + 1) or 0.0
         finish = time.strftime("%H:%M", time.localtime(time.time() + left))
         return f"{duration(elapsed)} so far, ~{duration(left)} left (ends ~{finish})"
