@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -120,12 +121,20 @@ def _with_seed_statistics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def seeds_label(systems: Sequence[str]) -> str:
+    """'3 seeds of exps/x (seed1, seed2, seed3)': the runs named relative to the folder they share, if any."""
+    parent = os.path.commonpath(systems) if len({Path(s).is_absolute() for s in systems}) == 1 else ""
+    if parent in ("", ".", "/") or parent in systems:
+        return f"{len(systems)} seeds ({', '.join(systems)})"
+    return f"{len(systems)} seeds of {parent} ({', '.join(os.path.relpath(s, parent) for s in systems)})"
+
+
 def _statistics(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The mean and the std row of the rows of one group of seeds."""
     last = group[-1]
     keys = [k for k in last if k.startswith(MEANS) and not k.endswith("_ci95")]
     variant = {"variant": last["variant"]} if "variant" in last else {}
-    label = f"{len(group)} seeds ({', '.join(r['system'] for r in group)})"
+    label = seeds_label([r["system"] for r in group])
     values = {k: np.array([r[k] for r in group], dtype=np.float64) for k in keys}
     return [{"system": f"{stat} of {label}", "list": last["list"], **variant,
              **{k: float(fn(v)) for k, v in values.items()}, "n_trials": last["n_trials"]}

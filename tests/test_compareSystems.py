@@ -242,8 +242,8 @@ def test_summary_table_of_result_folders_with_seed_statistics(tmp_path, capsys):
     md, table = tmp_path / "t.md", tmp_path / "t.csv"
     assert run("--summary", *seeds, other, "--markdown", md, "--csv", table) == 0
     rows = list(csv.DictReader(table.open()))
-    assert [r["system"] for r in rows] == [*map(str, seeds), f"mean of 3 seeds ({', '.join(map(str, seeds))})",
-                                           f"std of 3 seeds ({', '.join(map(str, seeds))})", str(other)]
+    label = f"3 seeds of {tmp_path} (dtdy_s1, dtdy_s2, dtdy_s3)"  # the runs named within the folder they share
+    assert [r["system"] for r in rows] == [*map(str, seeds), f"mean of {label}", f"std of {label}", str(other)]
     assert {r["list"] for r in rows} == {"O"}
     eers = [read_json(s / "result" / "O" / "metrics.json")["variants"]["raw"]["eer_percent"] for s in seeds]
     assert float(rows[3]["eer_percent"]) == pytest.approx(np.mean(eers))
@@ -304,7 +304,7 @@ def test_summary_with_every_variant_gives_a_row_per_variant_with_its_calibration
     rows = list(csv.DictReader(table.open()))
     assert [(r["system"], r["variant"]) for r in rows] == [
         (str(seeds[0]), "raw"), (str(seeds[0]), "asnorm"), (str(seeds[1]), "raw"), (str(seeds[1]), "asnorm"),
-        *((f"{stat} of 2 seeds ({seeds[0]}, {seeds[1]})", v) for v in ("raw", "asnorm") for stat in ("mean", "std"))]
+        *((f"{stat} of 2 seeds of {tmp_path} (s1, s2)", v) for v in ("raw", "asnorm") for stat in ("mean", "std"))]
     for row in rows[:4]:
         entry = read_json(Path(row["system"]) / "result" / "O" / "metrics.json")["variants"][row["variant"]]
         for key in ("eer_percent", "cllr_bits", "act_dcf_p0.01"):

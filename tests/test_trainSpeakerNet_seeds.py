@@ -41,7 +41,7 @@ def test_a_rerun_trains_only_the_missing_seed_and_tabulates_both(corpus, two_see
         assert f"seed: {seed}\n" in config and "seeds: []\n" in config and f"save_path: {run}\n" in config
     rows = list(csv.DictReader((save / "seeds.csv").open()))
     runs = [str(save / "seed3"), str(save / "seed4")]
-    label = f"2 seeds ({', '.join(runs)})"
+    label = f"2 seeds of {save} (seed3, seed4)"
     assert [r["system"] for r in rows] == [*runs, f"mean of {label}", f"std of {label}"]
     assert [r["seed"] for r in rows[:2]] == ["3", "4"] and {r["list"] for r in rows} == {"test_list"}
     metrics = [raw_metrics(save / f"seed{s}") for s in (3, 4)]
