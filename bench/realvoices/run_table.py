@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train and evaluate the systems of the real-voice table on the corpus of build_corpus.py, and write the table.
 
-    python bench/realvoices/run_table.py --corpus data/realvoices --out exps/realvoices          # hours on a CPU
+    python bench/realvoices/run_table.py --corpus data/realvoices --out exps/realvoices          # 98 min on 2 CPU cores
     python bench/realvoices/run_table.py --systems DTDY_ResNet34_quarter --seeds 1 --max_epoch 1 # a smoke run
 
 Systems (configs/realvoices/, the small-data recipe): DTDY-ResNet-34 x0.25 and its static twin ResNet34_quarter with
