@@ -156,6 +156,7 @@ class Foreign:
 
 
 @pytest.mark.parametrize("content", ["random", "truncated", "pickle", "object"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # "pickle" writes protocol 4 on purpose
 def test_an_unreadable_checkpoint_never_suggests_loading_it_unsafely(tmp_path, content):
     path = tmp_path / "bad.model"
     if content == "random":
