@@ -3,6 +3,7 @@
 
     python bench/realvoices/run_table.py --corpus data/realvoices --out exps/realvoices          # 98 min on 2 CPU cores
     python bench/realvoices/run_table.py --systems DTDY_ResNet34_quarter --seeds 1 --max_epoch 1 # a smoke run
+    python bench/realvoices/run_table.py --validation   # the MFCC floor of the validation split, for tuning
 
 Systems (configs/realvoices/, the small-data recipe): DTDY-ResNet-34 x0.25 and its static twin ResNet34_quarter with
 ``--seeds`` (default 1 2 3, through ``trainSpeakerNet.py --seeds``), ECAPA-TDNN c512 and CAM++ with the first seed.
@@ -81,11 +82,17 @@ def mfcc_statistics(paths: Sequence[Path], desc: str) -> np.ndarray:
     return np.stack(rows)
 
 
-def mfcc_floor(corpus: Path, out: Path) -> Path:
-    """The training-free floor on test_trials.txt: a result folder (scores, metrics.json with intervals)."""
+FLOORS = {"test": ("test_trials.txt", "train_full_list.txt", "mfcc_floor"),
+          "val": ("val_trials.txt", "train_list.txt", "mfcc_floor_val")}  # split -> trials, training list, folder
+
+
+def mfcc_floor(corpus: Path, out: Path, split: str = "test") -> Path:
+    """The training-free floor on the trials of ``split`` (FLOORS), standardised with the statistics of the files
+    the systems of that split train on: a result folder (scores, metrics.json with intervals)."""
+    trials_name, train_name, folder_name = FLOORS[split]
     wav = corpus / "wav"
-    trials = read_trial_list(corpus / "test_trials.txt", wav)
-    train = read_train_list(corpus / "train_full_list.txt", wav)
+    trials = read_trial_list(corpus / trials_name, wav)
+    train = read_train_list(corpus / train_name, wav)
     reference = mfcc_statistics([Path(p) for p in train.files], "training files (statistics)")
     mean, std = reference.mean(0), reference.std(0) + 1e-8
     names = trials.files
@@ -94,8 +101,8 @@ def mfcc_floor(corpus: Path, out: Path) -> Path:
     index = {name: i for i, name in enumerate(names)}
     scores = np.einsum("nd,nd->n", features[[index[e] for e in trials.enroll]],
                        features[[index[t] for t in trials.test]])
-    folder = out / "mfcc_floor"
-    cfg = parse_args(["--test_list", str(corpus / "test_trials.txt"), "--test_path", str(wav)])
+    folder = out / folder_name
+    cfg = parse_args(["--test_list", str(corpus / trials_name), "--test_path", str(wav)])
     run = EvalRun(cfg, folder / "result")
     (item,) = list_results([trials])
     write_scores(run.list_dir(item.name) / variant_file(RAW), scores, trials)
@@ -154,8 +161,15 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"systems to train (default: all: {', '.join(SYSTEMS)})")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of the DTDY pair")
     parser.add_argument("--max_epoch", type=int, default=0, help="override the configs' epochs (0: theirs)")
+    parser.add_argument("--validation", action="store_true",
+                        help="only score the MFCC floor on val_trials.txt (statistics of train_list.txt) into "
+                        "<out>/mfcc_floor_val: the figure a recipe tuned on the validation split has to beat")
     args = parser.parse_args(argv)
     try:
+        if args.validation:
+            folder = mfcc_floor(args.corpus, args.out, "val")
+            print(write_summary([folder]))
+            return 0
         print(run(args.corpus, args.out, args.systems, args.seeds, args.max_epoch))
     except UserError as err:
         log.error("%s", err)

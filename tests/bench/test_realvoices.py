@@ -250,3 +250,9 @@ def test_the_mfcc_floor_scores_the_test_trials_into_a_result_folder(tmp_path, mo
     assert 0 <= metrics["eer_percent"] <= 100 and len(metrics["eer_ci95_percent"]) == 2
     (row,) = summary_rows([folder])
     assert row["eer_percent"] == metrics["eer_percent"] and row["list"] == "test_trials"
+    # the validation split's floor, the bar of recipe tuning: its own trials, folder and training statistics
+    assert run_table.main(["--corpus", str(out), "--out", str(tmp_path / "exps"), "--validation"]) == 0
+    (val_folder,) = list_folders(tmp_path / "exps" / "mfcc_floor_val" / "result").values()
+    val = read_list_metrics(val_folder)["variants"][RAW]
+    assert val_folder.name == "val_trials" and val["n_trials"] == manifest["splits"]["val"]["trials"]
+    assert read_list_metrics(list_folder)["variants"][RAW] == metrics  # the test floor untouched
