@@ -25,6 +25,9 @@ from dtdysv.runtime.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+FIGURES = ("eer_percent", "eer_ci95", "min_dcf_p", "cllr_bits", "act_dcf_p")  # the keys a row keeps
+MEANS = ("eer_percent", "min_dcf_p", "cllr_bits", "act_dcf_p")  # the keys a seed group's mean and std cover
+
 
 def result_lists(folder: Path) -> dict[str, Path]:
     """list name -> list folder of an experiment folder, its result/ folder or one list's folder; UserError for a
@@ -96,10 +99,6 @@ def summary_rows(folders: Sequence[str | Path], list_name: str | None = None, sc
     if not rows:
         raise UserError(f"The folders hold no labelled test list to tabulate ({', '.join(map(str, folders))}).")
     return _with_seed_statistics(rows)
-
-
-FIGURES = ("eer_percent", "eer_ci95", "min_dcf_p", "cllr_bits", "act_dcf_p")
-MEANS = ("eer_percent", "min_dcf_p", "cllr_bits", "act_dcf_p")
 
 
 def _with_seed_statistics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
