@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only score the MFCC floor on val_trials.txt (statistics of train_list.txt) into "
                         "<out>/mfcc_floor_val: the figure a recipe tuned on the validation split has to beat")
     args = parser.parse_args(argv)
+    if args.validation and (args.systems != list(SYSTEMS) or args.seeds != [1, 2, 3] or args.max_epoch):
+        parser.error("--validation trains nothing: it takes only --corpus and --out, not --systems, --seeds or "
+                     "--max_epoch")
     try:
         if args.validation:
             folder = mfcc_floor(args.corpus, args.out, "val")

@@ -256,3 +256,5 @@ def test_the_mfcc_floor_scores_the_test_trials_into_a_result_folder(tmp_path, mo
     val = read_list_metrics(val_folder)["variants"][RAW]
     assert val_folder.name == "val_trials" and val["n_trials"] == manifest["splits"]["val"]["trials"]
     assert read_list_metrics(list_folder)["variants"][RAW] == metrics  # the test floor untouched
+    with pytest.raises(SystemExit):  # it trains nothing, so training options are a mistake, not ignored
+        run_table.main(["--corpus", str(out), "--validation", "--seeds", "1"])
